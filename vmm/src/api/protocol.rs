@@ -1,0 +1,96 @@
+//! Requests and responses on the control socket.
+//!
+//! A request is a JSON object with a `cmd` field, e.g. `{"cmd":"pause"}`. A response is
+//! `{"ok":true, ...}` with command-specific fields, or `{"ok":false,"error":"..."}`. To add a
+//! command, add a variant here and a match arm in `server::dispatch`.
+use serde::{Deserialize, Serialize};
+
+/// Longest request line accepted; anything longer is a protocol error, not a memory hog.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Pause,
+    Resume,
+    Status,
+    Shutdown,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    #[error("request is not valid JSON or names an unknown command: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("unknown command {0:?} (expected pause, resume, status or shutdown)")]
+    UnknownCommand(String),
+    #[error("command {command} takes no arguments")]
+    UnexpectedArguments { command: String },
+}
+
+impl Request {
+    /// Builds a request from `vmm ctl` words: the command, then its arguments.
+    pub fn from_words(command: &str, args: &[String]) -> Result<Self, ParseError> {
+        let req = match command {
+            "pause" => Request::Pause,
+            "resume" => Request::Resume,
+            "status" => Request::Status,
+            "shutdown" => Request::Shutdown,
+            other => return Err(ParseError::UnknownCommand(other.into())),
+        };
+        if !args.is_empty() {
+            return Err(ParseError::UnexpectedArguments { command: command.into() });
+        }
+        Ok(req)
+    }
+
+    pub fn parse(line: &str) -> Result<Self, ParseError> {
+        Ok(serde_json::from_str(line)?)
+    }
+}
+
+/// Builds the one-line JSON response for a result.
+pub fn response(result: Result<serde_json::Value, String>) -> String {
+    let value = match result {
+        Ok(serde_json::Value::Object(mut fields)) => {
+            fields.insert("ok".into(), true.into());
+            serde_json::Value::Object(fields)
+        }
+        Ok(other) => serde_json::json!({ "ok": true, "result": other }),
+        Err(error) => serde_json::json!({ "ok": false, "error": error }),
+    };
+    value.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_commands_and_rejects_junk() {
+        assert_eq!(Request::parse(r#"{"cmd":"pause"}"#).unwrap(), Request::Pause);
+        assert_eq!(Request::parse(r#"{"cmd":"status"}"#).unwrap(), Request::Status);
+        for bad in ["", "{", "null", r#"{"cmd":"explode"}"#, r#"{"cmd":"pause","x":1}"#, "[1]"] {
+            assert!(Request::parse(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn words_round_trip_through_json() {
+        let req = Request::from_words("resume", &[]).unwrap();
+        let line = serde_json::to_string(&req).unwrap();
+        assert_eq!(Request::parse(&line).unwrap(), req);
+        assert!(Request::from_words("pause", &["now".into()]).is_err());
+        assert!(Request::from_words("reboot", &[]).is_err());
+    }
+
+    #[test]
+    fn responses_carry_ok() {
+        let ok: serde_json::Value =
+            serde_json::from_str(&response(Ok(serde_json::json!({"state":"paused"})))).unwrap();
+        assert_eq!(ok["ok"], true);
+        assert_eq!(ok["state"], "paused");
+        let err: serde_json::Value = serde_json::from_str(&response(Err("nope".into()))).unwrap();
+        assert_eq!(err["ok"], false);
+        assert_eq!(err["error"], "nope");
+    }
+}

@@ -1,0 +1,9 @@
+//! x86-64 specifics: guest-physical layout, descriptor tables, page tables, boot registers,
+//! CPUID, MSRs and the MP table.
+pub mod cpuid;
+pub mod gdt;
+pub mod layout;
+pub mod mptable;
+pub mod msr;
+pub mod paging;
+pub mod regs;

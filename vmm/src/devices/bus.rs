@@ -1,0 +1,129 @@
+//! Routes guest port I/O and MMIO accesses to the device models.
+use std::sync::{Arc, Mutex};
+
+use bench_abi::{CONSOLE_BASE, CONTROL_BASE};
+
+use super::control::Control;
+use super::serial::{self, Uart, COM1_PORT};
+
+/// Exit counters, by reason, for `status`.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct ExitCounts {
+    pub mmio_read: u64,
+    pub mmio_write: u64,
+    pub io_in: u64,
+    pub io_out: u64,
+    pub unhandled: u64,
+}
+
+pub struct Devices {
+    console: Mutex<Uart>,
+    pub control: Control,
+}
+
+fn within(addr: u64, base: u64, len: u64) -> Option<u64> {
+    addr.checked_sub(base).filter(|&off| off < len)
+}
+
+impl Devices {
+    pub fn new(console: Uart, control: Control) -> Arc<Self> {
+        Arc::new(Self { console: Mutex::new(console), control })
+    }
+
+    fn console(&self) -> std::sync::MutexGuard<'_, Uart> {
+        self.console.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Returns false for an address no device claims (the read then returns zeros).
+    pub fn mmio_read(&self, addr: u64, data: &mut [u8]) -> bool {
+        data.fill(0);
+        if let Some(off) = within(addr, CONSOLE_BASE, serial::REGISTERS) {
+            if let Some(b) = data.first_mut() {
+                *b = serial::read(&mut self.console(), off);
+            }
+        } else if let Some(off) = within(addr, CONTROL_BASE, bench_abi::control::SIZE) {
+            self.control.read(off, data);
+        } else {
+            return false;
+        }
+        true
+    }
+
+    pub fn mmio_write(&self, addr: u64, data: &[u8]) -> bool {
+        if let Some(off) = within(addr, CONSOLE_BASE, serial::REGISTERS) {
+            if let Some(&b) = data.first() {
+                serial::write(&mut self.console(), off, b);
+            }
+        } else if let Some(off) = within(addr, CONTROL_BASE, bench_abi::control::SIZE) {
+            self.control.write(off, data);
+        } else {
+            return false;
+        }
+        true
+    }
+
+    pub fn pio_read(&self, port: u16, data: &mut [u8]) -> bool {
+        data.fill(0);
+        match within(u64::from(port), u64::from(COM1_PORT), serial::REGISTERS) {
+            Some(off) => {
+                if let Some(b) = data.first_mut() {
+                    *b = serial::read(&mut self.console(), off);
+                }
+                true
+            }
+            // Linux probes many legacy ports; absent hardware reads as all ones on a PC bus.
+            None => {
+                data.fill(0xff);
+                false
+            }
+        }
+    }
+
+    pub fn pio_write(&self, port: u16, data: &[u8]) -> bool {
+        match within(u64::from(port), u64::from(COM1_PORT), serial::REGISTERS) {
+            Some(off) => {
+                if let Some(&b) = data.first() {
+                    serial::write(&mut self.console(), off, b);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Flushes console output, e.g. before the process exits.
+    pub fn flush_console(&self) {
+        use std::io::Write;
+        let _ = self.console().writer_mut().flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::boot_timer::BootTimer;
+    use crate::devices::serial::Irq;
+    use crate::vstate::run_control::RunControl;
+
+    fn devices() -> Arc<Devices> {
+        let run = Arc::new(RunControl::new(1, 7));
+        let control = Control::new(run, BootTimer::new(std::time::Instant::now()));
+        Devices::new(serial::new(Irq::None, Box::new(std::io::sink())), control)
+    }
+
+    #[test]
+    fn routes_by_address() {
+        let d = devices();
+        let mut b = [0u8; 8];
+        assert!(d.mmio_read(CONTROL_BASE + bench_abi::control::CLOCK_NS, &mut b));
+        assert_eq!(u64::from_le_bytes(b), 7);
+        let mut lsr = [0u8; 1];
+        assert!(d.mmio_read(CONSOLE_BASE + bench_abi::uart::LSR, &mut lsr));
+        assert_ne!(lsr[0] & bench_abi::uart::LSR_THR_EMPTY, 0);
+        assert!(d.pio_read(COM1_PORT + 5, &mut lsr));
+        assert!(!d.mmio_read(0xdead_0000, &mut b));
+        assert_eq!(b, [0; 8]);
+        assert!(!d.pio_read(0x61, &mut lsr));
+        assert_eq!(lsr, [0xff]);
+    }
+}

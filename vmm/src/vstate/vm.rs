@@ -1,0 +1,82 @@
+//! The KVM VM: memory slots and, for Linux guests, the in-kernel interrupt controllers.
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::memory::GuestMemory;
+
+/// Where KVM puts the three pages VT-x needs for real-mode TSS emulation: just below the BIOS
+/// area at the top of 4 GiB, inside our MMIO window where no RAM lives.
+const KVM_TSS_ADDR: usize = 0xfffb_d000;
+/// `KVM_PIT_SPEAKER_DUMMY`: lets the guest probe port 0x61 without a speaker device.
+const PIT_SPEAKER_DUMMY: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("cannot open /dev/kvm")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    #[error("cannot create the KVM VM")]
+    Create(#[source] kvm_ioctls::Error),
+    #[error("cannot register guest memory slot {slot} with KVM")]
+    MemorySlot { slot: u32, source: kvm_ioctls::Error },
+    #[error("cannot set up the in-kernel interrupt controllers")]
+    IrqChip(#[source] kvm_ioctls::Error),
+    #[error("cannot wire interrupt line {gsi}")]
+    Irqfd { gsi: u32, source: kvm_ioctls::Error },
+    #[error("cannot read the dirty log of slot {slot}")]
+    DirtyLog { slot: u32, source: kvm_ioctls::Error },
+}
+
+pub struct Vm {
+    pub kvm: Kvm,
+    pub fd: VmFd,
+    /// `(slot, guest address, size)` of each memory slot, in slot order.
+    pub slots: Vec<(u32, u64, u64)>,
+}
+
+impl Vm {
+    pub fn new() -> Result<Self, VmError> {
+        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+        let fd = kvm.create_vm().map_err(VmError::Create)?;
+        Ok(Self { kvm, fd, slots: Vec::new() })
+    }
+
+    /// Registers every region of `mem` as a KVM slot, with dirty logging if asked.
+    pub fn register_memory(&mut self, mem: &GuestMemory, log_dirty: bool) -> Result<(), VmError> {
+        self.slots.clear();
+        for (slot, region) in mem.iter().enumerate() {
+            let slot = slot as u32;
+            let host = mem
+                .get_host_address(region.start_addr())
+                .map_err(|_| VmError::MemorySlot { slot, source: kvm_ioctls::Error::new(libc::EFAULT) })?;
+            let desc = kvm_userspace_memory_region {
+                slot,
+                flags: if log_dirty { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+            };
+            // SAFETY: the host range is a live mapping owned by `mem`, which the caller keeps
+            // alive for as long as the VM exists; slots do not overlap because `mem`'s regions
+            // do not.
+            unsafe { self.fd.set_user_memory_region(desc) }
+                .map_err(|source| VmError::MemorySlot { slot, source })?;
+            self.slots.push((slot, region.start_addr().0, region.len()));
+        }
+        Ok(())
+    }
+
+    /// The in-kernel PIC, IOAPIC, LAPICs and PIT that a Linux guest expects.
+    pub fn setup_irqchip(&self) -> Result<(), VmError> {
+        self.fd.set_tss_address(KVM_TSS_ADDR).map_err(VmError::IrqChip)?;
+        self.fd.create_irq_chip().map_err(VmError::IrqChip)?;
+        let pit = kvm_pit_config { flags: PIT_SPEAKER_DUMMY, ..Default::default() };
+        self.fd.create_pit2(pit).map_err(VmError::IrqChip)?;
+        Ok(())
+    }
+
+    pub fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), VmError> {
+        self.fd.register_irqfd(evt, gsi).map_err(|source| VmError::Irqfd { gsi, source })
+    }
+}
