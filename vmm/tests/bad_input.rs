@@ -10,10 +10,23 @@ const LIMIT: Duration = Duration::from_secs(30);
 /// Runs vmm expecting a clean failure whose stderr mentions every one of `needles`.
 fn expect_error(args: &[&str], needles: &[&str]) {
     let out = run_vmm(args, LIMIT);
-    assert_eq!(out.status.code(), Some(1), "args {args:?}\nstderr: {}", out.stderr);
-    assert!(!out.stderr.contains("panicked"), "panic for {args:?}: {}", out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "args {args:?}\nstderr: {}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("panicked"),
+        "panic for {args:?}: {}",
+        out.stderr
+    );
     for n in needles {
-        assert!(out.stderr.contains(n), "stderr for {args:?} lacks {n:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains(n),
+            "stderr for {args:?} lacks {n:?}: {}",
+            out.stderr
+        );
     }
 }
 
@@ -29,7 +42,13 @@ fn missing_kernel() {
         return;
     }
     expect_error(
-        &["run", "--boot", "bench", "--kernel", "/nonexistent/kernel.elf"],
+        &[
+            "run",
+            "--boot",
+            "bench",
+            "--kernel",
+            "/nonexistent/kernel.elf",
+        ],
         &["cannot open kernel /nonexistent/kernel.elf", "No such file"],
     );
 }
@@ -41,8 +60,14 @@ fn non_elf_kernel() {
     }
     let dir = tempfile::tempdir().unwrap();
     let k = write_tmp(&dir, "k", b"this is not an ELF file at all, just text\n");
-    expect_error(&["run", "--boot", "bench", "--kernel", &k], &["not an ELF file"]);
-    expect_error(&["run", "--boot", "pvh", "--kernel", &k], &["not an ELF file"]);
+    expect_error(
+        &["run", "--boot", "bench", "--kernel", &k],
+        &["not an ELF file"],
+    );
+    expect_error(
+        &["run", "--boot", "pvh", "--kernel", &k],
+        &["not an ELF file"],
+    );
 }
 
 #[test]
@@ -51,7 +76,11 @@ fn elf_segments_outside_ram() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let k = write_tmp(&dir, "k", &tiny_elf(0x4000_0000, &print_and_exit(b"x", 0), 64));
+    let k = write_tmp(
+        &dir,
+        "k",
+        &tiny_elf(0x4000_0000, &print_and_exit(b"x", 0), 64),
+    );
     expect_error(
         &["run", "--boot", "bench", "--kernel", &k, "--mem", "64"],
         &["outside guest RAM"],
@@ -65,9 +94,20 @@ fn memory_too_small_or_too_large() {
     }
     let dir = tempfile::tempdir().unwrap();
     let k = write_tmp(&dir, "k", &tiny_elf(0x100000, &print_and_exit(b"x", 0), 64));
-    expect_error(&["run", "--boot", "bench", "--kernel", &k, "--mem", "1"], &["too small"]);
     expect_error(
-        &["run", "--boot", "bench", "--kernel", &k, "--mem", "100000000"],
+        &["run", "--boot", "bench", "--kernel", &k, "--mem", "1"],
+        &["too small"],
+    );
+    expect_error(
+        &[
+            "run",
+            "--boot",
+            "bench",
+            "--kernel",
+            &k,
+            "--mem",
+            "100000000",
+        ],
         &["more than this host"],
     );
 }
@@ -79,10 +119,19 @@ fn zero_or_too_many_vcpus() {
     }
     let dir = tempfile::tempdir().unwrap();
     let k = write_tmp(&dir, "k", &tiny_elf(0x100000, &print_and_exit(b"x", 0), 64));
-    expect_error(&["run", "--boot", "bench", "--kernel", &k, "--vcpus", "0"], &["at least one vCPU"]);
-    expect_error(&["run", "--boot", "bench", "--kernel", &k, "--vcpus", "200"], &["at most"]);
+    expect_error(
+        &["run", "--boot", "bench", "--kernel", &k, "--vcpus", "0"],
+        &["at least one vCPU"],
+    );
+    expect_error(
+        &["run", "--boot", "bench", "--kernel", &k, "--vcpus", "200"],
+        &["at most"],
+    );
     // Beyond u8 is rejected by the argument parser with its own usage error.
-    let out = run_vmm(&["run", "--boot", "bench", "--kernel", &k, "--vcpus", "1000"], LIMIT);
+    let out = run_vmm(
+        &["run", "--boot", "bench", "--kernel", &k, "--vcpus", "1000"],
+        LIMIT,
+    );
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -94,7 +143,10 @@ fn command_line_too_long() {
     let dir = tempfile::tempdir().unwrap();
     let k = write_tmp(&dir, "k", &tiny_elf(0x100000, &print_and_exit(b"x", 0), 64));
     let long = "x".repeat(5000);
-    expect_error(&["run", "--boot", "bench", "--kernel", &k, "--cmdline", &long], &["command line"]);
+    expect_error(
+        &["run", "--boot", "bench", "--kernel", &k, "--cmdline", &long],
+        &["command line"],
+    );
 }
 
 #[test]
@@ -110,7 +162,9 @@ fn initrd_that_does_not_fit() {
     let initrd = initrd.to_str().unwrap();
     // The tiny ELF has no PVH note, so use linux boot via ELF to reach the initrd step.
     expect_error(
-        &["run", "--boot", "linux", "--kernel", &k, "--initrd", initrd, "--mem", "32"],
+        &[
+            "run", "--boot", "linux", "--kernel", &k, "--initrd", initrd, "--mem", "32",
+        ],
         &["initrd does not fit"],
     );
 }
@@ -121,8 +175,15 @@ fn guest_exit_code_and_console_reach_the_caller() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let k = write_tmp(&dir, "k", &tiny_elf(0x100000, &print_and_exit(b"hello\n", 42), 64));
-    let out = run_vmm(&["run", "--boot", "bench", "--kernel", &k, "--mem", "16"], LIMIT);
+    let k = write_tmp(
+        &dir,
+        "k",
+        &tiny_elf(0x100000, &print_and_exit(b"hello\n", 42), 64),
+    );
+    let out = run_vmm(
+        &["run", "--boot", "bench", "--kernel", &k, "--mem", "16"],
+        LIMIT,
+    );
     assert_eq!(out.status.code(), Some(42), "stderr: {}", out.stderr);
     assert_eq!(out.stdout, "hello\n");
 }
@@ -136,7 +197,10 @@ fn guest_crash_is_reported_with_registers() {
     // `hlt` at CPL3 raises #GP, which a guest without an IDT cannot take: the VM must stop
     // with a report, not hang.
     let k = write_tmp(&dir, "k", &tiny_elf(0x100000, &[0xf4, 0xeb, 0xfe], 64));
-    let out = run_vmm(&["run", "--boot", "bench", "--kernel", &k, "--mem", "16"], LIMIT);
+    let out = run_vmm(
+        &["run", "--boot", "bench", "--kernel", &k, "--mem", "16"],
+        LIMIT,
+    );
     assert_eq!(out.status.code(), Some(70), "stderr: {}", out.stderr);
     assert!(out.stderr.contains("guest crashed"), "{}", out.stderr);
     assert!(out.stderr.contains("rip="), "{}", out.stderr);

@@ -19,7 +19,11 @@ pub fn workspace_root() -> PathBuf {
 /// Whether KVM tests can run. With LAUNDROMAT_REQUIRE_KVM=1 a missing /dev/kvm fails the test
 /// instead of skipping it.
 pub fn kvm_available() -> bool {
-    let ok = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    let ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
     if !ok {
         assert!(
             std::env::var("LAUNDROMAT_REQUIRE_KVM").as_deref() != Ok("1"),
@@ -33,7 +37,11 @@ pub fn kvm_available() -> bool {
 /// A built guest image under target/images; panics with the build command if it is missing.
 pub fn image(name: &str) -> PathBuf {
     let path = workspace_root().join("target/images").join(name);
-    assert!(path.exists(), "{} is missing: run `bash images/build.sh` first", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `bash images/build.sh` first",
+        path.display()
+    );
     path
 }
 
@@ -105,7 +113,12 @@ pub fn run_vmm(args: &[&str], limit: Duration) -> Output {
     let status = status.unwrap_or_else(|| {
         panic!("vmm {args:?} did not finish within {limit:?}\nstdout:\n{stdout}\nstderr:\n{stderr}")
     });
-    Output { status, stdout, stderr, elapsed: start.elapsed() }
+    Output {
+        status,
+        stdout,
+        stderr,
+        elapsed: start.elapsed(),
+    }
 }
 
 /// Waits for `child` up to `limit`; kills it and returns None if it is still running.
@@ -177,5 +190,9 @@ pub fn field(line: &str, key: &str) -> Option<u64> {
     let prefix = format!("{key}=");
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(&prefix))
-        .and_then(|v| v.trim_end_matches(|c: char| !c.is_ascii_digit()).parse().ok())
+        .and_then(|v| {
+            v.trim_end_matches(|c: char| !c.is_ascii_digit())
+                .parse()
+                .ok()
+        })
 }
