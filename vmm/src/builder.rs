@@ -47,15 +47,18 @@ pub fn build(
     console: Box<dyn Write + Send>,
 ) -> Result<BuiltVm, BuildError> {
     let mut vm = Vm::new()?;
-    cfg.validate(vm.kvm.get_max_vcpus() as u32, host_mem_mib().unwrap_or(u64::MAX))?;
+    cfg.validate(
+        vm.kvm.get_max_vcpus() as u32,
+        host_mem_mib().unwrap_or(u64::MAX),
+    )?;
     let mem = memory::create(cfg.mem_bytes(), &cfg.backing)?;
     let plan = boot::load(&mem, cfg)?;
     vm.register_memory(&mem, false)?;
 
     let irq = if plan.needs_irqchip {
         vm.setup_irqchip()?;
-        let evt = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)
-            .map_err(BuildError::EventFd)?;
+        let evt =
+            vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
         vm.register_irqfd(&evt, COM1_IRQ)?;
         Irq::EventFd(evt)
     } else {
@@ -81,7 +84,13 @@ pub fn build(
         stats.clone(),
         started,
     ));
-    Ok(BuiltVm { vm, mem, controller, vcpus, ctx: (run, devices, stats) })
+    Ok(BuiltVm {
+        vm,
+        mem,
+        controller,
+        vcpus,
+        ctx: (run, devices, stats),
+    })
 }
 
 impl BuiltVm {

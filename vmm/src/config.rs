@@ -61,13 +61,22 @@ impl VmConfig {
             return Err(ConfigError::NoVcpus);
         }
         if u32::from(self.vcpus) > max {
-            return Err(ConfigError::TooManyVcpus { asked: self.vcpus.into(), max });
+            return Err(ConfigError::TooManyVcpus {
+                asked: self.vcpus.into(),
+                max,
+            });
         }
         if self.mem_mib < MIN_MEM_MIB {
-            return Err(ConfigError::MemoryTooSmall { asked: self.mem_mib, min: MIN_MEM_MIB });
+            return Err(ConfigError::MemoryTooSmall {
+                asked: self.mem_mib,
+                min: MIN_MEM_MIB,
+            });
         }
         if self.mem_mib > host_mib {
-            return Err(ConfigError::MemoryTooLarge { asked: self.mem_mib, host: host_mib });
+            return Err(ConfigError::MemoryTooLarge {
+                asked: self.mem_mib,
+                host: host_mib,
+            });
         }
         if self.boot == BootMode::Bench && self.initrd.is_some() {
             return Err(ConfigError::InitrdWithBench);
@@ -105,10 +114,19 @@ mod tests {
         );
         assert_eq!(
             cfg(200, 64).validate(1024, 1024),
-            Err(ConfigError::TooManyVcpus { asked: 200, max: MAX_VCPUS })
+            Err(ConfigError::TooManyVcpus {
+                asked: 200,
+                max: MAX_VCPUS
+            })
         );
-        assert!(matches!(cfg(1, 1).validate(8, 1024), Err(ConfigError::MemoryTooSmall { .. })));
-        assert!(matches!(cfg(1, 4096).validate(8, 1024), Err(ConfigError::MemoryTooLarge { .. })));
+        assert!(matches!(
+            cfg(1, 1).validate(8, 1024),
+            Err(ConfigError::MemoryTooSmall { .. })
+        ));
+        assert!(matches!(
+            cfg(1, 4096).validate(8, 1024),
+            Err(ConfigError::MemoryTooLarge { .. })
+        ));
         assert_eq!(cfg(2, 64).validate(8, 1024), Ok(()));
     }
 

@@ -20,7 +20,11 @@ pub enum ControlError {
     #[error("the VM is stopping")]
     Stopping,
     #[error("{parked} of {total} vCPUs stopped within {timeout:?}")]
-    PauseTimeout { parked: usize, total: usize, timeout: Duration },
+    PauseTimeout {
+        parked: usize,
+        total: usize,
+        timeout: Duration,
+    },
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -53,11 +57,21 @@ impl VmController {
         stats: Arc<ExitStats>,
         started: Instant,
     ) -> Self {
-        Self { cfg, run, devices, stats, started, threads: Mutex::new(Vec::new()) }
+        Self {
+            cfg,
+            run,
+            devices,
+            stats,
+            started,
+            threads: Mutex::new(Vec::new()),
+        }
     }
 
     pub fn add_thread(&self, handle: JoinHandle<()>) {
-        self.threads.lock().unwrap_or_else(|e| e.into_inner()).push(handle);
+        self.threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(handle);
     }
 
     /// Kicks every vCPU until all are parked, or the timeout passes.
@@ -74,7 +88,12 @@ impl VmController {
                     timeout: PARK_TIMEOUT,
                 });
             }
-            for t in self.threads.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            for t in self
+                .threads
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+            {
                 vcpu::kick(t);
             }
         }
@@ -108,7 +127,11 @@ impl VmController {
             memory_mib: self.cfg.mem_mib,
             uptime_ms: self.started.elapsed().as_millis() as u64,
             vm_clock_ms: self.run.clock_ns() / 1_000_000,
-            boot_time_ms: self.devices.control.boot_time().map(|d| d.as_secs_f64() * 1e3),
+            boot_time_ms: self
+                .devices
+                .control
+                .boot_time()
+                .map(|d| d.as_secs_f64() * 1e3),
             exits: self.stats.snapshot(),
         }
     }
@@ -119,7 +142,12 @@ impl VmController {
         if let Err(e) = self.park_all() {
             tracing::error!("vCPUs did not stop: {e}");
         }
-        let threads: Vec<_> = self.threads.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
+        let threads: Vec<_> = self
+            .threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
         for t in threads {
             if t.join().is_err() {
                 tracing::error!("a vCPU thread panicked");

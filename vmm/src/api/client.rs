@@ -9,7 +9,10 @@ use super::protocol::Request;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot connect to control socket {path}")]
-    Connect { path: PathBuf, source: std::io::Error },
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("control socket I/O failed")]
     Io(#[from] std::io::Error),
     #[error("the VMM closed the connection without answering")]
@@ -19,9 +22,15 @@ pub enum ClientError {
 }
 
 /// Sends one request and returns the JSON response.
-pub fn call(path: &Path, req: &Request, timeout: Duration) -> Result<serde_json::Value, ClientError> {
-    let stream = UnixStream::connect(path)
-        .map_err(|source| ClientError::Connect { path: path.into(), source })?;
+pub fn call(
+    path: &Path,
+    req: &Request,
+    timeout: Duration,
+) -> Result<serde_json::Value, ClientError> {
+    let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+        path: path.into(),
+        source,
+    })?;
     stream.set_read_timeout(Some(timeout))?;
     let mut writer = stream.try_clone()?;
     let mut line = serde_json::to_string(req)?;

@@ -11,10 +11,11 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
-    Pause,
-    Resume,
-    Status,
-    Shutdown,
+    // Struct variants, so `deny_unknown_fields` rejects stray arguments.
+    Pause {},
+    Resume {},
+    Status {},
+    Shutdown {},
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -31,14 +32,16 @@ impl Request {
     /// Builds a request from `vmm ctl` words: the command, then its arguments.
     pub fn from_words(command: &str, args: &[String]) -> Result<Self, ParseError> {
         let req = match command {
-            "pause" => Request::Pause,
-            "resume" => Request::Resume,
-            "status" => Request::Status,
-            "shutdown" => Request::Shutdown,
+            "pause" => Request::Pause {},
+            "resume" => Request::Resume {},
+            "status" => Request::Status {},
+            "shutdown" => Request::Shutdown {},
             other => return Err(ParseError::UnknownCommand(other.into())),
         };
         if !args.is_empty() {
-            return Err(ParseError::UnexpectedArguments { command: command.into() });
+            return Err(ParseError::UnexpectedArguments {
+                command: command.into(),
+            });
         }
         Ok(req)
     }
@@ -67,9 +70,22 @@ mod tests {
 
     #[test]
     fn parses_commands_and_rejects_junk() {
-        assert_eq!(Request::parse(r#"{"cmd":"pause"}"#).unwrap(), Request::Pause);
-        assert_eq!(Request::parse(r#"{"cmd":"status"}"#).unwrap(), Request::Status);
-        for bad in ["", "{", "null", r#"{"cmd":"explode"}"#, r#"{"cmd":"pause","x":1}"#, "[1]"] {
+        assert_eq!(
+            Request::parse(r#"{"cmd":"pause"}"#).unwrap(),
+            Request::Pause {}
+        );
+        assert_eq!(
+            Request::parse(r#"{"cmd":"status"}"#).unwrap(),
+            Request::Status {}
+        );
+        for bad in [
+            "",
+            "{",
+            "null",
+            r#"{"cmd":"explode"}"#,
+            r#"{"cmd":"pause","x":1}"#,
+            "[1]",
+        ] {
             assert!(Request::parse(bad).is_err(), "{bad:?} parsed");
         }
     }

@@ -10,7 +10,10 @@ use crate::controller::VmController;
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("cannot listen on control socket {path}")]
-    Bind { path: PathBuf, source: std::io::Error },
+    Bind {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot start the control socket thread")]
     Thread(#[source] std::io::Error),
 }
@@ -29,16 +32,16 @@ impl Drop for ApiServer {
 fn dispatch(vm: &VmController, req: Request) -> Result<serde_json::Value, String> {
     let status = |vm: &VmController| serde_json::to_value(vm.status()).map_err(|e| e.to_string());
     match req {
-        Request::Pause => {
+        Request::Pause {} => {
             vm.pause().map_err(|e| e.to_string())?;
             status(vm)
         }
-        Request::Resume => {
+        Request::Resume {} => {
             vm.resume().map_err(|e| e.to_string())?;
             status(vm)
         }
-        Request::Status => status(vm),
-        Request::Shutdown => {
+        Request::Status {} => status(vm),
+        Request::Shutdown {} => {
             vm.shutdown();
             Ok(serde_json::json!({ "state": "stopped" }))
         }
@@ -51,12 +54,16 @@ fn serve_connection(vm: &VmController, stream: UnixStream) -> std::io::Result<()
     let mut reader = BufReader::new(stream);
     loop {
         let mut line = String::new();
-        let n = (&mut reader).take(MAX_REQUEST_BYTES as u64 + 1).read_line(&mut line)?;
+        let n = (&mut reader)
+            .take(MAX_REQUEST_BYTES as u64 + 1)
+            .read_line(&mut line)?;
         if n == 0 {
             return Ok(());
         }
         let reply = if n > MAX_REQUEST_BYTES {
-            response(Err(format!("request longer than {MAX_REQUEST_BYTES} bytes")))
+            response(Err(format!(
+                "request longer than {MAX_REQUEST_BYTES} bytes"
+            )))
         } else {
             match Request::parse(line.trim()) {
                 Ok(req) => response(dispatch(vm, req)),
@@ -77,19 +84,24 @@ pub fn start(path: &Path, vm: Arc<VmController>) -> Result<ApiServer, ServerErro
     if path.exists() && UnixStream::connect(path).is_err() {
         let _ = std::fs::remove_file(path);
     }
-    let listener = UnixListener::bind(path)
-        .map_err(|source| ServerError::Bind { path: path.into(), source })?;
+    let listener = UnixListener::bind(path).map_err(|source| ServerError::Bind {
+        path: path.into(),
+        source,
+    })?;
     std::thread::Builder::new()
         .name("api".into())
         .spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
                 let vm = vm.clone();
-                let spawned = std::thread::Builder::new().name("api-conn".into()).spawn(move || {
-                    if let Err(e) = serve_connection(&vm, stream) {
-                        tracing::debug!("control connection ended: {e}");
-                    }
-                });
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("api-conn".into())
+                        .spawn(move || {
+                            if let Err(e) = serve_connection(&vm, stream) {
+                                tracing::debug!("control connection ended: {e}");
+                            }
+                        });
                 if let Err(e) = spawned {
                     tracing::warn!("cannot serve a control connection: {e}");
                 }

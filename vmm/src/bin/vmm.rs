@@ -11,7 +11,11 @@ use vmm::vstate::memory::Backing;
 use vmm::vstate::run_control::StopReason;
 
 #[derive(Parser)]
-#[command(name = "vmm", version, about = "Laundromat's minimal KVM virtual machine monitor")]
+#[command(
+    name = "vmm",
+    version,
+    about = "Laundromat's minimal KVM virtual machine monitor"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -154,6 +158,10 @@ fn main() -> ExitCode {
         .init();
     match Cli::parse().command {
         Command::Run(args) => run(args),
-        Command::Ctl { socket, command, args } => ctl(socket, command, args),
+        Command::Ctl {
+            socket,
+            command,
+            args,
+        } => ctl(socket, command, args),
     }
 }

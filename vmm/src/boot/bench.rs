@@ -36,7 +36,10 @@ fn boot_info(cfg: &VmConfig, index: u8, free: &[Region]) -> BootInfo {
 
 pub fn load(mem: &GuestMemory, cfg: &VmConfig) -> Result<BootPlan, BootError> {
     if cfg.cmdline.len() > CMDLINE_MAX {
-        return Err(BootError::CmdlineTooLong { len: cfg.cmdline.len(), max: CMDLINE_MAX });
+        return Err(BootError::CmdlineTooLong {
+            len: cfg.cmdline.len(),
+            max: CMDLINE_MAX,
+        });
     }
     let mem_bytes = cfg.mem_bytes();
     let ram = layout::ram_ranges(mem_bytes);
@@ -47,7 +50,11 @@ pub fn load(mem: &GuestMemory, cfg: &VmConfig) -> Result<BootPlan, BootError> {
     let stacks = u64::from(cfg.vcpus) * STACK_SIZE;
     let free_start = elf.end.next_multiple_of(PAGE_SIZE);
     if elf.end > low_end || free_start + stacks > low_end {
-        return Err(BootError::NoRoom { kernel_end: elf.end, vcpus: cfg.vcpus, ram: low_end });
+        return Err(BootError::NoRoom {
+            kernel_end: elf.end,
+            vcpus: cfg.vcpus,
+            ram: low_end,
+        });
     }
 
     use linux_loader::loader::KernelLoader;
@@ -72,7 +79,10 @@ pub fn load(mem: &GuestMemory, cfg: &VmConfig) -> Result<BootPlan, BootError> {
         (MMIO_START, MMIO_END),
     )?;
 
-    let mut free = vec![Region { start: free_start, len: low_end - stacks - free_start }];
+    let mut free = vec![Region {
+        start: free_start,
+        len: low_end - stacks - free_start,
+    }];
     if let Some(&(start, len)) = ram.get(1) {
         free.push(Region { start, len });
     }
@@ -86,11 +96,19 @@ pub fn load(mem: &GuestMemory, cfg: &VmConfig) -> Result<BootPlan, BootError> {
         let stack_top = low_end - u64::from(index) * STACK_SIZE;
         vcpus.push(VcpuBoot {
             mode: EntryMode::User64 { cr3 },
-            regs: EntryRegs { rip: elf.entry, rsp: stack_top, rdi: info_addr, ..Default::default() },
+            regs: EntryRegs {
+                rip: elf.entry,
+                rsp: stack_top,
+                rdi: info_addr,
+                ..Default::default()
+            },
             linux: false,
         });
     }
-    Ok(BootPlan { vcpus, needs_irqchip: false })
+    Ok(BootPlan {
+        vcpus,
+        needs_irqchip: false,
+    })
 }
 
 #[cfg(test)]
@@ -144,7 +162,10 @@ mod tests {
         std::fs::write(&path, tiny_elf(0x100000, &[0x90; 32], 32)).unwrap();
         let c = cfg(path, 1, 64, &"x".repeat(CMDLINE_MAX + 1));
         let mem = memory::create(c.mem_bytes(), &Backing::Anonymous).unwrap();
-        assert!(matches!(load(&mem, &c), Err(BootError::CmdlineTooLong { .. })));
+        assert!(matches!(
+            load(&mem, &c),
+            Err(BootError::CmdlineTooLong { .. })
+        ));
     }
 
     #[test]

@@ -20,13 +20,27 @@ pub enum ElfError {
     #[error("the ELF file has no loadable segment")]
     NoSegments,
     #[error("ELF segment {index} at [{start:#x}, {end:#x}) lies outside guest RAM {ram}")]
-    OutsideRam { index: usize, start: u64, end: u64, ram: String },
+    OutsideRam {
+        index: usize,
+        start: u64,
+        end: u64,
+        ram: String,
+    },
     #[error("ELF segment {index} loads at {start:#x}, below the minimum {min:#x}")]
     BelowMinimum { index: usize, start: u64, min: u64 },
     #[error("ELF segment {index} claims {filesz} file bytes at offset {offset}, past the end of the {file_len}-byte file")]
-    PastFileEnd { index: usize, offset: u64, filesz: u64, file_len: u64 },
+    PastFileEnd {
+        index: usize,
+        offset: u64,
+        filesz: u64,
+        file_len: u64,
+    },
     #[error("ELF segment {index} has more file bytes ({filesz}) than memory bytes ({memsz})")]
-    FileLargerThanMemory { index: usize, filesz: u64, memsz: u64 },
+    FileLargerThanMemory {
+        index: usize,
+        filesz: u64,
+        memsz: u64,
+    },
     #[error("the ELF entry point {entry:#x} is not inside a loadable segment")]
     EntryOutside { entry: u64 },
     #[error("cannot read the ELF file")]
@@ -60,8 +74,10 @@ fn read_struct<T: ByteValued + Default>(f: &mut File, what: &'static str) -> Res
 }
 
 fn describe(ram: &[(u64, u64)]) -> String {
-    let parts: Vec<String> =
-        ram.iter().map(|&(s, l)| format!("[{s:#x}, {:#x})", s + l)).collect();
+    let parts: Vec<String> = ram
+        .iter()
+        .map(|&(s, l)| format!("[{s:#x}, {:#x})", s + l))
+        .collect();
     parts.join(" ∪ ")
 }
 
@@ -86,7 +102,8 @@ pub fn check(file: &mut File, ram: &[(u64, u64)], min_addr: u64) -> Result<Check
     if ehdr.e_phnum > 64 {
         return Err(ElfError::TooManySegments(ehdr.e_phnum));
     }
-    file.seek(SeekFrom::Start(ehdr.e_phoff)).map_err(ElfError::Io)?;
+    file.seek(SeekFrom::Start(ehdr.e_phoff))
+        .map_err(ElfError::Io)?;
     let mut segments = Vec::new();
     for index in 0..usize::from(ehdr.e_phnum) {
         let ph: Elf64_Phdr = read_struct(file, "program headers")?;
@@ -100,7 +117,11 @@ pub fn check(file: &mut File, ram: &[(u64, u64)], min_addr: u64) -> Result<Check
                 memsz: ph.p_memsz,
             });
         }
-        if ph.p_offset.checked_add(ph.p_filesz).is_none_or(|e| e > file_len) {
+        if ph
+            .p_offset
+            .checked_add(ph.p_filesz)
+            .is_none_or(|e| e > file_len)
+        {
             return Err(ElfError::PastFileEnd {
                 index,
                 offset: ph.p_offset,
@@ -111,22 +132,46 @@ pub fn check(file: &mut File, ram: &[(u64, u64)], min_addr: u64) -> Result<Check
         let start = ph.p_paddr;
         let end = start.checked_add(ph.p_memsz).unwrap_or(u64::MAX);
         if start < min_addr {
-            return Err(ElfError::BelowMinimum { index, start, min: min_addr });
+            return Err(ElfError::BelowMinimum {
+                index,
+                start,
+                min: min_addr,
+            });
         }
         if !ram.iter().any(|&(s, l)| start >= s && end <= s + l) {
-            return Err(ElfError::OutsideRam { index, start, end, ram: describe(ram) });
+            return Err(ElfError::OutsideRam {
+                index,
+                start,
+                end,
+                ram: describe(ram),
+            });
         }
-        segments.push(Segment { start, filesz: ph.p_filesz, memsz: ph.p_memsz });
+        segments.push(Segment {
+            start,
+            filesz: ph.p_filesz,
+            memsz: ph.p_memsz,
+        });
     }
     if segments.is_empty() {
         return Err(ElfError::NoSegments);
     }
     let entry = ehdr.e_entry;
-    if !segments.iter().any(|s| entry >= s.start && entry < s.start + s.memsz) {
+    if !segments
+        .iter()
+        .any(|s| entry >= s.start && entry < s.start + s.memsz)
+    {
         return Err(ElfError::EntryOutside { entry });
     }
-    let end = segments.iter().map(|s| s.start + s.memsz).max().unwrap_or(0);
-    Ok(CheckedElf { entry, segments, end })
+    let end = segments
+        .iter()
+        .map(|s| s.start + s.memsz)
+        .max()
+        .unwrap_or(0);
+    Ok(CheckedElf {
+        entry,
+        segments,
+        end,
+    })
 }
 
 #[cfg(test)]
@@ -186,9 +231,15 @@ pub(crate) mod tests {
     #[test]
     fn rejects_segments_outside_ram_or_below_minimum() {
         let mut f = file_with(&tiny_elf(0x8000_0000, &[0; 16], 16));
-        assert!(matches!(check(&mut f, &RAM, 0x100000), Err(ElfError::OutsideRam { .. })));
+        assert!(matches!(
+            check(&mut f, &RAM, 0x100000),
+            Err(ElfError::OutsideRam { .. })
+        ));
         let mut f = file_with(&tiny_elf(0x1000, &[0; 16], 16));
-        assert!(matches!(check(&mut f, &RAM, 0x100000), Err(ElfError::BelowMinimum { .. })));
+        assert!(matches!(
+            check(&mut f, &RAM, 0x100000),
+            Err(ElfError::BelowMinimum { .. })
+        ));
         let mut f = file_with(&tiny_elf(u64::MAX - 4, &[0; 16], 16));
         assert!(check(&mut f, &RAM, 0x100000).is_err());
     }

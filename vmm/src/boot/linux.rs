@@ -9,9 +9,9 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::{elf_check, load_initrd, open, pod_bytes, write_cmdline, BootError, BootPlan};
 use crate::arch::x86_64::layout::{self, *};
+use crate::arch::x86_64::mptable;
 use crate::arch::x86_64::paging::{self, Privilege};
 use crate::arch::x86_64::regs::{write_descriptor_tables, EntryMode, EntryRegs};
-use crate::arch::x86_64::mptable;
 use crate::config::VmConfig;
 use crate::vstate::memory::GuestMemory;
 use crate::vstate::vcpu::VcpuBoot;
@@ -54,12 +54,19 @@ pub fn load(mem: &GuestMemory, cfg: &VmConfig) -> Result<BootPlan, BootError> {
     let mem_bytes = cfg.mem_bytes();
     let low_end = layout::low_ram_end(mem_bytes);
     let mut kernel = open("kernel", &cfg.kernel)?;
-    let bz = is_bzimage(&mut kernel)
-        .map_err(|source| BootError::Open { what: "kernel", path: cfg.kernel.clone(), source })?;
+    let bz = is_bzimage(&mut kernel).map_err(|source| BootError::Open {
+        what: "kernel",
+        path: cfg.kernel.clone(),
+        source,
+    })?;
 
     let (entry, kernel_end, header) = if bz {
         let r = BzImage::load(mem, None, &mut kernel, Some(GuestAddress(HIMEM_START)))?;
-        (r.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET, r.kernel_end, r.setup_header)
+        (
+            r.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET,
+            r.kernel_end,
+            r.setup_header,
+        )
     } else {
         let elf = elf_check::check(&mut kernel, &layout::ram_ranges(mem_bytes), HIMEM_START)?;
         Elf::load(mem, None, &mut kernel, Some(GuestAddress(HIMEM_START)))?;
@@ -93,7 +100,11 @@ pub fn load(mem: &GuestMemory, cfg: &VmConfig) -> Result<BootPlan, BootError> {
 
     let map = e820_map(mem_bytes);
     for (slot, &(addr, size)) in params.e820_table.iter_mut().zip(&map) {
-        *slot = boot_e820_entry { addr, size, r#type: E820_RAM };
+        *slot = boot_e820_entry {
+            addr,
+            size,
+            r#type: E820_RAM,
+        };
     }
     params.e820_entries = map.len() as u8;
     // SAFETY: boot_params is the kernel's repr(C, packed) zero page: integers and arrays only.
@@ -103,16 +114,31 @@ pub fn load(mem: &GuestMemory, cfg: &VmConfig) -> Result<BootPlan, BootError> {
     write_descriptor_tables(mem)?;
     // The 64-bit entry needs the kernel and the zero page mapped; the kernel builds its own
     // tables right away, so the first GiB is enough.
-    let cr3 = paging::identity_map(mem, LINUX_PML4_ADDR, 0x3000, 1 << 30, Privilege::Supervisor, (0, 0))?;
+    let cr3 = paging::identity_map(
+        mem,
+        LINUX_PML4_ADDR,
+        0x3000,
+        1 << 30,
+        Privilege::Supervisor,
+        (0, 0),
+    )?;
 
     let boot = VcpuBoot {
         mode: EntryMode::Long64 { cr3 },
-        regs: EntryRegs { rip: entry, rsp: BOOT_STACK_TOP, rsi: ZERO_PAGE_ADDR, ..Default::default() },
+        regs: EntryRegs {
+            rip: entry,
+            rsp: BOOT_STACK_TOP,
+            rsi: ZERO_PAGE_ADDR,
+            ..Default::default()
+        },
         linux: true,
     };
     // Application processors wait for INIT/SIPI from the boot CPU; their initial state is
     // overwritten then, so giving them the same registers is harmless.
-    Ok(BootPlan { vcpus: vec![boot; cfg.vcpus.into()], needs_irqchip: true })
+    Ok(BootPlan {
+        vcpus: vec![boot; cfg.vcpus.into()],
+        needs_irqchip: true,
+    })
 }
 
 #[cfg(test)]

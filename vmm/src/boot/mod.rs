@@ -17,7 +17,11 @@ use crate::vstate::vcpu::VcpuBoot;
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
     #[error("cannot open {what} {path}")]
-    Open { what: &'static str, path: PathBuf, source: std::io::Error },
+    Open {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid kernel image")]
     Elf(#[from] elf_check::ElfError),
     #[error("cannot load the kernel: {0}")]
@@ -29,7 +33,11 @@ pub enum BootError {
     #[error("the {size}-byte initrd does not fit in guest RAM between {low:#x} and {high:#x}")]
     InitrdTooLarge { size: u64, low: u64, high: u64 },
     #[error("the kernel (ending at {kernel_end:#x}) and {vcpus} vCPU stacks do not fit in {ram:#x} bytes of low RAM")]
-    NoRoom { kernel_end: u64, vcpus: u8, ram: u64 },
+    NoRoom {
+        kernel_end: u64,
+        vcpus: u8,
+        ram: u64,
+    },
     #[error("the kernel has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY)")]
     NoPvhNote,
     #[error("cannot build page tables")]
@@ -50,7 +58,11 @@ pub struct BootPlan {
 }
 
 pub(crate) fn open(what: &'static str, path: &Path) -> Result<File, BootError> {
-    File::open(path).map_err(|source| BootError::Open { what, path: path.into(), source })
+    File::open(path).map_err(|source| BootError::Open {
+        what,
+        path: path.into(),
+        source,
+    })
 }
 
 /// Writes the command line NUL-terminated at `addr`, checking it against `max` bytes.
@@ -61,7 +73,10 @@ pub(crate) fn write_cmdline(
     max: usize,
 ) -> Result<(), BootError> {
     if cmdline.len() >= max {
-        return Err(BootError::CmdlineTooLong { len: cmdline.len(), max: max - 1 });
+        return Err(BootError::CmdlineTooLong {
+            len: cmdline.len(),
+            max: max - 1,
+        });
     }
     if cmdline.contains('\0') {
         return Err(BootError::CmdlineNul);
@@ -82,7 +97,10 @@ pub(crate) fn load_initrd(
 ) -> Result<(u64, u64), BootError> {
     let mut file = open("initrd", path)?;
     let size = file.metadata().map_err(BootError::ReadInitrd)?.len();
-    let addr = high.checked_sub(size).map(|a| a & !0xfff).filter(|&a| a >= low);
+    let addr = high
+        .checked_sub(size)
+        .map(|a| a & !0xfff)
+        .filter(|&a| a >= low);
     let Some(addr) = addr else {
         return Err(BootError::InitrdTooLarge { size, low, high });
     };

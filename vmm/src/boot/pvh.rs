@@ -1,6 +1,8 @@
 //! PVH boot: an ELF with a XEN_ELFNOTE_PHYS32_ENTRY note, entered in 32-bit protected mode
 //! with paging off and EBX pointing at `struct hvm_start_info`.
-use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
+use linux_loader::loader::elf::start_info::{
+    hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
+};
 use linux_loader::loader::{Elf, KernelLoader, PvhBootCapability};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -35,15 +37,27 @@ pub fn load(mem: &GuestMemory, cfg: &VmConfig) -> Result<BootPlan, BootError> {
     if let Some(path) = &cfg.initrd {
         let low = elf.end.next_multiple_of(PAGE_SIZE);
         let (paddr, size) = load_initrd(mem, path, low, layout::low_ram_end(mem_bytes))?;
-        let module = hvm_modlist_entry { paddr, size, ..Default::default() };
+        let module = hvm_modlist_entry {
+            paddr,
+            size,
+            ..Default::default()
+        };
         // SAFETY: hvm_modlist_entry is repr(C) plain integers.
-        mem.write_slice(unsafe { pod_bytes(&module) }, GuestAddress(PVH_MODLIST_ADDR))?;
+        mem.write_slice(
+            unsafe { pod_bytes(&module) },
+            GuestAddress(PVH_MODLIST_ADDR),
+        )?;
         info.nr_modules = 1;
         info.modlist_paddr = PVH_MODLIST_ADDR;
     }
     let map = e820_map(mem_bytes);
     for (i, &(addr, size)) in map.iter().enumerate() {
-        let entry = hvm_memmap_table_entry { addr, size, type_: MEMMAP_TYPE_RAM, reserved: 0 };
+        let entry = hvm_memmap_table_entry {
+            addr,
+            size,
+            type_: MEMMAP_TYPE_RAM,
+            reserved: 0,
+        };
         let at = PVH_MEMMAP_ADDR + (i * size_of::<hvm_memmap_table_entry>()) as u64;
         // SAFETY: hvm_memmap_table_entry is repr(C) plain integers.
         mem.write_slice(unsafe { pod_bytes(&entry) }, GuestAddress(at))?;
@@ -55,8 +69,15 @@ pub fn load(mem: &GuestMemory, cfg: &VmConfig) -> Result<BootPlan, BootError> {
 
     let boot = VcpuBoot {
         mode: EntryMode::Protected32,
-        regs: EntryRegs { rip: entry.0, rbx: PVH_INFO_ADDR, ..Default::default() },
+        regs: EntryRegs {
+            rip: entry.0,
+            rbx: PVH_INFO_ADDR,
+            ..Default::default()
+        },
         linux: false,
     };
-    Ok(BootPlan { vcpus: vec![boot; cfg.vcpus.into()], needs_irqchip: false })
+    Ok(BootPlan {
+        vcpus: vec![boot; cfg.vcpus.into()],
+        needs_irqchip: false,
+    })
 }

@@ -9,7 +9,10 @@ pub struct BootTimer {
 
 impl BootTimer {
     pub fn new(started: Instant) -> Self {
-        Self { started, booted: None }
+        Self {
+            started,
+            booted: None,
+        }
     }
 
     /// Records marker `value`; the first [`bench_abi::control::BOOT_DONE`] is the boot time.
@@ -19,7 +22,11 @@ impl BootTimer {
             self.booted = Some(elapsed);
             tracing::info!(boot_ms = elapsed.as_secs_f64() * 1e3, "guest booted");
         } else {
-            tracing::info!(value, at_ms = elapsed.as_secs_f64() * 1e3, "guest boot marker");
+            tracing::info!(
+                value,
+                at_ms = elapsed.as_secs_f64() * 1e3,
+                "guest boot marker"
+            );
         }
         elapsed
     }

@@ -27,7 +27,10 @@ fn within(addr: u64, base: u64, len: u64) -> Option<u64> {
 
 impl Devices {
     pub fn new(console: Uart, control: Control) -> Arc<Self> {
-        Arc::new(Self { console: Mutex::new(console), control })
+        Arc::new(Self {
+            console: Mutex::new(console),
+            control,
+        })
     }
 
     fn console(&self) -> std::sync::MutexGuard<'_, Uart> {

@@ -22,7 +22,10 @@ fn value(data: &[u8]) -> u64 {
 
 impl Control {
     pub fn new(run: Arc<RunControl>, boot_timer: BootTimer) -> Self {
-        Self { run, boot_timer: Mutex::new(boot_timer) }
+        Self {
+            run,
+            boot_timer: Mutex::new(boot_timer),
+        }
     }
 
     pub fn read(&self, offset: u64, data: &mut [u8]) {
@@ -42,14 +45,20 @@ impl Control {
             EXIT => self.run.request_stop(StopReason::GuestExit(v as u8)),
             IDLE_UNTIL_NS => self.run.idle_until(v),
             BOOT_MARK => {
-                self.boot_timer.lock().unwrap_or_else(|e| e.into_inner()).mark(v);
+                self.boot_timer
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .mark(v);
             }
             _ => tracing::debug!(offset, "write to unknown control register"),
         }
     }
 
     pub fn boot_time(&self) -> Option<std::time::Duration> {
-        self.boot_timer.lock().unwrap_or_else(|e| e.into_inner()).boot_time()
+        self.boot_timer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .boot_time()
     }
 }
 

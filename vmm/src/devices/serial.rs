@@ -83,7 +83,10 @@ mod tests {
             write(&mut uart, bench_abi::uart::THR, *b);
         }
         assert_eq!(&*sink.0.lock().unwrap(), b"hi\n");
-        assert_ne!(read(&mut uart, bench_abi::uart::LSR) & bench_abi::uart::LSR_THR_EMPTY, 0);
+        assert_ne!(
+            read(&mut uart, bench_abi::uart::LSR) & bench_abi::uart::LSR_THR_EMPTY,
+            0
+        );
         assert_eq!(read(&mut uart, 99), 0);
         write(&mut uart, 300, 1);
     }

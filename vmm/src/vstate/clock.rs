@@ -12,11 +12,16 @@ pub struct VmClock {
 impl VmClock {
     /// A stopped clock reading `ns`.
     pub fn stopped_at(ns: u64) -> Self {
-        Self { base_ns: ns, running_since: None }
+        Self {
+            base_ns: ns,
+            running_since: None,
+        }
     }
 
     pub fn now_ns(&self) -> u64 {
-        let running = self.running_since.map_or(0, |t| t.elapsed().as_nanos() as u64);
+        let running = self
+            .running_since
+            .map_or(0, |t| t.elapsed().as_nanos() as u64);
         self.base_ns.saturating_add(running)
     }
 

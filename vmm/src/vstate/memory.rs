@@ -16,11 +16,22 @@ pub type GuestMemory = vm_memory::GuestMemoryMmap<AtomicBitmap>;
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
     #[error("cannot open memory file {path}")]
-    OpenFile { path: PathBuf, source: std::io::Error },
+    OpenFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot size memory file {path} to {size} bytes")]
-    SizeFile { path: PathBuf, size: u64, source: std::io::Error },
+    SizeFile {
+        path: PathBuf,
+        size: u64,
+        source: std::io::Error,
+    },
     #[error("cannot map {size} bytes of guest memory at {addr:#x}")]
-    Map { addr: u64, size: u64, source: vm_memory::mmap::MmapRegionError },
+    Map {
+        addr: u64,
+        size: u64,
+        source: vm_memory::mmap::MmapRegionError,
+    },
     #[error("guest memory regions overlap or are empty")]
     Regions(#[from] vm_memory::GuestRegionCollectionError),
     #[error("a {size}-byte region cannot be mapped on this host")]
@@ -43,15 +54,24 @@ fn open_backing_file(path: &Path, size: u64) -> Result<File, MemoryError> {
         .create(true)
         .truncate(false)
         .open(path)
-        .map_err(|source| MemoryError::OpenFile { path: path.into(), source })?;
+        .map_err(|source| MemoryError::OpenFile {
+            path: path.into(),
+            source,
+        })?;
     let len = file
         .metadata()
-        .map_err(|source| MemoryError::OpenFile { path: path.into(), source })?
+        .map_err(|source| MemoryError::OpenFile {
+            path: path.into(),
+            source,
+        })?
         .len();
     // Grow a short file, but never shrink one: its tail may be another guest's memory.
     if len < size {
-        file.set_len(size)
-            .map_err(|source| MemoryError::SizeFile { path: path.into(), size, source })?;
+        file.set_len(size).map_err(|source| MemoryError::SizeFile {
+            path: path.into(),
+            size,
+            source,
+        })?;
     }
     Ok(file)
 }
@@ -82,8 +102,11 @@ pub fn create(mem_bytes: u64, backing: &Backing) -> Result<GuestMemory, MemoryEr
                     .with_file_offset(FileOffset::new(clone, file_offset))
             }
         };
-        let mapping =
-            builder.build().map_err(|source| MemoryError::Map { addr, size: len, source })?;
+        let mapping = builder.build().map_err(|source| MemoryError::Map {
+            addr,
+            size: len,
+            source,
+        })?;
         let region = GuestRegionMmap::new(mapping, GuestAddress(addr))
             .ok_or(MemoryError::TooLarge { size: len })?;
         regions.push(region);
@@ -95,7 +118,7 @@ pub fn create(mem_bytes: u64, backing: &Backing) -> Result<GuestMemory, MemoryEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::{Bytes, GuestMemory as _};
+    use vm_memory::{Bytes, GuestMemoryBackend as _};
 
     #[test]
     fn anonymous_memory_has_the_requested_size() {
@@ -109,9 +132,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mem");
         let mem = create(8 << 20, &Backing::File(path.clone())).unwrap();
-        mem.write_obj(0xfeed_f00d_u32, GuestAddress(0x1000)).unwrap();
+        mem.write_obj(0xfeed_f00d_u32, GuestAddress(0x1000))
+            .unwrap();
         let again = create(8 << 20, &Backing::File(path)).unwrap();
-        assert_eq!(again.read_obj::<u32>(GuestAddress(0x1000)).unwrap(), 0xfeed_f00d);
+        assert_eq!(
+            again.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
+            0xfeed_f00d
+        );
     }
 
     #[test]

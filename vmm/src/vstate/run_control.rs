@@ -173,7 +173,11 @@ impl RunControl {
                 return;
             }
             let wait = Duration::from_nanos(deadline_ns - now);
-            g = self.changed.wait_timeout(g, wait).unwrap_or_else(|e| e.into_inner()).0;
+            g = self
+                .changed
+                .wait_timeout(g, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 

@@ -17,9 +17,16 @@ use crate::devices::Devices;
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
     #[error("cannot create vCPU {index}")]
-    Create { index: u8, source: kvm_ioctls::Error },
+    Create {
+        index: u8,
+        source: kvm_ioctls::Error,
+    },
     #[error("cannot configure vCPU {index}: {what}")]
-    Configure { index: u8, what: &'static str, source: kvm_ioctls::Error },
+    Configure {
+        index: u8,
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
     #[error("cannot build the MSR list")]
     Msrs,
     #[error("cannot start the thread for vCPU {index}")]
@@ -65,7 +72,11 @@ pub struct Vcpu {
 }
 
 fn configure_err(index: u8, what: &'static str) -> impl Fn(kvm_ioctls::Error) -> VcpuError {
-    move |source| VcpuError::Configure { index, what, source }
+    move |source| VcpuError::Configure {
+        index,
+        what,
+        source,
+    }
 }
 
 const APIC_LVT_LINT0: usize = 0x350;
@@ -102,23 +113,39 @@ impl Vcpu {
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(configure_err(i, "read supported CPUID"))?;
         cpuid::for_vcpu(&mut cpuid, i, count);
-        self.fd.set_cpuid2(&cpuid).map_err(configure_err(i, "set CPUID"))?;
+        self.fd
+            .set_cpuid2(&cpuid)
+            .map_err(configure_err(i, "set CPUID"))?;
         if boot.linux {
             let msrs = msr::boot_msrs().map_err(|_| VcpuError::Msrs)?;
-            self.fd.set_msrs(&msrs).map_err(configure_err(i, "set MSRs"))?;
+            self.fd
+                .set_msrs(&msrs)
+                .map_err(configure_err(i, "set MSRs"))?;
         }
-        let sregs = self.fd.get_sregs().map_err(configure_err(i, "read sregs"))?;
+        let sregs = self
+            .fd
+            .get_sregs()
+            .map_err(configure_err(i, "read sregs"))?;
         self.fd
             .set_sregs(&regs::sregs(sregs, boot.mode))
             .map_err(configure_err(i, "set sregs"))?;
-        self.fd.set_regs(&regs::regs(&boot.regs)).map_err(configure_err(i, "set regs"))?;
-        self.fd.set_fpu(&regs::fpu()).map_err(configure_err(i, "set FPU"))?;
+        self.fd
+            .set_regs(&regs::regs(&boot.regs))
+            .map_err(configure_err(i, "set regs"))?;
+        self.fd
+            .set_fpu(&regs::fpu())
+            .map_err(configure_err(i, "set FPU"))?;
         if boot.linux {
             // Legacy PIC interrupts arrive on LINT0 as ExtINT and NMIs on LINT1, as on a PC.
-            let mut lapic = self.fd.get_lapic().map_err(configure_err(i, "read LAPIC"))?;
+            let mut lapic = self
+                .fd
+                .get_lapic()
+                .map_err(configure_err(i, "read LAPIC"))?;
             set_lvt_mode(&mut lapic, APIC_LVT_LINT0, APIC_MODE_EXTINT);
             set_lvt_mode(&mut lapic, APIC_LVT_LINT1, APIC_MODE_NMI);
-            self.fd.set_lapic(&lapic).map_err(configure_err(i, "set LAPIC"))?;
+            self.fd
+                .set_lapic(&lapic)
+                .map_err(configure_err(i, "set LAPIC"))?;
         }
         Ok(())
     }
@@ -250,7 +277,11 @@ fn internal_error_detail(vcpu: &mut Vcpu) -> Option<String> {
         _ => "unknown",
     };
     let n = (internal.ndata as usize).min(internal.data.len());
-    Some(format!("suberror {} ({what}), data {:x?}", internal.suberror, &internal.data[..n]))
+    Some(format!(
+        "suberror {} ({what}), data {:x?}",
+        internal.suberror,
+        &internal.data[..n]
+    ))
 }
 
 /// A report of a crashed vCPU: why, and its registers.

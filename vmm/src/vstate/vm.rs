@@ -19,13 +19,19 @@ pub enum VmError {
     #[error("cannot create the KVM VM")]
     Create(#[source] kvm_ioctls::Error),
     #[error("cannot register guest memory slot {slot} with KVM")]
-    MemorySlot { slot: u32, source: kvm_ioctls::Error },
+    MemorySlot {
+        slot: u32,
+        source: kvm_ioctls::Error,
+    },
     #[error("cannot set up the in-kernel interrupt controllers")]
     IrqChip(#[source] kvm_ioctls::Error),
     #[error("cannot wire interrupt line {gsi}")]
     Irqfd { gsi: u32, source: kvm_ioctls::Error },
     #[error("cannot read the dirty log of slot {slot}")]
-    DirtyLog { slot: u32, source: kvm_ioctls::Error },
+    DirtyLog {
+        slot: u32,
+        source: kvm_ioctls::Error,
+    },
 }
 
 pub struct Vm {
@@ -39,7 +45,11 @@ impl Vm {
     pub fn new() -> Result<Self, VmError> {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let fd = kvm.create_vm().map_err(VmError::Create)?;
-        Ok(Self { kvm, fd, slots: Vec::new() })
+        Ok(Self {
+            kvm,
+            fd,
+            slots: Vec::new(),
+        })
     }
 
     /// Registers every region of `mem` as a KVM slot, with dirty logging if asked.
@@ -47,12 +57,19 @@ impl Vm {
         self.slots.clear();
         for (slot, region) in mem.iter().enumerate() {
             let slot = slot as u32;
-            let host = mem
-                .get_host_address(region.start_addr())
-                .map_err(|_| VmError::MemorySlot { slot, source: kvm_ioctls::Error::new(libc::EFAULT) })?;
+            let host =
+                mem.get_host_address(region.start_addr())
+                    .map_err(|_| VmError::MemorySlot {
+                        slot,
+                        source: kvm_ioctls::Error::new(libc::EFAULT),
+                    })?;
             let desc = kvm_userspace_memory_region {
                 slot,
-                flags: if log_dirty { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
+                flags: if log_dirty {
+                    KVM_MEM_LOG_DIRTY_PAGES
+                } else {
+                    0
+                },
                 guest_phys_addr: region.start_addr().0,
                 memory_size: region.len(),
                 userspace_addr: host as u64,
@@ -69,14 +86,21 @@ impl Vm {
 
     /// The in-kernel PIC, IOAPIC, LAPICs and PIT that a Linux guest expects.
     pub fn setup_irqchip(&self) -> Result<(), VmError> {
-        self.fd.set_tss_address(KVM_TSS_ADDR).map_err(VmError::IrqChip)?;
+        self.fd
+            .set_tss_address(KVM_TSS_ADDR)
+            .map_err(VmError::IrqChip)?;
         self.fd.create_irq_chip().map_err(VmError::IrqChip)?;
-        let pit = kvm_pit_config { flags: PIT_SPEAKER_DUMMY, ..Default::default() };
+        let pit = kvm_pit_config {
+            flags: PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
         self.fd.create_pit2(pit).map_err(VmError::IrqChip)?;
         Ok(())
     }
 
     pub fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), VmError> {
-        self.fd.register_irqfd(evt, gsi).map_err(|source| VmError::Irqfd { gsi, source })
+        self.fd
+            .register_irqfd(evt, gsi)
+            .map_err(|source| VmError::Irqfd { gsi, source })
     }
 }

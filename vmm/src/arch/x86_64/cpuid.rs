@@ -10,9 +10,8 @@ pub fn for_vcpu(cpuid: &mut CpuId, index: u8, count: u8) {
         match entry.function {
             1 => {
                 // EBX[31:24] initial APIC id, EBX[23:16] logical processor count.
-                entry.ebx = (entry.ebx & 0x0000_ffff)
-                    | (u32::from(index) << 24)
-                    | (u32::from(count) << 16);
+                entry.ebx =
+                    (entry.ebx & 0x0000_ffff) | (u32::from(index) << 24) | (u32::from(count) << 16);
                 entry.ecx |= HYPERVISOR_BIT;
             }
             // Extended topology: EDX holds the x2APIC id on every sub-leaf.
@@ -30,8 +29,16 @@ mod tests {
     #[test]
     fn sets_apic_id_and_hypervisor_bit() {
         let entries = [
-            kvm_cpuid_entry2 { function: 1, ebx: 0xdead_0800, ..Default::default() },
-            kvm_cpuid_entry2 { function: 0xb, index: 1, ..Default::default() },
+            kvm_cpuid_entry2 {
+                function: 1,
+                ebx: 0xdead_0800,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: 0xb,
+                index: 1,
+                ..Default::default()
+            },
         ];
         let mut cpuid = CpuId::from_entries(&entries).unwrap();
         for_vcpu(&mut cpuid, 3, 4);

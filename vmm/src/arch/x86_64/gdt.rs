@@ -45,7 +45,11 @@ pub fn segment(gdt: &[u64; ENTRIES], index: usize, rpl: u8) -> kvm_segment {
     let base = ((e >> 16) & 0x00ff_ffff) | ((e >> 32) & 0xff00_0000);
     let raw_limit = (e & 0xffff) | ((e >> 32) & 0x000f_0000);
     let g = ((e >> 55) & 1) as u8;
-    let limit = if g == 1 { (raw_limit << 12) | 0xfff } else { raw_limit };
+    let limit = if g == 1 {
+        (raw_limit << 12) | 0xfff
+    } else {
+        raw_limit
+    };
     kvm_segment {
         base,
         limit: limit as u32,

@@ -55,7 +55,9 @@ pub fn low_ram_end(mem_bytes: u64) -> u64 {
 
 /// One past the highest guest-physical RAM address.
 pub fn ram_end(mem_bytes: u64) -> u64 {
-    ram_ranges(mem_bytes).last().map_or(0, |&(start, len)| start + len)
+    ram_ranges(mem_bytes)
+        .last()
+        .map_or(0, |&(start, len)| start + len)
 }
 
 #[cfg(test)]
@@ -86,7 +88,10 @@ mod tests {
             (PVH_MODLIST_ADDR, 0x20),
             (ZERO_PAGE_ADDR, 0x1000),
             (LINUX_PML4_ADDR, 0x3000),
-            (BENCH_PAGE_TABLES_ADDR, PAGE_TABLES_END - BENCH_PAGE_TABLES_ADDR),
+            (
+                BENCH_PAGE_TABLES_ADDR,
+                PAGE_TABLES_END - BENCH_PAGE_TABLES_ADDR,
+            ),
             (CMDLINE_ADDR, CMDLINE_MAX as u64),
         ];
         for (i, &(a, al)) in areas.iter().enumerate() {

@@ -52,7 +52,16 @@ fn entries(cpus: u8) -> (Vec<u8>, u16) {
     out.extend_from_slice(&IOAPIC_DEFAULT_BASE.to_le_bytes());
     count += 2;
     for irq in 0..ISA_IRQS {
-        out.extend_from_slice(&[ENTRY_IO_INTERRUPT, INT_TYPE_INT, 0, 0, 0, irq, ioapic_id, irq]);
+        out.extend_from_slice(&[
+            ENTRY_IO_INTERRUPT,
+            INT_TYPE_INT,
+            0,
+            0,
+            0,
+            irq,
+            ioapic_id,
+            irq,
+        ]);
         count += 1;
     }
     out.extend_from_slice(&[ENTRY_LOCAL_INTERRUPT, INT_TYPE_EXTINT, 0, 0, 0, 0, 0, 0]);
@@ -109,7 +118,11 @@ mod tests {
         assert_eq!(buf[..16].iter().fold(0u8, |a, &b| a.wrapping_add(b)), 0);
         assert_eq!(&buf[16..20], b"PCMP");
         assert_eq!(buf[16..].iter().fold(0u8, |a, &b| a.wrapping_add(b)), 0);
-        let cpus = buf[16 + 44..].chunks(20).take(4).filter(|e| e[0] == 0).count();
+        let cpus = buf[16 + 44..]
+            .chunks(20)
+            .take(4)
+            .filter(|e| e[0] == 0)
+            .count();
         assert_eq!(cpus, 4);
         assert!(len < 0x400, "must fit below 640 KiB");
     }
@@ -117,6 +130,9 @@ mod tests {
     #[test]
     fn rejects_zero_cpus() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        assert!(matches!(write(&mem, 0x9fc00, 0), Err(MpTableError::TooManyCpus(0))));
+        assert!(matches!(
+            write(&mem, 0x9fc00, 0),
+            Err(MpTableError::TooManyCpus(0))
+        ));
     }
 }

@@ -34,7 +34,11 @@ pub fn boot_msrs() -> Result<Msrs, vmm_sys_util::fam::Error> {
     ];
     let entries: Vec<kvm_msr_entry> = values
         .iter()
-        .map(|&(index, data)| kvm_msr_entry { index, data, ..Default::default() })
+        .map(|&(index, data)| kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        })
         .collect();
     Msrs::from_entries(&entries)
 }

@@ -47,9 +47,17 @@ pub fn identity_map<M: GuestMemory>(
 ) -> Result<u64, PagingError> {
     let needed = table_bytes(end);
     if needed > room || end > ENTRIES_PER_TABLE * ONE_GIB {
-        return Err(PagingError::NoRoom { mapped: end, needed, room });
+        return Err(PagingError::NoRoom {
+            mapped: end,
+            needed,
+            room,
+        });
     }
-    let user = if privilege == Privilege::User { USER } else { 0 };
+    let user = if privilege == Privilege::User {
+        USER
+    } else {
+        0
+    };
     let table_flags = PRESENT | WRITABLE | user;
     let pml4 = base;
     let pdpt = base + 4096;
@@ -92,8 +100,15 @@ mod tests {
     #[test]
     fn maps_user_pages_across_the_range() {
         let m = mem();
-        let cr3 = identity_map(&m, 0x10000, 0x70000, 5 << 30, Privilege::User, (3 << 30, 4 << 30))
-            .unwrap();
+        let cr3 = identity_map(
+            &m,
+            0x10000,
+            0x70000,
+            5 << 30,
+            Privilege::User,
+            (3 << 30, 4 << 30),
+        )
+        .unwrap();
         assert_eq!(cr3, 0x10000);
         let pml4e = read(&m, cr3);
         assert_eq!(pml4e & !0xfff, 0x11000);
@@ -103,7 +118,10 @@ mod tests {
         assert_eq!(pdpte4 & !0xfff, 0x12000 + 4 * 4096);
         let last = read(&m, (pdpte4 & !0xfff) + 511 * 8);
         assert_eq!(last & !0xfff, (5 << 30) - TWO_MIB);
-        assert_eq!(last & (HUGE | USER | WRITABLE | PRESENT), HUGE | USER | WRITABLE | PRESENT);
+        assert_eq!(
+            last & (HUGE | USER | WRITABLE | PRESENT),
+            HUGE | USER | WRITABLE | PRESENT
+        );
         assert_eq!(last & CACHE_DISABLE, 0);
         // The device window is uncached.
         let mmio = read(&m, 0x12000 + 3 * 4096);

@@ -120,7 +120,11 @@ pub fn sregs(mut sregs: kvm_sregs, mode: EntryMode) -> kvm_sregs {
 
 /// x87 and SSE control words as after `FNINIT` and reset.
 pub fn fpu() -> kvm_fpu {
-    kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() }
+    kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]
@@ -145,13 +149,19 @@ mod tests {
         let s = sregs(kvm_sregs::default(), EntryMode::Protected32);
         assert_eq!(s.cr0 & CR0_PG, 0);
         assert_ne!(s.cr0 & CR0_PE, 0);
-        assert_eq!((s.cs.db, s.cs.l, s.cs.base, s.cs.limit), (1, 0, 0, 0xffff_ffff));
+        assert_eq!(
+            (s.cs.db, s.cs.l, s.cs.base, s.cs.limit),
+            (1, 0, 0, 0xffff_ffff)
+        );
         assert_eq!(s.efer, 0);
     }
 
     #[test]
     fn interrupts_are_off_at_entry() {
-        let r = regs(&EntryRegs { rip: 0x100000, ..Default::default() });
+        let r = regs(&EntryRegs {
+            rip: 0x100000,
+            ..Default::default()
+        });
         assert_eq!(r.rflags & (1 << 9), 0);
         assert_eq!(r.rip, 0x100000);
     }
