@@ -130,7 +130,7 @@ pub fn check(file: &mut File, ram: &[(u64, u64)], min_addr: u64) -> Result<Check
             });
         }
         let start = ph.p_paddr;
-        let end = start.checked_add(ph.p_memsz).unwrap_or(u64::MAX);
+        let end = start.saturating_add(ph.p_memsz);
         if start < min_addr {
             return Err(ElfError::BelowMinimum {
                 index,

@@ -43,10 +43,8 @@ pub fn load(mem: &GuestMemory, cfg: &VmConfig) -> Result<BootPlan, BootError> {
             ..Default::default()
         };
         // SAFETY: hvm_modlist_entry is repr(C) plain integers.
-        mem.write_slice(
-            unsafe { pod_bytes(&module) },
-            GuestAddress(PVH_MODLIST_ADDR),
-        )?;
+        let bytes = unsafe { pod_bytes(&module) };
+        mem.write_slice(bytes, GuestAddress(PVH_MODLIST_ADDR))?;
         info.nr_modules = 1;
         info.modlist_paddr = PVH_MODLIST_ADDR;
     }
