@@ -1,4 +1,5 @@
-//! Builds a running VM from a [`VmConfig`]: memory, KVM VM, devices, guest image, vCPUs.
+//! Builds a VM: from a kernel ([`build`]), or from saved state ([`build_restored`]), which is
+//! how snapshots are restored and how a migration destination receives its VM.
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,10 +11,13 @@ use crate::devices::boot_timer::BootTimer;
 use crate::devices::control::Control;
 use crate::devices::serial::{self, Irq, COM1_IRQ};
 use crate::devices::Devices;
-use crate::vstate::memory::{self, GuestMemory, MemoryError};
+use crate::persist::{MachineState, VmState};
+use crate::vstate::memory::{self, Backing, GuestMemory, MemoryError};
 use crate::vstate::run_control::RunControl;
-use crate::vstate::vcpu::{self, ExitStats, Vcpu, VcpuError, VcpuThreadContext};
+use crate::vstate::vcpu::{self, ExitStats, Vcpu, VcpuError};
+use crate::vstate::vcpu_state::{self, VcpuStateError};
 use crate::vstate::vm::{Vm, VmError};
+use crate::vstate::vm_state::{self, VmStateError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -27,35 +31,50 @@ pub enum BuildError {
     Vm(#[from] VmError),
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    #[error("cannot restore vCPU state")]
+    VcpuState(#[from] VcpuStateError),
+    #[error(transparent)]
+    VmState(#[from] VmStateError),
     #[error("cannot create the serial interrupt eventfd")]
     EventFd(#[source] std::io::Error),
+    #[error("cannot list the MSRs to save")]
+    MsrList(#[source] kvm_ioctls::Error),
+    #[error("the saved state is inconsistent: {0}")]
+    BadState(String),
+    #[error("cannot restore the serial port: {0}")]
+    Serial(String),
 }
 
-/// A VM whose vCPUs are created and configured but not yet running.
+/// A VM with its vCPUs configured; [`BuiltVm::start`] runs them.
 pub struct BuiltVm {
-    pub vm: Vm,
-    pub mem: GuestMemory,
     pub controller: Arc<VmController>,
     vcpus: Vec<Vcpu>,
-    ctx: (Arc<RunControl>, Arc<Devices>, Arc<ExitStats>),
 }
 
-/// Creates the VM for `cfg`, sending the guest console to `console`.
-pub fn build(
-    cfg: &VmConfig,
-    started: Instant,
-    console: Box<dyn Write + Send>,
-) -> Result<BuiltVm, BuildError> {
+/// The parts every VM has, before its vCPUs get a state.
+struct Skeleton {
+    vm: Vm,
+    mem: GuestMemory,
+    irq: Irq,
+}
+
+fn skeleton(
+    machine: &MachineState,
+    backing: &Backing,
+    mem: Option<GuestMemory>,
+) -> Result<Skeleton, BuildError> {
     let mut vm = Vm::new()?;
+    let cfg = VmConfig::for_machine(machine, backing.clone());
     cfg.validate(
         vm.kvm.get_max_vcpus() as u32,
         host_mem_mib().unwrap_or(u64::MAX),
     )?;
-    let mem = memory::create(cfg.mem_bytes(), &cfg.backing)?;
-    let plan = boot::load(&mem, cfg)?;
+    let mem = match mem {
+        Some(m) => m,
+        None => memory::create(cfg.mem_bytes(), backing)?,
+    };
     vm.register_memory(&mem, false)?;
-
-    let irq = if plan.needs_irqchip {
+    let irq = if machine.irqchip {
         vm.setup_irqchip()?;
         let evt =
             vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
@@ -64,49 +83,107 @@ pub fn build(
     } else {
         Irq::None
     };
+    Ok(Skeleton { vm, mem, irq })
+}
 
-    let run = Arc::new(RunControl::new(cfg.vcpus.into(), 0));
+fn finish(
+    vm: Vm,
+    mem: GuestMemory,
+    machine: MachineState,
+    uart: serial::Uart,
+    run: Arc<RunControl>,
+    started: Instant,
+    vcpus: Vec<Vcpu>,
+) -> Result<BuiltVm, BuildError> {
     let control = Control::new(run.clone(), BootTimer::new(started));
-    let devices = Devices::new(serial::new(irq, console), control);
-    let stats = Arc::new(ExitStats::default());
-
-    let mut vcpus = Vec::with_capacity(plan.vcpus.len());
-    for (index, boot) in plan.vcpus.iter().enumerate() {
-        let vcpu = Vcpu::new(&vm, index as u8)?;
-        vcpu.configure(&vm.kvm, cfg.vcpus, boot)?;
-        vcpus.push(vcpu);
-    }
+    let devices = Devices::new(uart, control);
     vcpu::install_kick_handler()?;
+    let msrs = vcpu_state::msr_list(&vm.kvm).map_err(BuildError::MsrList)?;
     let controller = Arc::new(VmController::new(
-        cfg.clone(),
-        run.clone(),
-        devices.clone(),
-        stats.clone(),
+        machine,
+        Arc::new(vm),
+        mem,
+        run,
+        devices,
+        Arc::new(ExitStats::default()),
+        msrs,
         started,
     ));
-    Ok(BuiltVm {
-        vm,
-        mem,
-        controller,
-        vcpus,
-        ctx: (run, devices, stats),
-    })
+    Ok(BuiltVm { controller, vcpus })
+}
+
+/// Creates the VM for `cfg` and loads its kernel; the guest console goes to `console`.
+pub fn build(
+    cfg: &VmConfig,
+    started: Instant,
+    console: Box<dyn Write + Send>,
+) -> Result<BuiltVm, BuildError> {
+    let machine = cfg.machine();
+    let sk = skeleton(&machine, &cfg.backing, None)?;
+    let plan = boot::load(&sk.mem, cfg)?;
+    let mut vcpus = Vec::with_capacity(plan.vcpus.len());
+    for (index, boot) in plan.vcpus.iter().enumerate() {
+        let vcpu = Vcpu::new(&sk.vm, index as u8)?;
+        vcpu.configure(&sk.vm.kvm, cfg.vcpus, boot)?;
+        vcpus.push(vcpu);
+    }
+    let run = Arc::new(RunControl::new(cfg.vcpus.into(), 0));
+    let Skeleton { vm, mem, irq } = sk;
+    let uart = serial::new(irq, console);
+    finish(vm, mem, machine, uart, run, started, vcpus)
+}
+
+/// Creates a VM from `state`, with guest memory `mem` already filled (or filled later, before
+/// [`BuiltVm::start`], as a migration destination does).
+pub fn build_restored(
+    state: &VmState,
+    mem: Option<GuestMemory>,
+    backing: &Backing,
+    started: Instant,
+    console: Box<dyn Write + Send>,
+) -> Result<BuiltVm, BuildError> {
+    let machine = state.machine.clone();
+    if state.vcpus.len() != usize::from(machine.vcpus) {
+        return Err(BuildError::BadState(format!(
+            "{} vCPU states for a {}-vCPU machine",
+            state.vcpus.len(),
+            machine.vcpus
+        )));
+    }
+    if state.irqchip.is_some() != machine.irqchip {
+        return Err(BuildError::BadState(
+            "irqchip state does not match the machine".into(),
+        ));
+    }
+    let sk = skeleton(&machine, backing, mem)?;
+    if let Some(chip) = &state.irqchip {
+        vm_state::restore(&sk.vm.fd, chip)?;
+    }
+    let mut vcpus = Vec::with_capacity(state.vcpus.len());
+    for (index, vs) in state.vcpus.iter().enumerate() {
+        let vcpu = Vcpu::new(&sk.vm, index as u8)?;
+        vcpu_state::restore(&vcpu.fd, index as u8, vs)?;
+        vcpus.push(vcpu);
+    }
+    let run = Arc::new(RunControl::new(machine.vcpus.into(), state.clock_ns));
+    let Skeleton { vm, mem, irq } = sk;
+    let uart = serial::restore(&state.serial, irq, console)
+        .map_err(|e| BuildError::Serial(format!("{e:?}")))?;
+    finish(vm, mem, machine, uart, run, started, vcpus)
 }
 
 impl BuiltVm {
+    /// The guest memory, e.g. for a migration destination to fill before starting.
+    pub fn memory(&self) -> &GuestMemory {
+        self.controller.memory()
+    }
+
     /// Starts one thread per vCPU and lets them run.
     pub fn start(&mut self) -> Result<(), BuildError> {
-        let (run, devices, stats) = &self.ctx;
         for vcpu in self.vcpus.drain(..) {
-            let ctx = VcpuThreadContext {
-                run: run.clone(),
-                devices: devices.clone(),
-                stats: stats.clone(),
-            };
-            let handle = vcpu::spawn(vcpu, ctx)?;
-            self.controller.add_thread(handle);
+            self.controller.spawn_vcpu(vcpu)?;
         }
-        run.resume();
+        self.controller.run_control().resume();
         Ok(())
     }
 }

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use crate::vstate::memory::Backing;
 
 /// How the guest is started.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum BootMode {
     /// The Linux x86-64 boot protocol (bzImage or ELF vmlinux).
@@ -82,6 +84,30 @@ impl VmConfig {
             return Err(ConfigError::InitrdWithBench);
         }
         Ok(())
+    }
+
+    /// The machine's shape, as saved in a VM state.
+    pub fn machine(&self) -> crate::persist::MachineState {
+        crate::persist::MachineState {
+            boot: self.boot,
+            mem_mib: self.mem_mib,
+            vcpus: self.vcpus,
+            cmdline: self.cmdline.clone(),
+            irqchip: self.boot == BootMode::Linux,
+        }
+    }
+
+    /// The configuration of a VM restored from `machine`: there is no kernel to load.
+    pub fn for_machine(machine: &crate::persist::MachineState, backing: Backing) -> Self {
+        Self {
+            kernel: PathBuf::new(),
+            initrd: None,
+            cmdline: machine.cmdline.clone(),
+            boot: machine.boot,
+            mem_mib: machine.mem_mib,
+            vcpus: machine.vcpus,
+            backing,
+        }
     }
 
     pub fn mem_bytes(&self) -> u64 {

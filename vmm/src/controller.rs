@@ -1,30 +1,42 @@
-//! Drives a running VM: pause, resume, status and shutdown, for the control socket and the
-//! main thread alike.
-use std::sync::{Arc, Mutex};
+//! Drives a running VM: pause, resume, status, state capture and shutdown, for the control
+//! socket, the migration engine and the main thread alike.
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::config::{BootMode, VmConfig};
+use crate::builder::BuildError;
+use crate::config::BootMode;
 use crate::devices::bus::ExitCounts;
 use crate::devices::Devices;
+use crate::persist::{MachineState, VmState};
+use crate::vstate::memory::GuestMemory;
 use crate::vstate::run_control::{Requested, RunControl, StopReason};
-use crate::vstate::vcpu::{self, ExitStats};
+use crate::vstate::vcpu::{self, ExitStats, SharedVcpu, Vcpu, VcpuThreadContext};
+use crate::vstate::vcpu_state::{self, VcpuStateError};
+use crate::vstate::vm::Vm;
+use crate::vstate::vm_state::{self, VmStateError};
 
 /// How long a pause may take before we report that a vCPU would not stop.
 const PARK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a kick is repeated: one that lands outside `KVM_RUN` is lost.
 const KICK_INTERVAL: Duration = Duration::from_millis(2);
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error("the VM is stopping")]
     Stopping,
+    #[error("the VM must be paused first")]
+    NotPaused,
     #[error("{parked} of {total} vCPUs stopped within {timeout:?}")]
     PauseTimeout {
         parked: usize,
         total: usize,
         timeout: Duration,
     },
+    #[error("cannot capture vCPU state")]
+    VcpuState(#[from] VcpuStateError),
+    #[error(transparent)]
+    VmState(#[from] VmStateError),
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -40,38 +52,81 @@ pub struct Status {
     pub exits: ExitCounts,
 }
 
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub struct VmController {
-    cfg: VmConfig,
+    machine: MachineState,
+    vm: Arc<Vm>,
+    mem: GuestMemory,
     run: Arc<RunControl>,
     devices: Arc<Devices>,
     stats: Arc<ExitStats>,
+    msr_indices: Vec<u32>,
     started: Instant,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    vcpus: Mutex<Vec<SharedVcpu>>,
+    /// Each vCPU's TSC when the VM paused: written back on resume so a paused guest sees no
+    /// time pass, and saved in snapshots so that save-restore-save is byte-identical.
+    paused_tsc: Mutex<Option<Vec<u64>>>,
 }
 
 impl VmController {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        cfg: VmConfig,
+        machine: MachineState,
+        vm: Arc<Vm>,
+        mem: GuestMemory,
         run: Arc<RunControl>,
         devices: Arc<Devices>,
         stats: Arc<ExitStats>,
+        msr_indices: Vec<u32>,
         started: Instant,
     ) -> Self {
         Self {
-            cfg,
+            machine,
+            vm,
+            mem,
             run,
             devices,
             stats,
+            msr_indices,
             started,
             threads: Mutex::new(Vec::new()),
+            vcpus: Mutex::new(Vec::new()),
+            paused_tsc: Mutex::new(None),
         }
     }
 
-    pub fn add_thread(&self, handle: JoinHandle<()>) {
-        self.threads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(handle);
+    pub fn memory(&self) -> &GuestMemory {
+        &self.mem
+    }
+
+    pub fn vm(&self) -> &Vm {
+        &self.vm
+    }
+
+    pub fn machine(&self) -> &MachineState {
+        &self.machine
+    }
+
+    pub fn run_control(&self) -> &RunControl {
+        &self.run
+    }
+
+    /// Starts the thread for `vcpu`; it parks until the VM runs.
+    pub fn spawn_vcpu(&self, vcpu: Vcpu) -> Result<(), BuildError> {
+        let vcpu = Arc::new(Mutex::new(vcpu));
+        locked(&self.vcpus).push(vcpu.clone());
+        let ctx = VcpuThreadContext {
+            run: self.run.clone(),
+            devices: self.devices.clone(),
+            stats: self.stats.clone(),
+        };
+        let handle = vcpu::spawn(vcpu, ctx)?;
+        locked(&self.threads).push(handle);
+        Ok(())
     }
 
     /// Kicks every vCPU until all are parked, or the timeout passes.
@@ -84,16 +139,11 @@ impl VmController {
             if Instant::now() > deadline {
                 return Err(ControlError::PauseTimeout {
                     parked: self.run.parked(),
-                    total: self.cfg.vcpus.into(),
+                    total: self.machine.vcpus.into(),
                     timeout: PARK_TIMEOUT,
                 });
             }
-            for t in self
-                .threads
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-            {
+            for t in locked(&self.threads).iter() {
                 vcpu::kick(t);
             }
         }
@@ -104,27 +154,86 @@ impl VmController {
         if !self.run.request_pause() {
             return Err(ControlError::Stopping);
         }
-        self.park_all()
+        self.park_all()?;
+        let mut tsc = locked(&self.paused_tsc);
+        if tsc.is_none() {
+            let mut values = Vec::new();
+            for v in locked(&self.vcpus).iter() {
+                let v = vcpu::lock(v);
+                values.push(vcpu_state::read_tsc(&v.fd, v.index)?);
+            }
+            *tsc = Some(values);
+        }
+        Ok(())
     }
 
     pub fn resume(&self) -> Result<(), ControlError> {
         if self.run.requested() == Requested::Stopped {
             return Err(ControlError::Stopping);
         }
+        if let Some(values) = locked(&self.paused_tsc).take() {
+            for (v, tsc) in locked(&self.vcpus).iter().zip(values) {
+                let v = vcpu::lock(v);
+                let entry = kvm_bindings::kvm_msr_entry {
+                    index: vcpu_state::MSR_IA32_TSC,
+                    data: tsc,
+                    ..Default::default()
+                };
+                vcpu_state::write_msrs(&v.fd, v.index, &[entry])?;
+            }
+        }
         self.run.resume();
         Ok(())
+    }
+
+    /// Captures the whole VM state except memory. The VM must be paused.
+    pub fn save_state(&self) -> Result<VmState, ControlError> {
+        if self.run.requested() != Requested::Paused
+            || self.run.parked() < self.machine.vcpus.into()
+        {
+            return Err(ControlError::NotPaused);
+        }
+        let tsc = locked(&self.paused_tsc).clone();
+        let mut vcpus = Vec::new();
+        for (i, v) in locked(&self.vcpus).iter().enumerate() {
+            let v = vcpu::lock(v);
+            let t = tsc.as_ref().and_then(|t| t.get(i).copied());
+            vcpus.push(vcpu_state::save(
+                &v.fd,
+                v.index,
+                &self.msr_indices,
+                self.machine.irqchip,
+                t,
+            )?);
+        }
+        let irqchip = match self.machine.irqchip {
+            true => Some(vm_state::save(&self.vm.fd)?),
+            false => None,
+        };
+        Ok(VmState {
+            machine: self.machine.clone(),
+            clock_ns: self.run.clock_ns(),
+            vcpus,
+            irqchip,
+            serial: self.devices.serial_snapshot(),
+        })
     }
 
     pub fn shutdown(&self) {
         self.run.request_stop(StopReason::Shutdown);
     }
 
+    /// Stops the VM for `reason` (e.g. it migrated away).
+    pub fn stop(&self, reason: StopReason) {
+        self.run.request_stop(reason);
+    }
+
     pub fn status(&self) -> Status {
         Status {
             state: self.run.requested(),
-            boot: self.cfg.boot,
-            vcpus: self.cfg.vcpus,
-            memory_mib: self.cfg.mem_mib,
+            boot: self.machine.boot,
+            vcpus: self.machine.vcpus,
+            memory_mib: self.machine.mem_mib,
             uptime_ms: self.started.elapsed().as_millis() as u64,
             vm_clock_ms: self.run.clock_ns() / 1_000_000,
             boot_time_ms: self
@@ -142,12 +251,7 @@ impl VmController {
         if let Err(e) = self.park_all() {
             tracing::error!("vCPUs did not stop: {e}");
         }
-        let threads: Vec<_> = self
-            .threads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-            .collect();
+        let threads: Vec<_> = locked(&self.threads).drain(..).collect();
         for t in threads {
             if t.join().is_err() {
                 tracing::error!("a vCPU thread panicked");

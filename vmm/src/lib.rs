@@ -11,6 +11,7 @@ pub mod builder;
 pub mod config;
 pub mod controller;
 pub mod devices;
+pub mod persist;
 pub mod vstate;
 
 /// Process exit code when the guest crashes (triple fault, emulation failure, …).

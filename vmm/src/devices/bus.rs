@@ -94,6 +94,11 @@ impl Devices {
         }
     }
 
+    /// The console UART's state, for a snapshot.
+    pub fn serial_snapshot(&self) -> super::serial::SerialSnapshot {
+        super::serial::SerialSnapshot::from(&self.console().state())
+    }
+
     /// Flushes console output, e.g. before the process exits.
     pub fn flush_console(&self) {
         use std::io::Write;

@@ -58,6 +58,60 @@ pub fn write(uart: &mut Uart, offset: u64, value: u8) {
     }
 }
 
+/// The UART's registers and receive FIFO, as saved in a VM state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialSnapshot {
+    pub registers: [u8; 9],
+    pub in_buffer: Vec<u8>,
+}
+
+impl From<&vm_superio::serial::SerialState> for SerialSnapshot {
+    fn from(s: &vm_superio::serial::SerialState) -> Self {
+        Self {
+            registers: [
+                s.baud_divisor_low,
+                s.baud_divisor_high,
+                s.interrupt_enable,
+                s.interrupt_identification,
+                s.line_control,
+                s.line_status,
+                s.modem_control,
+                s.modem_status,
+                s.scratch,
+            ],
+            in_buffer: s.in_buffer.clone(),
+        }
+    }
+}
+
+impl From<&SerialSnapshot> for vm_superio::serial::SerialState {
+    fn from(s: &SerialSnapshot) -> Self {
+        let r = s.registers;
+        Self {
+            baud_divisor_low: r[0],
+            baud_divisor_high: r[1],
+            interrupt_enable: r[2],
+            interrupt_identification: r[3],
+            line_control: r[4],
+            line_status: r[5],
+            modem_control: r[6],
+            modem_status: r[7],
+            scratch: r[8],
+            in_buffer: s.in_buffer.clone(),
+        }
+    }
+}
+
+/// Rebuilds the UART from saved state; a FIFO longer than the hardware's is an error.
+pub fn restore(
+    snapshot: &SerialSnapshot,
+    irq: Irq,
+    out: Box<dyn Write + Send>,
+) -> Result<Uart, vm_superio::serial::Error<std::io::Error>> {
+    let state = vm_superio::serial::SerialState::from(snapshot);
+    Serial::from_state(&state, irq, NoEvents, out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,5 +143,21 @@ mod tests {
         );
         assert_eq!(read(&mut uart, 99), 0);
         write(&mut uart, 300, 1);
+    }
+
+    #[test]
+    fn state_survives_a_snapshot() {
+        let mut uart = new(Irq::None, Box::new(std::io::sink()));
+        write(&mut uart, 7, 0x5a); // scratch register
+        write(&mut uart, 3, 0x03); // 8N1
+        let snap = SerialSnapshot::from(&uart.state());
+        let mut again = restore(&snap, Irq::None, Box::new(std::io::sink())).unwrap();
+        assert_eq!(read(&mut again, 7), 0x5a);
+        assert_eq!(SerialSnapshot::from(&again.state()), snap);
+        let bad = SerialSnapshot {
+            in_buffer: vec![0; 1000],
+            ..snap
+        };
+        assert!(restore(&bad, Irq::None, Box::new(std::io::sink())).is_err());
     }
 }

@@ -3,4 +3,6 @@ pub mod clock;
 pub mod memory;
 pub mod run_control;
 pub mod vcpu;
+pub mod vcpu_state;
 pub mod vm;
+pub mod vm_state;

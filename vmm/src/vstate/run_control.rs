@@ -139,9 +139,9 @@ impl RunControl {
         g.stop_reason.clone().unwrap_or(StopReason::Shutdown)
     }
 
-    /// Called by a vCPU thread before `KVM_RUN`: parks while paused. Returns false when the
-    /// vCPU must exit its loop.
-    pub fn vcpu_may_run(&self) -> bool {
+    /// Called by a vCPU thread when [`Self::requested`] is not `Running`: parks while paused.
+    /// Returns false when the vCPU must exit its loop.
+    pub fn park_vcpu(&self) -> bool {
         let mut g = self.lock();
         if g.requested == Requested::Running {
             return true;
@@ -204,7 +204,7 @@ mod tests {
                 let rc = rc.clone();
                 std::thread::spawn(move || {
                     let mut spins = 0u64;
-                    while rc.vcpu_may_run() {
+                    while rc.requested() == Requested::Running || rc.park_vcpu() {
                         spins += 1;
                         std::thread::yield_now();
                     }

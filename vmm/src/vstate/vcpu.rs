@@ -1,14 +1,14 @@
 //! vCPUs: configuration at boot, and one thread each that runs `KVM_RUN` and dispatches exits
 //! to the devices.
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Mutex, MutexGuard, Once};
 use std::thread::JoinHandle;
 
 use kvm_bindings::{kvm_lapic_state, CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use super::run_control::{RunControl, StopReason};
+use super::run_control::{Requested, RunControl, StopReason};
 use super::vm::Vm;
 use crate::arch::x86_64::{cpuid, msr, regs};
 use crate::devices::bus::ExitCounts;
@@ -181,11 +181,20 @@ pub struct VcpuThreadContext {
     pub stats: Arc<ExitStats>,
 }
 
-pub fn spawn(mut vcpu: Vcpu, ctx: VcpuThreadContext) -> Result<JoinHandle<()>, VcpuError> {
-    let index = vcpu.index;
+/// A vCPU shared between its thread, which holds the lock while in `KVM_RUN`, and the
+/// controller, which takes it only while the vCPU is parked (to save or restore state).
+pub type SharedVcpu = Arc<Mutex<Vcpu>>;
+
+pub fn lock(vcpu: &Mutex<Vcpu>) -> MutexGuard<'_, Vcpu> {
+    // A panic on a vCPU thread leaves the fd itself intact.
+    vcpu.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn spawn(vcpu: SharedVcpu, ctx: VcpuThreadContext) -> Result<JoinHandle<()>, VcpuError> {
+    let index = lock(&vcpu).index;
     std::thread::Builder::new()
         .name(format!("vcpu{index}"))
-        .spawn(move || run_loop(&mut vcpu, &ctx))
+        .spawn(move || run_loop(&vcpu, &ctx))
         .map_err(|source| VcpuError::Thread { index, source })
 }
 
@@ -195,18 +204,31 @@ enum Next {
     Crash(String),
 }
 
-fn run_loop(vcpu: &mut Vcpu, ctx: &VcpuThreadContext) {
-    while ctx.run.vcpu_may_run() {
-        let next = match vcpu.fd.run() {
-            Ok(exit) => handle_exit(exit, ctx),
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                vcpu.fd.set_kvm_immediate_exit(0);
-                Next::Continue
+/// Lets KVM finish an MMIO or port access whose data we supplied: it completes only on the next
+/// `KVM_RUN`, and state saved before that would replay the access on the destination.
+fn complete_pending_io(vcpu: &mut Vcpu) {
+    vcpu.fd.set_kvm_immediate_exit(1);
+    // EINTR is the expected answer; anything else will show up on the next real run.
+    let _ = vcpu.fd.run();
+    vcpu.fd.set_kvm_immediate_exit(0);
+}
+
+fn run_loop(vcpu: &Mutex<Vcpu>, ctx: &VcpuThreadContext) {
+    loop {
+        if ctx.run.requested() != Requested::Running {
+            complete_pending_io(&mut lock(vcpu));
+            if !ctx.run.park_vcpu() {
+                return;
             }
+        }
+        let mut v = lock(vcpu);
+        let next = match v.fd.run() {
+            Ok(exit) => handle_exit(exit, ctx),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Next::Continue,
             Err(e) => Next::Crash(format!("KVM_RUN failed: {e}")),
         };
         if let Next::Crash(why) = next {
-            let report = crash_report(vcpu, &why);
+            let report = crash_report(&mut v, &why);
             ctx.run.request_stop(StopReason::Crash(report));
         }
     }

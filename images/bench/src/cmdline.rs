@@ -1,0 +1,289 @@
+//! The bench guest's command line: `key=value` pairs separated by white space.
+//!
+//! Unknown keys and bad values are errors (the guest prints them and exits with
+//! [`crate::exit_code::BAD_CMDLINE`]) rather than being ignored, so a typo in a test cannot
+//! silently run the wrong workload.
+
+use core::fmt;
+
+/// What the guest runs. New workloads (http, the guest agent) add a variant here and a module
+/// under `src/guest/workload/`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// Every vCPU parks until the next report.
+    Idle,
+    /// Every vCPU rewrites and verifies its share of a working set.
+    Dirty,
+}
+
+impl Workload {
+    const ALL: [Workload; 2] = [Workload::Idle, Workload::Dirty];
+
+    /// The name the command line uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Idle => "idle",
+            Workload::Dirty => "dirty",
+        }
+    }
+}
+
+/// The parsed command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub workload: Workload,
+    /// Working-set size of `dirty`, in MiB.
+    pub wss_mib: u64,
+    /// Pages per second the whole VM writes; 0 means as fast as it can.
+    pub rate: u64,
+    /// Interval between progress lines, in milliseconds.
+    pub report_ms: u64,
+    /// VM clock time at which the run ends, in milliseconds; 0 means never.
+    pub exit_after_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            workload: Workload::Idle,
+            wss_mib: 16,
+            rate: 0,
+            report_ms: 1000,
+            exit_after_ms: 0,
+        }
+    }
+}
+
+impl Config {
+    /// VM clock time at which the run ends, in nanoseconds; `u64::MAX` if it never does.
+    pub fn deadline_ns(&self) -> u64 {
+        match self.exit_after_ms {
+            0 => u64::MAX,
+            ms => ms.saturating_mul(crate::NS_PER_MS),
+        }
+    }
+}
+
+/// The canonical command line for a configuration, every key spelled out.
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "workload={} wss={} rate={} report-ms={} exit-after-ms={}",
+            self.workload.name(),
+            self.wss_mib,
+            self.rate,
+            self.report_ms,
+            self.exit_after_ms
+        )
+    }
+}
+
+/// Largest `wss` accepted: 1 TiB, far above any RAM size, and small enough that byte and page
+/// counts cannot overflow.
+pub const MAX_WSS_MIB: u64 = 1 << 20;
+/// Largest time value accepted, in milliseconds (about 34 years): its nanoseconds fit a u64.
+pub const MAX_MS: u64 = 1 << 40;
+/// Largest rate accepted, in pages per second.
+pub const MAX_RATE: u64 = 1 << 40;
+
+/// A numeric key: its name, the accepted range, and the field it sets.
+struct NumKey {
+    name: &'static str,
+    min: u64,
+    max: u64,
+    set: fn(&mut Config, u64),
+}
+
+const fn key(name: &'static str, min: u64, max: u64, set: fn(&mut Config, u64)) -> NumKey {
+    NumKey {
+        name,
+        min,
+        max,
+        set,
+    }
+}
+
+const NUM_KEYS: [NumKey; 4] = [
+    key("wss", 1, MAX_WSS_MIB, |c, v| c.wss_mib = v),
+    key("rate", 0, MAX_RATE, |c, v| c.rate = v),
+    key("report-ms", 1, MAX_MS, |c, v| c.report_ms = v),
+    key("exit-after-ms", 0, MAX_MS, |c, v| c.exit_after_ms = v),
+];
+
+/// Why a command line was rejected. Borrowed strings point into the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Error<'a> {
+    NotUtf8,
+    NotKeyValue(&'a str),
+    UnknownKey(&'a str),
+    BadWorkload(&'a str),
+    BadNumber {
+        key: &'static str,
+        value: &'a str,
+        min: u64,
+        max: u64,
+    },
+}
+
+impl fmt::Display for Error<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Error::NotUtf8 => write!(f, "the command line is not UTF-8"),
+            Error::NotKeyValue(word) => write!(f, "\"{word}\" is not a key=value pair"),
+            Error::UnknownKey(key) => {
+                write!(f, "unknown key \"{key}\"; the keys are workload")?;
+                NUM_KEYS.iter().try_for_each(|k| write!(f, ", {}", k.name))
+            }
+            Error::BadWorkload(value) => {
+                write!(f, "unknown workload \"{value}\"; the workloads are")?;
+                for (i, w) in Workload::ALL.iter().enumerate() {
+                    write!(f, "{}{}", if i == 0 { " " } else { ", " }, w.name())?;
+                }
+                Ok(())
+            }
+            Error::BadNumber {
+                key,
+                value,
+                min,
+                max,
+            } => {
+                write!(
+                    f,
+                    "bad value \"{value}\" for {key}: expected a whole number from {min} to {max}"
+                )
+            }
+        }
+    }
+}
+
+/// Parses a command line. A key given twice takes its last value, as on Linux.
+pub fn parse(line: &[u8]) -> Result<Config, Error<'_>> {
+    let line = core::str::from_utf8(line).map_err(|_| Error::NotUtf8)?;
+    let mut config = Config::default();
+    for word in line.split_ascii_whitespace() {
+        let (key, value) = word.split_once('=').ok_or(Error::NotKeyValue(word))?;
+        if key == "workload" {
+            config.workload = Workload::ALL
+                .into_iter()
+                .find(|w| w.name() == value)
+                .ok_or(Error::BadWorkload(value))?;
+            continue;
+        }
+        let k = NUM_KEYS
+            .iter()
+            .find(|k| k.name == key)
+            .ok_or(Error::UnknownKey(key))?;
+        let bad = Error::BadNumber {
+            key: k.name,
+            value,
+            min: k.min,
+            max: k.max,
+        };
+        // `u64::from_str` accepts a leading '+'; a command line should not need one.
+        if !value.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad);
+        }
+        match value.parse::<u64>() {
+            Ok(v) if (k.min..=k.max).contains(&v) => (k.set)(&mut config, v),
+            _ => return Err(bad),
+        }
+    }
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_line_gives_the_defaults() {
+        assert_eq!(parse(b""), Ok(Config::default()));
+        assert_eq!(parse(b"  \t \n"), Ok(Config::default()));
+        let d = Config::default();
+        assert_eq!(
+            (d.workload, d.wss_mib, d.rate, d.report_ms, d.exit_after_ms),
+            (Workload::Idle, 16, 0, 1000, 0)
+        );
+    }
+
+    #[test]
+    fn parses_every_key() {
+        let c =
+            parse(b"workload=dirty wss=64  rate=5000\treport-ms=250 exit-after-ms=3000").unwrap();
+        assert_eq!(
+            c,
+            Config {
+                workload: Workload::Dirty,
+                wss_mib: 64,
+                rate: 5000,
+                report_ms: 250,
+                exit_after_ms: 3000
+            }
+        );
+        assert_eq!(parse(b"workload=idle").unwrap().workload, Workload::Idle);
+    }
+
+    #[test]
+    fn display_round_trips_and_deadline_follows_exit_after() {
+        let c = parse(b"workload=dirty wss=8 exit-after-ms=3000").unwrap();
+        assert_eq!(
+            c.to_string(),
+            "workload=dirty wss=8 rate=0 report-ms=1000 exit-after-ms=3000"
+        );
+        assert_eq!(parse(c.to_string().as_bytes()), Ok(c));
+        assert_eq!(c.deadline_ns(), 3_000_000_000);
+        assert_eq!(Config::default().deadline_ns(), u64::MAX);
+    }
+
+    #[test]
+    fn last_value_wins() {
+        assert_eq!(parse(b"wss=1 wss=2").unwrap().wss_mib, 2);
+    }
+
+    #[test]
+    fn rejects_bad_input_with_the_offending_text() {
+        assert_eq!(parse(b"wss"), Err(Error::NotKeyValue("wss")));
+        assert_eq!(parse(b"color=blue"), Err(Error::UnknownKey("color")));
+        assert_eq!(parse(b"workload=fast"), Err(Error::BadWorkload("fast")));
+        assert_eq!(parse(b"\xff"), Err(Error::NotUtf8));
+        for bad in [
+            "wss=0",
+            "wss=",
+            "wss=+5",
+            "wss=-1",
+            "wss=1x",
+            "wss=99999999999999999999",
+        ] {
+            let err = parse(bad.as_bytes()).unwrap_err();
+            assert!(
+                matches!(err, Error::BadNumber { key: "wss", .. }),
+                "{bad}: {err:?}"
+            );
+        }
+        assert!(matches!(
+            parse(b"report-ms=0"),
+            Err(Error::BadNumber {
+                key: "report-ms",
+                ..
+            })
+        ));
+        assert!(parse(b"rate=0 exit-after-ms=0").is_ok());
+    }
+
+    #[test]
+    fn messages_name_the_problem_and_the_choices() {
+        let msg = parse(b"colour=1").unwrap_err().to_string();
+        assert_eq!(
+            msg,
+            "unknown key \"colour\"; the keys are workload, wss, rate, report-ms, exit-after-ms"
+        );
+        let msg = parse(b"workload=x").unwrap_err().to_string();
+        assert_eq!(msg, "unknown workload \"x\"; the workloads are idle, dirty");
+        let msg = parse(b"wss=0").unwrap_err().to_string();
+        assert_eq!(
+            msg,
+            "bad value \"0\" for wss: expected a whole number from 1 to 1048576"
+        );
+    }
+}
