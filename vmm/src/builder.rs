@@ -37,8 +37,6 @@ pub enum BuildError {
     VmState(#[from] VmStateError),
     #[error("cannot create the serial interrupt eventfd")]
     EventFd(#[source] std::io::Error),
-    #[error("cannot list the MSRs to save")]
-    MsrList(#[source] kvm_ioctls::Error),
     #[error("the saved state is inconsistent: {0}")]
     BadState(String),
     #[error("cannot restore the serial port: {0}")]
@@ -98,7 +96,10 @@ fn finish(
     let control = Control::new(run.clone(), BootTimer::new(started));
     let devices = Devices::new(uart, control);
     vcpu::install_kick_handler()?;
-    let msrs = vcpu_state::msr_list(&vm.kvm).map_err(BuildError::MsrList)?;
+    // Probed on a scratch vCPU so the guest's own vCPUs keep exactly the state given them.
+    let probe = Vcpu::new(&vm, machine.vcpus)?;
+    let msrs = vcpu_state::msr_list(&vm.kvm, &probe.fd)?;
+    drop(probe);
     let controller = Arc::new(VmController::new(
         machine,
         Arc::new(vm),

@@ -2,10 +2,14 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::protocol::{response, Request, MAX_REQUEST_BYTES};
 use crate::controller::VmController;
+use crate::persist::snapshot;
+use crate::vstate::run_control::Requested;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -18,13 +22,22 @@ pub enum ServerError {
     Thread(#[source] std::io::Error),
 }
 
-/// Removes the socket file when the server is dropped.
+/// Removes the socket file when dropped, after letting requests in flight write their
+/// answers (a `shutdown` or `snapshot --stop` ends the process right after it is handled).
 pub struct ApiServer {
     path: PathBuf,
+    in_flight: Arc<AtomicUsize>,
 }
+
+/// How long the process waits at exit for answers still being written.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Drop for ApiServer {
     fn drop(&mut self) {
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        while self.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let _ = std::fs::remove_file(&self.path);
     }
 }
@@ -45,11 +58,53 @@ fn dispatch(vm: &VmController, req: Request) -> Result<serde_json::Value, String
             vm.shutdown();
             Ok(serde_json::json!({ "state": "stopped" }))
         }
+        Request::Snapshot { dir, stop } => snapshot(vm, &dir, stop),
     }
 }
 
+/// Pauses the VM, writes its state and memory into `dir`, then resumes or stops it.
+fn snapshot(vm: &VmController, dir: &Path, stop: bool) -> Result<serde_json::Value, String> {
+    let started = std::time::Instant::now();
+    let was_running = vm.run_control().requested() == Requested::Running;
+    vm.pause().map_err(|e| e.to_string())?;
+    let result = vm
+        .save_state()
+        .map_err(|e| error_chain(&e))
+        .and_then(|state| snapshot::write(dir, &state, vm.memory()).map_err(|e| error_chain(&e)));
+    let paused_ms = started.elapsed().as_secs_f64() * 1e3;
+    // Whatever happened, the VM goes on as asked: a failed snapshot must not stop a guest.
+    if stop && result.is_ok() {
+        vm.shutdown();
+    } else if was_running {
+        vm.resume().map_err(|e| e.to_string())?;
+    }
+    let memory_bytes = result?;
+    Ok(serde_json::json!({
+        "dir": dir,
+        "memory_bytes_written": memory_bytes,
+        "paused_ms": paused_ms,
+        "state": if stop { "stopped" } else { "running" },
+    }))
+}
+
+/// An error and its sources, one sentence each.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
 /// Answers requests on one connection until the peer hangs up.
-fn serve_connection(vm: &VmController, stream: UnixStream) -> std::io::Result<()> {
+fn serve_connection(
+    vm: &VmController,
+    stream: UnixStream,
+    in_flight: &AtomicUsize,
+) -> std::io::Result<()> {
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
     loop {
@@ -60,18 +115,10 @@ fn serve_connection(vm: &VmController, stream: UnixStream) -> std::io::Result<()
         if n == 0 {
             return Ok(());
         }
-        let reply = if n > MAX_REQUEST_BYTES {
-            response(Err(format!(
-                "request longer than {MAX_REQUEST_BYTES} bytes"
-            )))
-        } else {
-            match Request::parse(line.trim()) {
-                Ok(req) => response(dispatch(vm, req)),
-                Err(e) => response(Err(e.to_string())),
-            }
-        };
-        writer.write_all(reply.as_bytes())?;
-        writer.write_all(b"\n")?;
+        in_flight.fetch_add(1, Ordering::AcqRel);
+        let result = answer(vm, &line, n, &mut writer);
+        in_flight.fetch_sub(1, Ordering::AcqRel);
+        result?;
         if n > MAX_REQUEST_BYTES {
             // The rest of an oversized line cannot be resynchronised; drop the connection.
             return Ok(());
@@ -79,11 +126,28 @@ fn serve_connection(vm: &VmController, stream: UnixStream) -> std::io::Result<()
     }
 }
 
+/// Handles one request line and writes its answer.
+fn answer(vm: &VmController, line: &str, n: usize, writer: &mut UnixStream) -> std::io::Result<()> {
+    let reply = if n > MAX_REQUEST_BYTES {
+        response(Err(format!(
+            "request longer than {MAX_REQUEST_BYTES} bytes"
+        )))
+    } else {
+        match Request::parse(line.trim()) {
+            Ok(req) => response(dispatch(vm, req)),
+            Err(e) => response(Err(e.to_string())),
+        }
+    };
+    writer.write_all(format!("{reply}\n").as_bytes())
+}
+
 /// Starts serving `vm` on a Unix socket at `path`, replacing a stale socket file.
 pub fn start(path: &Path, vm: Arc<VmController>) -> Result<ApiServer, ServerError> {
     if path.exists() && UnixStream::connect(path).is_err() {
         let _ = std::fs::remove_file(path);
     }
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let counter = in_flight.clone();
     let listener = UnixListener::bind(path).map_err(|source| ServerError::Bind {
         path: path.into(),
         source,
@@ -94,11 +158,12 @@ pub fn start(path: &Path, vm: Arc<VmController>) -> Result<ApiServer, ServerErro
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
                 let vm = vm.clone();
+                let counter = counter.clone();
                 let spawned =
                     std::thread::Builder::new()
                         .name("api-conn".into())
                         .spawn(move || {
-                            if let Err(e) = serve_connection(&vm, stream) {
+                            if let Err(e) = serve_connection(&vm, stream, &counter) {
                                 tracing::debug!("control connection ended: {e}");
                             }
                         });
@@ -108,5 +173,8 @@ pub fn start(path: &Path, vm: Arc<VmController>) -> Result<ApiServer, ServerErro
             }
         })
         .map_err(ServerError::Thread)?;
-    Ok(ApiServer { path: path.into() })
+    Ok(ApiServer {
+        path: path.into(),
+        in_flight,
+    })
 }

@@ -4,10 +4,12 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use vmm::api::server::error_chain;
 use vmm::api::{client, protocol::Request, server};
-use vmm::builder;
+use vmm::builder::{self, BuiltVm};
 use vmm::config::{BootMode, VmConfig};
-use vmm::vstate::memory::Backing;
+use vmm::persist::snapshot;
+use vmm::vstate::memory::{self, Backing};
 use vmm::vstate::run_control::StopReason;
 
 #[derive(Parser)]
@@ -29,18 +31,51 @@ enum Command {
     Ctl {
         /// The VM's control socket (its --api-sock).
         socket: PathBuf,
-        /// pause, resume, status or shutdown.
-        command: String,
-        /// Command arguments.
-        args: Vec<String>,
+        #[command(subcommand)]
+        command: CtlCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// Pause every vCPU; returns once all have stopped.
+    Pause,
+    /// Resume a paused VM.
+    Resume,
+    /// State, vCPUs, memory, uptime and exits by reason.
+    Status,
+    /// Stop the VM; the vmm process exits.
+    Shutdown,
+    /// Pause, write state and memory into DIR, then resume (or stop with --stop).
+    Snapshot {
+        dir: PathBuf,
+        /// Stop the VM after a successful snapshot instead of resuming it.
+        #[arg(long)]
+        stop: bool,
+    },
+}
+
+impl CtlCommand {
+    fn request(self) -> Request {
+        match self {
+            CtlCommand::Pause => Request::Pause {},
+            CtlCommand::Resume => Request::Resume {},
+            CtlCommand::Status => Request::Status {},
+            CtlCommand::Shutdown => Request::Shutdown {},
+            CtlCommand::Snapshot { dir, stop } => {
+                // The VMM may run in another directory: send an absolute path.
+                let dir = std::path::absolute(&dir).unwrap_or(dir);
+                Request::Snapshot { dir, stop }
+            }
+        }
+    }
 }
 
 #[derive(clap::Args)]
 struct RunArgs {
     /// The guest kernel: a bzImage or ELF vmlinux (linux), a PVH ELF (pvh), or a bench ELF.
-    #[arg(long)]
-    kernel: PathBuf,
+    #[arg(long, required_unless_present = "restore")]
+    kernel: Option<PathBuf>,
     /// An initial ramdisk (linux and pvh only).
     #[arg(long)]
     initrd: Option<PathBuf>,
@@ -62,50 +97,60 @@ struct RunArgs {
     /// Serve the control socket at this path.
     #[arg(long)]
     api_sock: Option<PathBuf>,
+    /// Continue the VM saved in this snapshot directory instead of booting a kernel.
+    #[arg(long, conflicts_with_all = ["kernel", "initrd"])]
+    restore: Option<PathBuf>,
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
+/// Prints a fatal error and returns the VMM-error exit code.
+fn fail(e: &dyn std::error::Error) -> ExitCode {
+    eprintln!("vmm: error: {}", error_chain(e));
+    ExitCode::from(vmm::EXIT_VMM_ERROR as u8)
+}
+
+fn backing(args: &RunArgs) -> Backing {
+    args.mem_file
+        .clone()
+        .map_or(Backing::Anonymous, Backing::File)
+}
+
+fn boot(args: &RunArgs, started: Instant) -> Result<BuiltVm, Box<dyn std::error::Error>> {
+    let console = Box::new(std::io::stdout());
+    if let Some(dir) = &args.restore {
+        let state = snapshot::read_state(dir)?;
+        let mem = memory::create(state.machine.mem_mib << 20, &backing(args))?;
+        snapshot::load_memory(dir, &mem)?;
+        return Ok(builder::build_restored(
+            &state,
+            Some(mem),
+            &backing(args),
+            started,
+            console,
+        )?);
     }
-    out
-}
-
-fn run(args: RunArgs) -> ExitCode {
-    let started = Instant::now();
     let cfg = VmConfig {
-        kernel: args.kernel,
-        initrd: args.initrd,
-        cmdline: args.cmdline,
+        kernel: args.kernel.clone().unwrap_or_default(),
+        initrd: args.initrd.clone(),
+        cmdline: args.cmdline.clone(),
         boot: args.boot,
         mem_mib: args.mem,
         vcpus: args.vcpus,
-        backing: args.mem_file.map_or(Backing::Anonymous, Backing::File),
+        backing: backing(args),
     };
-    let mut vm = match builder::build(&cfg, started, Box::new(std::io::stdout())) {
-        Ok(vm) => vm,
-        Err(e) => {
-            eprintln!("vmm: error: {}", error_chain(&e));
-            return ExitCode::from(vmm::EXIT_VMM_ERROR as u8);
-        }
-    };
-    let _api = match &args.api_sock {
+    Ok(builder::build(&cfg, started, console)?)
+}
+
+/// Runs a built VM until it stops and turns the reason into our exit code.
+fn run_to_end(mut vm: BuiltVm, api_sock: Option<&PathBuf>) -> ExitCode {
+    let _api = match api_sock {
         Some(path) => match server::start(path, vm.controller.clone()) {
             Ok(s) => Some(s),
-            Err(e) => {
-                eprintln!("vmm: error: {}", error_chain(&e));
-                return ExitCode::from(vmm::EXIT_VMM_ERROR as u8);
-            }
+            Err(e) => return fail(&e),
         },
         None => None,
     };
     if let Err(e) = vm.start() {
-        eprintln!("vmm: error: {}", error_chain(&e));
-        return ExitCode::from(vmm::EXIT_VMM_ERROR as u8);
+        return fail(&e);
     }
     match vm.controller.wait() {
         StopReason::GuestExit(code) => {
@@ -124,15 +169,16 @@ fn run(args: RunArgs) -> ExitCode {
     }
 }
 
-fn ctl(socket: PathBuf, command: String, args: Vec<String>) -> ExitCode {
-    let req = match Request::from_words(&command, &args) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("vmm ctl: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match client::call(&socket, &req, Duration::from_secs(30)) {
+fn run(args: RunArgs) -> ExitCode {
+    let started = Instant::now();
+    match boot(&args, started) {
+        Ok(vm) => run_to_end(vm, args.api_sock.as_ref()),
+        Err(e) => fail(e.as_ref()),
+    }
+}
+
+fn ctl(socket: PathBuf, command: CtlCommand) -> ExitCode {
+    match client::call(&socket, &command.request(), Duration::from_secs(600)) {
         Ok(answer) => {
             println!("{answer}");
             if answer["ok"] == true {
@@ -159,10 +205,6 @@ fn main() -> ExitCode {
         .init();
     match Cli::parse().command {
         Command::Run(args) => run(args),
-        Command::Ctl {
-            socket,
-            command,
-            args,
-        } => ctl(socket, command, args),
+        Command::Ctl { socket, command } => ctl(socket, command),
     }
 }

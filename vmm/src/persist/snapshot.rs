@@ -18,23 +18,39 @@ const CHUNK: usize = 1 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     #[error("cannot write snapshot file {path}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot read snapshot file {path}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("snapshot state {path} is invalid")]
     Format { path: PathBuf, source: FormatError },
     #[error("memory image {path} is {found} bytes but the VM has {expected} bytes of RAM")]
-    MemorySize { path: PathBuf, found: u64, expected: u64 },
+    MemorySize {
+        path: PathBuf,
+        found: u64,
+        expected: u64,
+    },
     #[error("cannot copy guest memory")]
     Memory(#[from] vm_memory::GuestMemoryError),
 }
 
 fn write_err(path: &Path) -> impl Fn(std::io::Error) -> SnapshotError + '_ {
-    move |source| SnapshotError::Write { path: path.into(), source }
+    move |source| SnapshotError::Write {
+        path: path.into(),
+        source,
+    }
 }
 
 fn read_err(path: &Path) -> impl Fn(std::io::Error) -> SnapshotError + '_ {
-    move |source| SnapshotError::Read { path: path.into(), source }
+    move |source| SnapshotError::Read {
+        path: path.into(),
+        source,
+    }
 }
 
 /// Total bytes of guest RAM.
@@ -47,8 +63,10 @@ pub fn ram_bytes(mem: &GuestMemory) -> u64 {
 pub fn write(dir: &Path, state: &VmState, mem: &GuestMemory) -> Result<u64, SnapshotError> {
     fs::create_dir_all(dir).map_err(write_err(dir))?;
     let state_path = dir.join(STATE_FILE);
-    let bytes = format::encode(state)
-        .map_err(|source| SnapshotError::Format { path: state_path.clone(), source })?;
+    let bytes = format::encode(state).map_err(|source| SnapshotError::Format {
+        path: state_path.clone(),
+        source,
+    })?;
     fs::write(&state_path, bytes).map_err(write_err(&state_path))?;
 
     let mem_path = dir.join(MEMORY_FILE);
@@ -61,7 +79,8 @@ pub fn write(dir: &Path, state: &VmState, mem: &GuestMemory) -> Result<u64, Snap
             let n = (region.len() - off).min(CHUNK as u64) as usize;
             mem.read_slice(&mut buf[..n], GuestAddress(region.start_addr().0 + off))?;
             if buf[..n].iter().all(|&b| b == 0) {
-                file.seek(SeekFrom::Current(n as i64)).map_err(write_err(&mem_path))?;
+                file.seek(SeekFrom::Current(n as i64))
+                    .map_err(write_err(&mem_path))?;
             } else {
                 file.write_all(&buf[..n]).map_err(write_err(&mem_path))?;
                 written += n as u64;
@@ -89,7 +108,11 @@ pub fn load_memory(dir: &Path, mem: &GuestMemory) -> Result<(), SnapshotError> {
     let found = file.metadata().map_err(read_err(&path))?.len();
     let expected = ram_bytes(mem);
     if found != expected {
-        return Err(SnapshotError::MemorySize { path, found, expected });
+        return Err(SnapshotError::MemorySize {
+            path,
+            found,
+            expected,
+        });
     }
     let mut buf = vec![0u8; CHUNK];
     for region in mem.iter() {
@@ -139,7 +162,10 @@ mod tests {
         assert_eq!(written, CHUNK as u64);
         let again = memory::create(8 << 20, &Backing::Anonymous).unwrap();
         load_memory(dir.path(), &again).unwrap();
-        assert_eq!(again.read_obj::<u32>(GuestAddress(0x30_0000)).unwrap(), 0xabcd);
+        assert_eq!(
+            again.read_obj::<u32>(GuestAddress(0x30_0000)).unwrap(),
+            0xabcd
+        );
         assert_eq!(read_state(dir.path()).unwrap().clock_ns, 5);
     }
 
@@ -149,7 +175,10 @@ mod tests {
         let mem = memory::create(8 << 20, &Backing::Anonymous).unwrap();
         write(dir.path(), &state(), &mem).unwrap();
         let bigger = memory::create(16 << 20, &Backing::Anonymous).unwrap();
-        assert!(matches!(load_memory(dir.path(), &bigger), Err(SnapshotError::MemorySize { .. })));
+        assert!(matches!(
+            load_memory(dir.path(), &bigger),
+            Err(SnapshotError::MemorySize { .. })
+        ));
         let state_path = dir.path().join(STATE_FILE);
         let mut bytes = fs::read(&state_path).unwrap();
         let last = bytes.len() - 1;

@@ -49,9 +49,30 @@ pub struct VcpuState {
     pub vcpu_events: kvm_vcpu_events,
 }
 
-/// MSRs to save: everything KVM reports, minus the ones it cannot read back on this host.
-pub fn msr_list(kvm: &Kvm) -> Result<Vec<u32>, kvm_ioctls::Error> {
-    Ok(kvm.get_msr_index_list()?.as_slice().to_vec())
+/// MSRs to save: everything KVM reports that a fresh vCPU both reads and takes back. Some
+/// (paravirtual ones whose CPUID feature is off, say) read fine but refuse writes, and a state
+/// holding them could never be restored.
+pub fn msr_list(kvm: &Kvm, fd: &VcpuFd) -> Result<Vec<u32>, VcpuStateError> {
+    let all = kvm
+        .get_msr_index_list()
+        .map_err(|source| VcpuStateError::Ioctl {
+            index: 0,
+            op: "list MSRs",
+            source,
+        })?;
+    let readable = read_msrs(fd, 0, all.as_slice())?;
+    let mut keep = Vec::with_capacity(readable.len());
+    let mut rest: &[kvm_msr_entry] = &readable;
+    while !rest.is_empty() {
+        let msrs = Msrs::from_entries(rest).map_err(|_| VcpuStateError::TooManyEntries {
+            index: 0,
+            count: rest.len(),
+        })?;
+        let n = fd.set_msrs(&msrs).map_err(ioctl_err(0, "write MSRs"))?;
+        keep.extend(rest[..n].iter().map(|e| e.index));
+        rest = &rest[(n + 1).min(rest.len())..];
+    }
+    Ok(keep)
 }
 
 fn ioctl_err(index: u8, op: &'static str) -> impl Fn(kvm_ioctls::Error) -> VcpuStateError {
