@@ -170,7 +170,16 @@ pub fn build_restored(
     let Skeleton { vm, mem, irq } = sk;
     let uart = serial::restore(&state.serial, irq, console)
         .map_err(|e| BuildError::Serial(format!("{e:?}")))?;
-    finish(vm, mem, machine, uart, run, started, vcpus)
+    let built = finish(vm, mem, machine, uart, run, started, vcpus)?;
+    // The restored VM is paused until started: its TSCs stand where they were saved.
+    let tsc = state.vcpus.iter().map(|v| {
+        v.msrs
+            .iter()
+            .find(|m| m.index == vcpu_state::MSR_IA32_TSC)
+            .map_or(0, |m| m.data)
+    });
+    built.controller.set_paused_tsc(tsc.collect());
+    Ok(built)
 }
 
 impl BuiltVm {
@@ -179,12 +188,14 @@ impl BuiltVm {
         self.controller.memory()
     }
 
-    /// Starts one thread per vCPU and lets them run.
-    pub fn start(&mut self) -> Result<(), BuildError> {
+    /// Starts one thread per vCPU and lets them run, or leaves them parked if `paused`.
+    pub fn start(&mut self, paused: bool) -> Result<(), BuildError> {
         for vcpu in self.vcpus.drain(..) {
             self.controller.spawn_vcpu(vcpu)?;
         }
-        self.controller.run_control().resume();
+        if !paused {
+            self.controller.run_control().resume();
+        }
         Ok(())
     }
 }

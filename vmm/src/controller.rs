@@ -149,6 +149,11 @@ impl VmController {
         }
     }
 
+    /// Records the TSCs a paused VM resumes with (a restored VM's saved values).
+    pub fn set_paused_tsc(&self, values: Vec<u64>) {
+        *locked(&self.paused_tsc) = Some(values);
+    }
+
     /// Pauses the VM and returns once every vCPU has left guest mode.
     pub fn pause(&self) -> Result<(), ControlError> {
         if !self.run.request_pause() {

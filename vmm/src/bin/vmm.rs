@@ -97,6 +97,9 @@ struct RunArgs {
     /// Serve the control socket at this path.
     #[arg(long)]
     api_sock: Option<PathBuf>,
+    /// Leave the VM paused once built; `vmm ctl SOCKET resume` starts it.
+    #[arg(long)]
+    paused: bool,
     /// Continue the VM saved in this snapshot directory instead of booting a kernel.
     #[arg(long, conflicts_with_all = ["kernel", "initrd"])]
     restore: Option<PathBuf>,
@@ -141,7 +144,7 @@ fn boot(args: &RunArgs, started: Instant) -> Result<BuiltVm, Box<dyn std::error:
 }
 
 /// Runs a built VM until it stops and turns the reason into our exit code.
-fn run_to_end(mut vm: BuiltVm, api_sock: Option<&PathBuf>) -> ExitCode {
+fn run_to_end(mut vm: BuiltVm, api_sock: Option<&PathBuf>, paused: bool) -> ExitCode {
     let _api = match api_sock {
         Some(path) => match server::start(path, vm.controller.clone()) {
             Ok(s) => Some(s),
@@ -149,7 +152,7 @@ fn run_to_end(mut vm: BuiltVm, api_sock: Option<&PathBuf>) -> ExitCode {
         },
         None => None,
     };
-    if let Err(e) = vm.start() {
+    if let Err(e) = vm.start(paused) {
         return fail(&e);
     }
     match vm.controller.wait() {
@@ -172,7 +175,7 @@ fn run_to_end(mut vm: BuiltVm, api_sock: Option<&PathBuf>) -> ExitCode {
 fn run(args: RunArgs) -> ExitCode {
     let started = Instant::now();
     match boot(&args, started) {
-        Ok(vm) => run_to_end(vm, args.api_sock.as_ref()),
+        Ok(vm) => run_to_end(vm, args.api_sock.as_ref(), args.paused),
         Err(e) => fail(e.as_ref()),
     }
 }
