@@ -61,7 +61,7 @@ fn skeleton(
     backing: &Backing,
     mem: Option<GuestMemory>,
 ) -> Result<Skeleton, BuildError> {
-    let mut vm = Vm::new()?;
+    let vm = Vm::new()?;
     let cfg = VmConfig::for_machine(machine, backing.clone());
     cfg.validate(
         vm.kvm.get_max_vcpus() as u32,

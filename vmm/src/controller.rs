@@ -70,7 +70,12 @@ pub struct VmController {
     /// Each vCPU's TSC when the VM paused: written back on resume so a paused guest sees no
     /// time pass, and saved in snapshots so that save-restore-save is byte-identical.
     paused_tsc: Mutex<Option<Vec<u64>>>,
+    /// Auto-converge duty cycle in percent; a thread enforces it while it is above zero.
+    throttle: Arc<std::sync::atomic::AtomicU8>,
 }
+
+/// Auto-converge period: vCPUs are held out of the guest for a share of every period.
+const THROTTLE_PERIOD: Duration = Duration::from_millis(10);
 
 impl VmController {
     #[allow(clippy::too_many_arguments)]
@@ -96,6 +101,7 @@ impl VmController {
             threads: Mutex::new(Vec::new()),
             vcpus: Mutex::new(Vec::new()),
             paused_tsc: Mutex::new(None),
+            throttle: Arc::new(std::sync::atomic::AtomicU8::new(0)),
         }
     }
 
@@ -146,6 +152,43 @@ impl VmController {
             for t in locked(&self.threads).iter() {
                 vcpu::kick(t);
             }
+        }
+    }
+
+    /// Holds every vCPU out of the guest for `percent` of each period, as QEMU's
+    /// auto-converge does; 0 stops throttling.
+    pub fn set_throttle(self: &Arc<Self>, percent: u8) {
+        use std::sync::atomic::Ordering;
+        let percent = percent.min(99);
+        let previous = self.throttle.swap(percent, Ordering::AcqRel);
+        if percent == 0 {
+            self.run.throttle_until(None);
+            return;
+        }
+        if previous != 0 {
+            return; // the thread is already running and picks up the new value
+        }
+        let me = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("throttle".into())
+            .spawn(move || loop {
+                let Some(vm) = me.upgrade() else { return };
+                let pct = vm.throttle.load(Ordering::Acquire);
+                if pct == 0 {
+                    vm.run.throttle_until(None);
+                    return;
+                }
+                let hold = THROTTLE_PERIOD * u32::from(pct) / 100;
+                vm.run.throttle_until(Some(Instant::now() + hold));
+                for t in locked(&vm.threads).iter() {
+                    vcpu::kick(t);
+                }
+                drop(vm);
+                std::thread::sleep(THROTTLE_PERIOD);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot start the throttle thread: {e}");
+            self.throttle.store(0, Ordering::Release);
         }
     }
 

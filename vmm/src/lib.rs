@@ -11,6 +11,7 @@ pub mod builder;
 pub mod config;
 pub mod controller;
 pub mod devices;
+pub mod migration;
 pub mod persist;
 pub mod vstate;
 

@@ -21,6 +21,38 @@ pub enum ClientError {
     BadAnswer(#[from] serde_json::Error),
 }
 
+/// Sends a request whose answer is a stream: every `{"event":...}` line goes to `on_event`,
+/// and the first other line is the final answer.
+pub fn call_streaming(
+    path: &Path,
+    req: &Request,
+    timeout: Duration,
+    on_event: &mut dyn FnMut(&serde_json::Value),
+) -> Result<serde_json::Value, ClientError> {
+    let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+        path: path.into(),
+        source,
+    })?;
+    stream.set_read_timeout(Some(timeout))?;
+    let mut writer = stream.try_clone()?;
+    let mut line = serde_json::to_string(req)?;
+    line.push('\n');
+    writer.write_all(line.as_bytes())?;
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut answer = String::new();
+        if reader.read_line(&mut answer)? == 0 {
+            return Err(ClientError::NoAnswer);
+        }
+        let v: serde_json::Value = serde_json::from_str(&answer)?;
+        if v.get("event").is_some() {
+            on_event(&v);
+        } else {
+            return Ok(v);
+        }
+    }
+}
+
 /// Sends one request and returns the JSON response.
 pub fn call(
     path: &Path,

@@ -16,6 +16,9 @@ pub enum Request {
     Resume {},
     Status {},
     Shutdown {},
+    /// Live-migrate to another `vmm --incoming`. The answer is a stream: one
+    /// `{"event":"progress",...}` line per pre-copy round, then the final statistics.
+    Migrate(migrator::MigrateParams),
     /// Pause, write state and memory into `dir`, then resume (or stop if `stop`).
     Snapshot {
         dir: std::path::PathBuf,

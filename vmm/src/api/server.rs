@@ -59,6 +59,8 @@ fn dispatch(vm: &VmController, req: Request) -> Result<serde_json::Value, String
             Ok(serde_json::json!({ "state": "stopped" }))
         }
         Request::Snapshot { dir, stop } => snapshot(vm, &dir, stop),
+        // Streamed: handled in `answer`, which has the connection.
+        Request::Migrate(_) => Err("migrate must be sent on its own connection".into()),
     }
 }
 
@@ -101,7 +103,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Answers requests on one connection until the peer hangs up.
 fn serve_connection(
-    vm: &VmController,
+    vm: &Arc<VmController>,
     stream: UnixStream,
     in_flight: &AtomicUsize,
 ) -> std::io::Result<()> {
@@ -126,8 +128,59 @@ fn serve_connection(
     }
 }
 
+/// Migrates the VM, streaming progress lines to `writer`; returns the final answer.
+fn migrate(
+    vm: &Arc<VmController>,
+    params: &migrator::MigrateParams,
+    writer: &mut UnixStream,
+) -> String {
+    let source = crate::migration::Source(vm.clone());
+    let mut report = |p: &migrator::Progress| {
+        let mut line = serde_json::json!({ "event": "progress" });
+        if let (Some(obj), Ok(serde_json::Value::Object(fields))) =
+            (line.as_object_mut(), serde_json::to_value(p))
+        {
+            obj.extend(fields);
+        }
+        // A client that went away must not stop the migration.
+        let _ = writer.write_all(format!("{line}\n").as_bytes());
+    };
+    let stats = migrator::source::migrate(&source, params, &mut report);
+    match stats.status {
+        migrator::Status::Completed => {
+            tracing::info!(downtime_ms = stats.downtime_ms, total_ms = stats.total_time_ms, "migration completed");
+            vm.stop(crate::vstate::run_control::StopReason::Migrated);
+        }
+        migrator::Status::Unknown => tracing::error!(
+            "migration outcome unknown: the VM stays paused here; check the destination before resuming"
+        ),
+        _ => tracing::warn!(error = ?stats.error, "migration failed; the VM keeps running here"),
+    }
+    let value = serde_json::to_value(&stats).map_err(|e| e.to_string());
+    match (stats.status, value) {
+        (migrator::Status::Completed, Ok(v)) => response(Ok(v)),
+        (_, Ok(v)) => {
+            let mut v = v;
+            v["ok"] = false.into();
+            v.to_string()
+        }
+        (_, Err(e)) => response(Err(e)),
+    }
+}
+
 /// Handles one request line and writes its answer.
-fn answer(vm: &VmController, line: &str, n: usize, writer: &mut UnixStream) -> std::io::Result<()> {
+fn answer(
+    vm: &Arc<VmController>,
+    line: &str,
+    n: usize,
+    writer: &mut UnixStream,
+) -> std::io::Result<()> {
+    if n <= MAX_REQUEST_BYTES {
+        if let Ok(Request::Migrate(params)) = Request::parse(line.trim()) {
+            let reply = migrate(vm, &params, writer);
+            return writer.write_all(format!("{reply}\n").as_bytes());
+        }
+    }
     let reply = if n > MAX_REQUEST_BYTES {
         response(Err(format!(
             "request longer than {MAX_REQUEST_BYTES} bytes"

@@ -8,6 +8,7 @@ use vmm::api::server::error_chain;
 use vmm::api::{client, protocol::Request, server};
 use vmm::builder::{self, BuiltVm};
 use vmm::config::{BootMode, VmConfig};
+use vmm::migration;
 use vmm::persist::snapshot;
 use vmm::vstate::memory::{self, Backing};
 use vmm::vstate::run_control::StopReason;
@@ -46,6 +47,30 @@ enum CtlCommand {
     Status,
     /// Stop the VM; the vmm process exits.
     Shutdown,
+    /// Live-migrate the VM to a `vmm run --incoming` on another host; prints one JSON line per
+    /// pre-copy round, then the final statistics.
+    Migrate {
+        /// The destination, tcp://HOST:PORT.
+        url: String,
+        /// The shared key (hex, at least 16 bytes) the destination was started with.
+        #[arg(long)]
+        migration_key: String,
+        /// Switch over once the rest fits in this much downtime at the measured bandwidth.
+        #[arg(long, default_value_t = 300)]
+        downtime_ms: u64,
+        /// Most pre-copy rounds after the first full pass.
+        #[arg(long, default_value_t = 30)]
+        max_rounds: u32,
+        /// Time limit for the whole migration.
+        #[arg(long, default_value_t = 600)]
+        timeout_s: u64,
+        /// At the time limit: cancel (the VM stays here) or force the switchover.
+        #[arg(long, value_enum, default_value_t = OnTimeoutArg::Cancel)]
+        on_timeout: OnTimeoutArg,
+        /// Throttle vCPUs while the guest dirties memory faster than the link moves it.
+        #[arg(long)]
+        auto_converge: bool,
+    },
     /// Pause, write state and memory into DIR, then resume (or stop with --stop).
     Snapshot {
         dir: PathBuf,
@@ -55,9 +80,35 @@ enum CtlCommand {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OnTimeoutArg {
+    Cancel,
+    Force,
+}
+
 impl CtlCommand {
     fn request(self) -> Request {
         match self {
+            CtlCommand::Migrate {
+                url,
+                migration_key,
+                downtime_ms,
+                max_rounds,
+                timeout_s,
+                on_timeout,
+                auto_converge,
+            } => Request::Migrate(migrator::MigrateParams {
+                url,
+                key: migration_key,
+                downtime_ms,
+                max_rounds,
+                timeout_s,
+                on_timeout: match on_timeout {
+                    OnTimeoutArg::Cancel => migrator::OnTimeout::Cancel,
+                    OnTimeoutArg::Force => migrator::OnTimeout::Force,
+                },
+                auto_converge,
+            }),
             CtlCommand::Pause => Request::Pause {},
             CtlCommand::Resume => Request::Resume {},
             CtlCommand::Status => Request::Status {},
@@ -74,7 +125,7 @@ impl CtlCommand {
 #[derive(clap::Args)]
 struct RunArgs {
     /// The guest kernel: a bzImage or ELF vmlinux (linux), a PVH ELF (pvh), or a bench ELF.
-    #[arg(long, required_unless_present = "restore")]
+    #[arg(long, required_unless_present_any = ["restore", "incoming"])]
     kernel: Option<PathBuf>,
     /// An initial ramdisk (linux and pvh only).
     #[arg(long)]
@@ -101,8 +152,15 @@ struct RunArgs {
     #[arg(long)]
     paused: bool,
     /// Continue the VM saved in this snapshot directory instead of booting a kernel.
-    #[arg(long, conflicts_with_all = ["kernel", "initrd"])]
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "incoming"])]
     restore: Option<PathBuf>,
+    /// Receive a live migration on tcp://ADDR:PORT instead of booting a kernel; the VM runs
+    /// here once the source commits.
+    #[arg(long, conflicts_with_all = ["kernel", "initrd"], requires = "migration_key")]
+    incoming: Option<String>,
+    /// The shared migration key (hex, at least 16 bytes) for --incoming.
+    #[arg(long)]
+    migration_key: Option<String>,
 }
 
 /// Prints a fatal error and returns the VMM-error exit code.
@@ -155,12 +213,21 @@ fn run_to_end(mut vm: BuiltVm, api_sock: Option<&PathBuf>, paused: bool) -> Exit
     if let Err(e) = vm.start(paused) {
         return fail(&e);
     }
+    finish(&vm)
+}
+
+/// Waits for the VM to stop and turns the reason into our exit code.
+fn finish(vm: &BuiltVm) -> ExitCode {
     match vm.controller.wait() {
         StopReason::GuestExit(code) => {
             tracing::info!(code, "guest exited");
             ExitCode::from(code)
         }
         StopReason::Shutdown => ExitCode::SUCCESS,
+        StopReason::Migrated => {
+            tracing::info!("the VM migrated away; exiting");
+            ExitCode::SUCCESS
+        }
         StopReason::Crash(report) => {
             eprintln!("vmm: guest crashed: {report}");
             ExitCode::from(vmm::EXIT_GUEST_CRASH as u8)
@@ -172,8 +239,43 @@ fn run_to_end(mut vm: BuiltVm, api_sock: Option<&PathBuf>, paused: bool) -> Exit
     }
 }
 
+/// Receives a VM, waits for the source's commit, then runs it like any other.
+fn incoming(args: &RunArgs, url: &str, started: Instant) -> ExitCode {
+    let key = args.migration_key.as_deref().unwrap_or_default();
+    let console = Box::new(std::io::stdout());
+    let (mut vm, mut conn) = match migration::receive(url, key, &backing(args), started, console) {
+        Ok(v) => v,
+        Err(e) => return fail(&e),
+    };
+    let _api = match &args.api_sock {
+        Some(path) => match server::start(path, vm.controller.clone()) {
+            Ok(s) => Some(s),
+            Err(e) => return fail(&e),
+        },
+        None => None,
+    };
+    if let Err(e) = conn.ready_and_wait_for_commit() {
+        // No commit: the source keeps (or takes back) the VM; this copy never runs.
+        return fail(&e);
+    }
+    if let Err(e) = vm.start(false) {
+        return fail(&e);
+    }
+    conn.running();
+    tracing::info!(
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        pages = conn.received.pages,
+        "incoming migration complete; the VM runs here"
+    );
+    drop(conn);
+    finish(&vm)
+}
+
 fn run(args: RunArgs) -> ExitCode {
     let started = Instant::now();
+    if let Some(url) = &args.incoming {
+        return incoming(&args, url, started);
+    }
     match boot(&args, started) {
         Ok(vm) => run_to_end(vm, args.api_sock.as_ref(), args.paused),
         Err(e) => fail(e.as_ref()),
@@ -181,7 +283,15 @@ fn run(args: RunArgs) -> ExitCode {
 }
 
 fn ctl(socket: PathBuf, command: CtlCommand) -> ExitCode {
-    match client::call(&socket, &command.request(), Duration::from_secs(600)) {
+    let req = command.request();
+    let answer = match &req {
+        Request::Migrate(params) => {
+            let limit = Duration::from_secs(params.timeout_s.saturating_add(120));
+            client::call_streaming(&socket, &req, limit, &mut |event| println!("{event}"))
+        }
+        _ => client::call(&socket, &req, Duration::from_secs(600)),
+    };
+    match answer {
         Ok(answer) => {
             println!("{answer}");
             if answer["ok"] == true {

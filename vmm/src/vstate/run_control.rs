@@ -29,6 +29,8 @@ pub enum StopReason {
     Shutdown,
     /// The VMM itself failed while running the guest.
     VmmError(String),
+    /// The VM now runs on another host.
+    Migrated,
 }
 
 struct Inner {
@@ -39,6 +41,8 @@ struct Inner {
     clock: VmClock,
     /// Bumped when a device has work for the guest; wakes idle vCPUs.
     device_events: u64,
+    /// Auto-converge: vCPUs stay out of the guest until this instant.
+    throttle_until: Option<std::time::Instant>,
 }
 
 pub struct RunControl {
@@ -58,6 +62,7 @@ impl RunControl {
                 stop_reason: None,
                 clock: VmClock::stopped_at(clock_ns),
                 device_events: 0,
+                throttle_until: None,
             }),
             changed: Condvar::new(),
         }
@@ -176,6 +181,28 @@ impl RunControl {
             g = self
                 .changed
                 .wait_timeout(g, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Keeps vCPUs out of the guest until `until` (auto-converge); `None` lifts it.
+    pub fn throttle_until(&self, until: Option<std::time::Instant>) {
+        self.lock().throttle_until = until;
+    }
+
+    /// Called by a vCPU thread between runs: sleeps while throttled, unless asked to pause or
+    /// stop.
+    pub fn throttle_wait(&self) {
+        let mut g = self.lock();
+        while let Some(until) = g.throttle_until {
+            let now = std::time::Instant::now();
+            if now >= until || g.requested != Requested::Running {
+                return;
+            }
+            g = self
+                .changed
+                .wait_timeout(g, until - now)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }

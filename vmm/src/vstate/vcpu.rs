@@ -231,6 +231,8 @@ fn run_loop(vcpu: &Mutex<Vcpu>, ctx: &VcpuThreadContext) {
             let report = crash_report(&mut v, &why);
             ctx.run.request_stop(StopReason::Crash(report));
         }
+        drop(v);
+        ctx.run.throttle_wait();
     }
 }
 

@@ -37,24 +37,18 @@ pub enum VmError {
 pub struct Vm {
     pub kvm: Kvm,
     pub fd: VmFd,
-    /// `(slot, guest address, size)` of each memory slot, in slot order.
-    pub slots: Vec<(u32, u64, u64)>,
 }
 
 impl Vm {
     pub fn new() -> Result<Self, VmError> {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let fd = kvm.create_vm().map_err(VmError::Create)?;
-        Ok(Self {
-            kvm,
-            fd,
-            slots: Vec::new(),
-        })
+        Ok(Self { kvm, fd })
     }
 
-    /// Registers every region of `mem` as a KVM slot, with dirty logging if asked.
-    pub fn register_memory(&mut self, mem: &GuestMemory, log_dirty: bool) -> Result<(), VmError> {
-        self.slots.clear();
+    /// Registers every region of `mem` as a KVM slot (slot i = region i), with dirty logging
+    /// if asked. Calling it again with the same memory only flips dirty logging.
+    pub fn register_memory(&self, mem: &GuestMemory, log_dirty: bool) -> Result<(), VmError> {
         for (slot, region) in mem.iter().enumerate() {
             let slot = slot as u32;
             let host =
@@ -79,9 +73,15 @@ impl Vm {
             // do not.
             unsafe { self.fd.set_user_memory_region(desc) }
                 .map_err(|source| VmError::MemorySlot { slot, source })?;
-            self.slots.push((slot, region.start_addr().0, region.len()));
         }
         Ok(())
+    }
+
+    /// KVM's dirty log of memory slot `slot`, one bit per page; reading clears it.
+    pub fn dirty_log(&self, slot: u32, size: u64) -> Result<Vec<u64>, VmError> {
+        self.fd
+            .get_dirty_log(slot, size as usize)
+            .map_err(|source| VmError::DirtyLog { slot, source })
     }
 
     /// The in-kernel PIC, IOAPIC, LAPICs and PIT that a Linux guest expects.

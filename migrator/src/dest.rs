@@ -1,0 +1,189 @@
+//! The receiving side. The destination accepts one connection, authenticates it, learns the
+//! machine's shape, fills guest memory, takes the VM state, and only runs the VM after the
+//! source commits:
+//!
+//! - Any failure before `Commit` arrives (bad frame, wrong key, the source vanishing, a
+//!   timeout) ends the destination with an error; it never ran the guest.
+//! - After `Commit` the destination runs the VM and acknowledges with `Running`. If that
+//!   acknowledgement is lost, the source stays paused: still only one copy runs.
+use std::io::BufReader;
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, ReadVolatile};
+
+use crate::handshake::{self, HandshakeError, Key};
+use crate::wire::{self, Message, Tag, WireError, PAGE_SIZE};
+use crate::GuestMemory;
+
+/// How long the destination waits for the next message before giving up on the source.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const READ_BUFFER: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DestError {
+    #[error("cannot accept the migration connection")]
+    Accept(#[source] std::io::Error),
+    #[error("handshake with the source failed")]
+    Handshake(#[from] HandshakeError),
+    #[error("the migration stream broke")]
+    Wire(#[from] WireError),
+    #[error("the source sent pages [{gpa:#x}, +{len:#x}) outside guest RAM")]
+    OutOfRange { gpa: u64, len: u64 },
+    #[error("the source sent {0:?} out of order")]
+    OutOfOrder(Tag),
+    #[error("cannot write guest memory")]
+    Memory(#[from] vm_memory::GuestMemoryError),
+}
+
+impl From<std::io::Error> for DestError {
+    fn from(e: std::io::Error) -> Self {
+        DestError::Wire(WireError::Io(e))
+    }
+}
+
+/// Statistics the destination keeps.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Received {
+    pub pages: u64,
+    pub zero_pages: u64,
+    pub rounds: u32,
+    pub bytes: u64,
+}
+
+/// An authenticated incoming migration.
+pub struct Incoming {
+    input: BufReader<TcpStream>,
+    pub ram_bytes: u64,
+    pub machine: Vec<u8>,
+    pub received: Received,
+    pub started: Instant,
+}
+
+/// Waits for one source on `listener`, authenticates it and reads the machine description.
+pub fn accept(listener: &TcpListener, key: &Key) -> Result<Incoming, DestError> {
+    let (mut stream, peer) = listener.accept().map_err(DestError::Accept)?;
+    let started = Instant::now();
+    tracing::info!(%peer, "incoming migration");
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(IDLE_TIMEOUT))?;
+    stream.set_write_timeout(Some(IDLE_TIMEOUT))?;
+    handshake::accept(&mut stream, key)?;
+    let mut input = BufReader::with_capacity(READ_BUFFER, stream);
+    let Message::Machine { ram_bytes, blob } =
+        wire::expect(&mut input, Tag::Machine, "the machine")?
+    else {
+        return Err(DestError::OutOfOrder(Tag::Machine));
+    };
+    Ok(Incoming {
+        input,
+        ram_bytes,
+        machine: blob,
+        received: Received::default(),
+        started,
+    })
+}
+
+/// Checks that `[gpa, gpa + len)` lies inside one region of `mem`.
+fn check_range(mem: &GuestMemory, gpa: u64, len: u64) -> Result<(), DestError> {
+    let bad = || DestError::OutOfRange { gpa, len };
+    if !gpa.is_multiple_of(PAGE_SIZE) {
+        return Err(bad());
+    }
+    let end = gpa.checked_add(len).ok_or_else(bad)?;
+    let region = mem.find_region(GuestAddress(gpa)).ok_or_else(bad)?;
+    if end > region.start_addr().0 + region.len() {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+
+impl Incoming {
+    /// Applies pages and zero runs to `mem` until the VM state arrives, and returns it.
+    pub fn receive_memory(&mut self, mem: &GuestMemory) -> Result<Vec<u8>, DestError> {
+        loop {
+            match wire::recv(&mut self.input)? {
+                Message::Pages { gpa, len } => {
+                    check_range(mem, gpa, len)?;
+                    // Straight from the socket buffer into guest memory, no staging copy.
+                    mem.read_exact_volatile_from(
+                        GuestAddress(gpa),
+                        &mut ReadAdapter(&mut self.input),
+                        len as usize,
+                    )?;
+                    self.received.pages += len / PAGE_SIZE;
+                    self.received.bytes += 16 + len;
+                }
+                Message::Zero { gpa, pages } => {
+                    let len = pages
+                        .checked_mul(PAGE_SIZE)
+                        .ok_or(DestError::OutOfRange { gpa, len: u64::MAX })?;
+                    check_range(mem, gpa, len)?;
+                    let mut at = gpa;
+                    while at < gpa + len {
+                        let n = (gpa + len - at).min(ZEROS.len() as u64);
+                        mem.write_slice(&ZEROS[..n as usize], GuestAddress(at))?;
+                        at += n;
+                    }
+                    self.received.zero_pages += pages;
+                    self.received.bytes += 24;
+                }
+                Message::RoundEnd { round } => self.received.rounds = round + 1,
+                Message::State(state) => return Ok(state),
+                Message::Abort(why) => return Err(WireError::PeerAborted(why).into()),
+                other => return Err(DestError::OutOfOrder(other.tag())),
+            }
+        }
+    }
+
+    /// Tells the source everything is applied, then waits for its decision. `Ok` means the
+    /// source committed: the destination must now run the VM.
+    pub fn ready_and_wait_for_commit(&mut self) -> Result<(), DestError> {
+        wire::send(self.input.get_mut(), &Message::Ready)?;
+        wire::expect(&mut self.input, Tag::Commit, "commit")?;
+        Ok(())
+    }
+
+    /// Acknowledges that the VM runs here now. Failure is only logged: the VM is committed.
+    pub fn running(&mut self) {
+        if let Err(e) = wire::send(self.input.get_mut(), &Message::Running) {
+            tracing::warn!("cannot acknowledge the switchover to the source: {e}");
+        }
+    }
+
+    /// Tells the source why the destination gives up (best effort).
+    pub fn abort(&mut self, why: &str) {
+        let _ = wire::send(self.input.get_mut(), &Message::Abort(why.into()));
+    }
+}
+
+/// vm-memory reads from `ReadVolatile`; a buffered socket reader only has `Read`.
+struct ReadAdapter<'a, R>(&'a mut R);
+
+impl<R: std::io::Read> ReadVolatile for ReadAdapter<'_, R> {
+    fn read_volatile<B: vm_memory::bitmap::BitmapSlice>(
+        &mut self,
+        buf: &mut vm_memory::VolatileSlice<B>,
+    ) -> Result<usize, vm_memory::VolatileMemoryError> {
+        // Read through a bounce buffer: the socket reader hands out plain slices, and guest
+        // memory must only be written with volatile accesses. Fill the whole slice, as
+        // vm-memory's exact reads expect, stopping early only at end of stream.
+        let mut tmp = [0u8; 64 * 1024];
+        let mut done = 0;
+        while done < buf.len() {
+            let n = (buf.len() - done).min(tmp.len());
+            let got = self
+                .0
+                .read(&mut tmp[..n])
+                .map_err(vm_memory::VolatileMemoryError::IOError)?;
+            if got == 0 {
+                break;
+            }
+            buf.offset(done)?.copy_from(&tmp[..got]);
+            done += got;
+        }
+        Ok(done)
+    }
+}

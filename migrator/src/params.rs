@@ -1,0 +1,139 @@
+//! What a migration request may tune.
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// What to do when pre-copy runs out of time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnTimeout {
+    /// Give up; the source keeps running.
+    #[default]
+    Cancel,
+    /// Switch over now, whatever the downtime.
+    Force,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateParams {
+    /// `tcp://HOST:PORT` of the destination.
+    pub url: String,
+    /// Hex shared key.
+    pub key: String,
+    /// Downtime target: switch over once the rest fits in this at the measured bandwidth.
+    #[serde(default = "default_downtime_ms")]
+    pub downtime_ms: u64,
+    /// Most pre-copy rounds after the first full pass.
+    #[serde(default = "default_max_rounds")]
+    pub max_rounds: u32,
+    /// Whole-migration time limit.
+    #[serde(default = "default_timeout_s")]
+    pub timeout_s: u64,
+    #[serde(default)]
+    pub on_timeout: OnTimeout,
+    /// Throttle vCPUs while the dirty rate outruns the link.
+    #[serde(default)]
+    pub auto_converge: bool,
+}
+
+fn default_downtime_ms() -> u64 {
+    300
+}
+fn default_max_rounds() -> u32 {
+    30
+}
+fn default_timeout_s() -> u64 {
+    600
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParamsError {
+    #[error("destination {0:?} is not tcp://HOST:PORT")]
+    BadUrl(String),
+    #[error("the downtime target must be between 1 ms and 60 s")]
+    BadDowntime,
+    #[error("the timeout must be at least 1 s")]
+    BadTimeout,
+}
+
+impl MigrateParams {
+    pub fn new(url: impl Into<String>, key: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            key: key.into(),
+            downtime_ms: default_downtime_ms(),
+            max_rounds: default_max_rounds(),
+            timeout_s: default_timeout_s(),
+            on_timeout: OnTimeout::Cancel,
+            auto_converge: false,
+        }
+    }
+
+    /// The `HOST:PORT` part of the URL, checked.
+    pub fn address(&self) -> Result<&str, ParamsError> {
+        let bad = || ParamsError::BadUrl(self.url.clone());
+        let addr = self.url.strip_prefix("tcp://").ok_or_else(bad)?;
+        let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return Err(bad());
+        }
+        Ok(addr)
+    }
+
+    pub fn validate(&self) -> Result<(), ParamsError> {
+        self.address()?;
+        if self.downtime_ms == 0 || self.downtime_ms > 60_000 {
+            return Err(ParamsError::BadDowntime);
+        }
+        if self.timeout_s == 0 {
+            return Err(ParamsError::BadTimeout);
+        }
+        Ok(())
+    }
+
+    pub fn downtime(&self) -> Duration {
+        Duration::from_millis(self.downtime_ms)
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked() {
+        assert_eq!(
+            MigrateParams::new("tcp://10.0.0.2:4444", "k").address(),
+            Ok("10.0.0.2:4444")
+        );
+        assert_eq!(
+            MigrateParams::new("tcp://[::1]:4444", "k").address(),
+            Ok("[::1]:4444")
+        );
+        for bad in [
+            "10.0.0.2:4444",
+            "tcp://host",
+            "tcp://:1",
+            "tcp://h:99999",
+            "udp://h:1",
+        ] {
+            assert!(MigrateParams::new(bad, "k").validate().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn defaults_follow_qemu() {
+        let p: MigrateParams = serde_json::from_str(r#"{"url":"tcp://h:1","key":"00"}"#).unwrap();
+        assert_eq!(p.downtime_ms, 300);
+        assert_eq!(p.on_timeout, OnTimeout::Cancel);
+        assert!(
+            serde_json::from_str::<MigrateParams>(r#"{"url":"tcp://h:1","key":"00","x":1}"#)
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,451 @@
+//! The sending side: iterative dirty-page pre-copy, then a commit-protocol switchover.
+//!
+//! Round 0 sends all memory except zero pages. Each later round sends what the merged dirty
+//! log (KVM's log ∪ the VMM's device-write bitmap) says changed. Pre-copy stops when the rest
+//! fits the downtime target at the measured bandwidth, after `max_rounds`, after 3× RAM has
+//! been sent, or at the timeout (cancel, or force the switchover).
+//!
+//! Switchover and its failure semantics:
+//! 1. Pause the VM, send the last dirty pages and the VM state.
+//! 2. Wait for `Ready`: the destination has applied everything but does not run yet.
+//!    Any failure up to here (write error, peer gone, timeout, abort) resumes the source VM,
+//!    unchanged: status `failed` (or `cancelled`).
+//! 3. Send `Commit`. From the moment we try, the destination may run the VM.
+//! 4. Wait for `Running`. On success the caller stops the source VM: status `completed`.
+//!    If the acknowledgement never comes, the outcome is unknown: the source VM stays paused
+//!    (it is never resumed on a guess) and the status is `unknown`.
+use std::io::{BufWriter, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+use crate::dirty::DirtyBitmap;
+use crate::handshake::{self, HandshakeError, Key};
+use crate::params::{MigrateParams, OnTimeout, ParamsError};
+use crate::stats::{DowntimeParts, Progress, RoundStats, Stats, Status};
+use crate::wire::{self, Message, Tag, WireError, MAX_PAGES_PER_FRAME, PAGE_SIZE};
+use crate::{vmm_bitmap, MigratableVm, VmError};
+
+/// How long to wait for the destination to connect, apply the state, or resume.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+/// A write that makes no progress for this long means the destination is gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Socket buffer: large writes go straight to the kernel, headers and lone pages coalesce.
+const SEND_BUFFER: usize = 1 << 20;
+/// Auto-converge: start, step and cap of the vCPU throttle, as in QEMU.
+const THROTTLE_START: u8 = 20;
+const THROTTLE_STEP: u8 = 10;
+const THROTTLE_MAX: u8 = 99;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("invalid migration request")]
+    Params(#[from] ParamsError),
+    #[error("cannot reach the destination {addr}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("handshake with the destination failed")]
+    Handshake(#[from] HandshakeError),
+    #[error("the migration stream broke")]
+    Wire(#[from] WireError),
+    #[error("the VM failed during migration: {0}")]
+    Vm(VmError),
+    #[error("guest memory could not be read")]
+    Memory(#[from] vm_memory::GuestMemoryError),
+    #[error("pre-copy did not converge within {0:?}")]
+    Timeout(Duration),
+}
+
+impl From<std::io::Error> for SourceError {
+    fn from(e: std::io::Error) -> Self {
+        SourceError::Wire(WireError::Io(e))
+    }
+}
+
+fn vm_err(e: VmError) -> SourceError {
+    SourceError::Vm(e)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn is_zero(page: &[u8]) -> bool {
+    // Word-wise compare; the compiler vectorises this.
+    page.chunks_exact(16)
+        .all(|c| u128::from_ne_bytes(c.try_into().unwrap_or([1; 16])) == 0)
+}
+
+/// Memory sending for one connection.
+struct Sender<'a, V: MigratableVm> {
+    vm: &'a V,
+    out: BufWriter<TcpStream>,
+    staging: Vec<u8>,
+    stats: Stats,
+    started: Instant,
+    /// Bytes per second, measured on the last round that moved enough data to say.
+    bandwidth: f64,
+}
+
+impl<V: MigratableVm> Sender<'_, V> {
+    /// Sends the pages of `bitmap` in region `base`. In the first pass zero pages are skipped
+    /// (the destination's memory starts zeroed); later they go as zero runs, since they held
+    /// data before. Returns `(pages with data, bytes on the wire)`.
+    fn send_bitmap(
+        &mut self,
+        base: u64,
+        bitmap: &DirtyBitmap,
+        first_pass: bool,
+    ) -> Result<(u64, u64), SourceError> {
+        let mut pages_sent = 0;
+        let mut bytes = 0;
+        let page = PAGE_SIZE as usize;
+        for (first, count) in bitmap.runs(MAX_PAGES_PER_FRAME) {
+            let len = count as usize * page;
+            let gpa = base + first * PAGE_SIZE;
+            self.vm
+                .memory()
+                .read_slice(&mut self.staging[..len], GuestAddress(gpa))?;
+            // Split the run into stretches of data pages and of zero pages.
+            let mut i = 0;
+            while i < count as usize {
+                let zero = is_zero(&self.staging[i * page..(i + 1) * page]);
+                let mut j = i + 1;
+                while j < count as usize && is_zero(&self.staging[j * page..(j + 1) * page]) == zero
+                {
+                    j += 1;
+                }
+                let n = (j - i) as u64;
+                let at = gpa + i as u64 * PAGE_SIZE;
+                if zero {
+                    self.stats.ram.duplicate += n;
+                    if !first_pass {
+                        let frame = wire::encode(&Message::Zero { gpa: at, pages: n });
+                        self.out.write_all(&frame)?;
+                        bytes += frame.len() as u64;
+                    }
+                } else {
+                    self.out.write_all(&wire::pages_header(at, n))?;
+                    self.out.write_all(&self.staging[i * page..j * page])?;
+                    bytes += 16 + n * PAGE_SIZE;
+                    pages_sent += n;
+                }
+                i = j;
+            }
+        }
+        self.stats.ram.normal += pages_sent;
+        self.stats.ram.normal_bytes += pages_sent * PAGE_SIZE;
+        self.stats.ram.transferred += bytes;
+        Ok((pages_sent, bytes))
+    }
+
+    /// Reads and clears the merged dirty log of every region.
+    fn dirty_maps(&self) -> Result<Vec<(u64, DirtyBitmap)>, SourceError> {
+        let mut maps = Vec::new();
+        for (i, region) in self.vm.memory().iter().enumerate() {
+            let pages = region.len() / PAGE_SIZE;
+            let mut map = DirtyBitmap::new(pages);
+            map.merge_words(&self.vm.dirty_log(i).map_err(vm_err)?);
+            map.take_vmm_bitmap(vmm_bitmap(region));
+            maps.push((region.start_addr().0, map));
+        }
+        Ok(maps)
+    }
+
+    fn send_maps(
+        &mut self,
+        maps: &[(u64, DirtyBitmap)],
+        first_pass: bool,
+    ) -> Result<(u64, u64), SourceError> {
+        let (mut pages, mut bytes) = (0, 0);
+        for (base, map) in maps {
+            let (p, b) = self.send_bitmap(*base, map, first_pass)?;
+            pages += p;
+            bytes += b;
+        }
+        Ok((pages, bytes))
+    }
+
+    fn progress(&self, round: u32, remaining: u64, dirty_rate: u64) -> Progress {
+        Progress {
+            status: Status::Active,
+            round,
+            elapsed_ms: ms(self.started.elapsed()),
+            transferred: self.stats.ram.transferred,
+            remaining,
+            dirty_pages_rate: dirty_rate,
+            mbps: self.bandwidth * 8.0 / 1e6,
+            expected_downtime_ms: remaining as f64 / self.bandwidth.max(1.0) * 1e3,
+            cpu_throttle_percentage: self.stats.cpu_throttle_percentage,
+        }
+    }
+}
+
+/// Why pre-copy ended.
+enum Converged {
+    Yes,
+    Cancel,
+}
+
+/// Runs pre-copy; returns the dirty maps left for the switchover, or a cancellation.
+fn precopy<V: MigratableVm>(
+    s: &mut Sender<'_, V>,
+    params: &MigrateParams,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Converged, SourceError> {
+    let ram = s.stats.ram.total;
+    // Round 0: everything.
+    let t = Instant::now();
+    let full: Vec<(u64, DirtyBitmap)> =
+        s.vm.memory()
+            .iter()
+            .map(|r| (r.start_addr().0, DirtyBitmap::full(r.len() / PAGE_SIZE)))
+            .collect();
+    let (pages, bytes) = s.send_maps(&full, true)?;
+    s.out.flush()?;
+    let took = t.elapsed();
+    s.bandwidth = bytes as f64 / took.as_secs_f64().max(1e-6);
+    s.stats.rounds.push(RoundStats {
+        round: 0,
+        pages,
+        bytes,
+        duration_ms: ms(took),
+        dirty_pages: pages,
+    });
+    wire::send(&mut s.out, &Message::RoundEnd { round: 0 })?;
+
+    let mut round = 0u32;
+    let mut last_round_time = took;
+    loop {
+        let maps = s.dirty_maps()?;
+        let dirty: u64 = maps.iter().map(|(_, m)| m.count()).sum();
+        s.stats.ram.dirty_sync_count += 1;
+        let remaining = dirty * PAGE_SIZE;
+        let dirty_rate = (dirty as f64 / last_round_time.as_secs_f64().max(1e-3)) as u64;
+        s.stats.ram.remaining = remaining;
+        s.stats.ram.dirty_pages_rate = dirty_rate;
+        let p = s.progress(round, remaining, dirty_rate);
+        s.stats.expected_downtime_ms = p.expected_downtime_ms;
+        progress(&p);
+
+        let fits = remaining as f64 <= s.bandwidth * params.downtime().as_secs_f64();
+        if fits || round >= params.max_rounds || s.stats.ram.transferred >= 3 * ram {
+            // The final dirty set goes during the switchover; put it back for the last read.
+            return resend_later(s, maps).map(|_| Converged::Yes);
+        }
+        if s.started.elapsed() > params.timeout() {
+            resend_later(s, maps)?;
+            return Ok(match params.on_timeout {
+                OnTimeout::Cancel => Converged::Cancel,
+                OnTimeout::Force => Converged::Yes,
+            });
+        }
+        if params.auto_converge && dirty_rate as f64 * PAGE_SIZE as f64 > 0.5 * s.bandwidth {
+            let next = match s.stats.cpu_throttle_percentage {
+                0 => THROTTLE_START,
+                t => t.saturating_add(THROTTLE_STEP).min(THROTTLE_MAX),
+            };
+            s.stats.cpu_throttle_percentage = next;
+            s.vm.set_throttle(next);
+        }
+        round += 1;
+        let t = Instant::now();
+        let (pages, bytes) = s.send_maps(&maps, false)?;
+        wire::send(&mut s.out, &Message::RoundEnd { round })?;
+        last_round_time = t.elapsed();
+        if bytes >= 1 << 20 {
+            s.bandwidth = bytes as f64 / last_round_time.as_secs_f64().max(1e-6);
+        }
+        s.stats.rounds.push(RoundStats {
+            round,
+            pages,
+            bytes,
+            duration_ms: ms(last_round_time),
+            dirty_pages: dirty,
+        });
+    }
+}
+
+/// Marks a dirty map's pages in the VMM bitmap so the switchover's read includes them: the
+/// KVM log they came from was cleared when it was read.
+fn resend_later<V: MigratableVm>(
+    s: &Sender<'_, V>,
+    maps: Vec<(u64, DirtyBitmap)>,
+) -> Result<(), SourceError> {
+    for ((_, map), region) in maps.iter().zip(s.vm.memory().iter()) {
+        for (first, count) in map.runs(u64::MAX) {
+            vmm_bitmap(region)
+                .set_addr_range((first * PAGE_SIZE) as usize, (count * PAGE_SIZE) as usize);
+        }
+    }
+    Ok(())
+}
+
+/// Pauses the VM, sends the rest and the state, and waits for `Ready`.
+fn prepare_switchover<V: MigratableVm>(s: &mut Sender<'_, V>) -> Result<(f64, f64), SourceError> {
+    let t0 = Instant::now();
+    let maps = s.dirty_maps()?;
+    let (pages, bytes) = s.send_maps(&maps, false)?;
+    s.out.flush()?;
+    let final_pages = ms(t0.elapsed());
+    s.stats.rounds.push(RoundStats {
+        round: s.stats.rounds.len() as u32,
+        pages,
+        bytes,
+        duration_ms: final_pages,
+        dirty_pages: maps.iter().map(|(_, m)| m.count()).sum(),
+    });
+    let t1 = Instant::now();
+    let state = s.vm.save_state().map_err(vm_err)?;
+    wire::send(&mut s.out, &Message::State(state))?;
+    s.out.get_ref().set_read_timeout(Some(REPLY_TIMEOUT))?;
+    wire::expect(s.out.get_mut(), Tag::Ready, "ready")?;
+    Ok((final_pages, ms(t1.elapsed())))
+}
+
+/// Runs a whole migration of `vm` to `params.url`. The returned statistics say what happened
+/// and what state the VM is in (see the module documentation); `progress` is called once per
+/// pre-copy round.
+pub fn migrate<V: MigratableVm>(
+    vm: &V,
+    params: &MigrateParams,
+    progress: &mut dyn FnMut(&Progress),
+) -> Stats {
+    let started = Instant::now();
+    let mut stats = Stats::default();
+    let result = run(vm, params, progress, started, &mut stats);
+    stats.total_time_ms = ms(started.elapsed());
+    if let Err(e) = result {
+        let mut msg = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            msg.push_str(": ");
+            msg.push_str(&s.to_string());
+            src = s.source();
+        }
+        stats.error = Some(msg);
+    }
+    stats
+}
+
+fn connect(params: &MigrateParams) -> Result<TcpStream, SourceError> {
+    let addr = params.address()?;
+    let connect_err = |source| SourceError::Connect {
+        addr: addr.to_string(),
+        source,
+    };
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+    for a in addr.to_socket_addrs().map_err(connect_err)? {
+        match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(connect_err(last))
+}
+
+fn run<V: MigratableVm>(
+    vm: &V,
+    params: &MigrateParams,
+    progress: &mut dyn FnMut(&Progress),
+    started: Instant,
+    stats: &mut Stats,
+) -> Result<(), SourceError> {
+    stats.status = Status::Failed;
+    params.validate()?;
+    let key = Key::from_hex(&params.key)?;
+    let mut stream = connect(params)?;
+    stream.set_nodelay(true)?;
+    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
+    handshake::connect(&mut stream, &key)?;
+    let ram: u64 = vm.memory().iter().map(|r| r.len()).sum();
+    wire::send(
+        &mut stream,
+        &Message::Machine {
+            ram_bytes: ram,
+            blob: vm.machine(),
+        },
+    )?;
+
+    vm.set_dirty_logging(true).map_err(vm_err)?;
+    for region in vm.memory().iter() {
+        vmm_bitmap(region).reset();
+    }
+    let mut s = Sender {
+        vm,
+        out: BufWriter::with_capacity(SEND_BUFFER, stream),
+        staging: vec![0u8; (MAX_PAGES_PER_FRAME * PAGE_SIZE) as usize],
+        stats: Stats::default(),
+        started,
+        bandwidth: 1.0,
+    };
+    s.stats.ram.total = ram;
+    s.stats.setup_time_ms = ms(started.elapsed());
+    s.stats.status = Status::Active;
+
+    let outcome = switch_over(&mut s, params, progress);
+    vm.set_throttle(0);
+    if s.stats.status != Status::Completed && s.stats.status != Status::Unknown {
+        // Tell the destination, then bring the source back as it was.
+        let _ = wire::send(
+            &mut s.out,
+            &Message::Abort("the source cancelled the migration".into()),
+        );
+    }
+    let _ = vm.set_dirty_logging(false);
+    s.stats.ram.mbps = s.bandwidth * 8.0 / 1e6;
+    *stats = std::mem::take(&mut s.stats);
+    outcome
+}
+
+fn switch_over<V: MigratableVm>(
+    s: &mut Sender<'_, V>,
+    params: &MigrateParams,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<(), SourceError> {
+    let precopy = precopy(s, params, progress);
+    match precopy {
+        Ok(Converged::Yes) => {}
+        Ok(Converged::Cancel) => {
+            s.stats.status = Status::Cancelled;
+            return Err(SourceError::Timeout(params.timeout()));
+        }
+        Err(e) => {
+            s.stats.status = Status::Failed;
+            return Err(e);
+        }
+    }
+    let paused_at = Instant::now();
+    s.vm.pause().map_err(vm_err)?;
+    let prepared = prepare_switchover(s);
+    let (final_pages_ms, state_ms) = match prepared {
+        Ok(t) => t,
+        Err(e) => {
+            s.stats.status = Status::Failed;
+            // Nothing was committed: the source VM carries on as if nothing happened.
+            if let Err(r) = s.vm.resume() {
+                tracing::error!("cannot resume the VM after a failed migration: {r}");
+            }
+            return Err(e);
+        }
+    };
+    // From here on the destination may run the VM: never resume the source on a guess.
+    s.stats.status = Status::Unknown;
+    let t = Instant::now();
+    wire::send(&mut s.out, &Message::Commit)?;
+    wire::expect(s.out.get_mut(), Tag::Running, "running")?;
+    s.stats.status = Status::Completed;
+    s.stats.downtime_ms = ms(paused_at.elapsed());
+    s.stats.downtime_parts = DowntimeParts {
+        final_pages_ms,
+        state_ms,
+        resume_ms: ms(t.elapsed()),
+    };
+    s.stats.ram.remaining = 0;
+    Ok(())
+}

@@ -1,0 +1,161 @@
+//! The VMM's side of live migration: it lets the `migrator` engine drive a running VM, and
+//! it turns an incoming migration into a VM.
+use std::io::Write;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Instant;
+
+use migrator::dest::{self, DestError};
+use migrator::handshake::{HandshakeError, Key};
+use migrator::{MigratableVm, VmError};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+
+use crate::builder::{self, BuildError, BuiltVm};
+use crate::controller::VmController;
+use crate::persist::format::{self, FormatError};
+use crate::persist::MachineState;
+use crate::vstate::memory::{self, Backing, GuestMemory, MemoryError};
+
+/// A running VM as the pre-copy engine sees it.
+pub struct Source(pub Arc<VmController>);
+
+impl MigratableVm for Source {
+    fn memory(&self) -> &GuestMemory {
+        self.0.memory()
+    }
+
+    fn machine(&self) -> Vec<u8> {
+        // MachineState is plain data: encoding it cannot fail.
+        serde_json::to_vec(self.0.machine()).unwrap_or_default()
+    }
+
+    fn set_dirty_logging(&self, enabled: bool) -> Result<(), VmError> {
+        Ok(self.0.vm().register_memory(self.0.memory(), enabled)?)
+    }
+
+    fn dirty_log(&self, index: usize) -> Result<Vec<u64>, VmError> {
+        let region = self
+            .0
+            .memory()
+            .iter()
+            .nth(index)
+            .ok_or("no such memory region")?;
+        Ok(self.0.vm().dirty_log(index as u32, region.len())?)
+    }
+
+    fn pause(&self) -> Result<(), VmError> {
+        Ok(self.0.pause()?)
+    }
+
+    fn resume(&self) -> Result<(), VmError> {
+        Ok(self.0.resume()?)
+    }
+
+    fn save_state(&self) -> Result<Vec<u8>, VmError> {
+        let state = self.0.save_state()?;
+        Ok(format::encode(&state)?)
+    }
+
+    fn set_throttle(&self, percent: u8) {
+        self.0.set_throttle(percent);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IncomingError {
+    #[error("--incoming takes tcp://ADDR:PORT, not {0:?}")]
+    BadUrl(String),
+    #[error("invalid migration key")]
+    Key(#[from] HandshakeError),
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("the incoming migration failed")]
+    Dest(#[from] DestError),
+    #[error("the source described a machine this vmm cannot build: {0}")]
+    BadMachine(String),
+    #[error("the source's RAM size ({sent} bytes) does not match its machine ({machine} bytes)")]
+    RamMismatch { sent: u64, machine: u64 },
+    #[error("cannot allocate guest memory")]
+    Memory(#[from] MemoryError),
+    #[error("the VM state from the source is invalid")]
+    State(#[from] FormatError),
+    #[error("cannot build the VM from the source's state")]
+    Build(#[from] BuildError),
+}
+
+/// Listens on `url`, receives one VM and returns it built but not yet running, with the
+/// connection on which to acknowledge. Nothing runs until the source commits.
+pub fn receive(
+    url: &str,
+    key_hex: &str,
+    backing: &Backing,
+    started: Instant,
+    console: Box<dyn Write + Send>,
+) -> Result<(BuiltVm, dest::Incoming), IncomingError> {
+    let key = Key::from_hex(key_hex)?;
+    let addr = url
+        .strip_prefix("tcp://")
+        .ok_or_else(|| IncomingError::BadUrl(url.into()))?;
+    let listener = TcpListener::bind(addr).map_err(|source| IncomingError::Listen {
+        addr: addr.into(),
+        source,
+    })?;
+    tracing::info!(addr, "waiting for an incoming migration");
+    let mut incoming = dest::accept(&listener, &key)?;
+    match receive_vm(&mut incoming, backing, started, console) {
+        Ok(vm) => Ok((vm, incoming)),
+        Err(e) => {
+            incoming.abort(&crate::api::server::error_chain(&e));
+            Err(e)
+        }
+    }
+}
+
+fn receive_vm(
+    incoming: &mut dest::Incoming,
+    backing: &Backing,
+    started: Instant,
+    console: Box<dyn Write + Send>,
+) -> Result<BuiltVm, IncomingError> {
+    let machine: MachineState = serde_json::from_slice(&incoming.machine)
+        .map_err(|e| IncomingError::BadMachine(e.to_string()))?;
+    let machine_bytes = machine
+        .mem_mib
+        .checked_mul(1 << 20)
+        .ok_or_else(|| IncomingError::BadMachine("memory size overflows".into()))?;
+    if incoming.ram_bytes != machine_bytes {
+        return Err(IncomingError::RamMismatch {
+            sent: incoming.ram_bytes,
+            machine: machine_bytes,
+        });
+    }
+    // Validate the shape before allocating anything the source asked for.
+    crate::config::VmConfig::for_machine(&machine, backing.clone())
+        .validate(
+            u32::from(u8::MAX),
+            crate::config::host_mem_mib().unwrap_or(u64::MAX),
+        )
+        .map_err(|e| IncomingError::BadMachine(e.to_string()))?;
+    if let Backing::File(path) = backing {
+        // Pages the source skips as zero must read as zero here.
+        let _ = std::fs::remove_file(path);
+    }
+    let mem = memory::create(machine_bytes, backing)?;
+    let state_bytes = incoming.receive_memory(&mem)?;
+    let state = format::decode(&state_bytes)?;
+    if state.machine != machine {
+        return Err(IncomingError::BadMachine(
+            "the state describes another machine".into(),
+        ));
+    }
+    Ok(builder::build_restored(
+        &state,
+        Some(mem),
+        backing,
+        started,
+        console,
+    )?)
+}
