@@ -107,12 +107,16 @@ impl Incoming {
             match wire::recv(&mut self.input)? {
                 Message::Pages { gpa, len } => {
                     check_range(mem, gpa, len)?;
-                    // Straight from the socket buffer into guest memory, no staging copy.
-                    mem.read_exact_volatile_from(
-                        GuestAddress(gpa),
-                        &mut ReadAdapter(&mut self.input),
-                        len as usize,
-                    )?;
+                    // From the socket buffer into guest memory through a small bounce buffer.
+                    let mut input = ReadAdapter(&mut self.input);
+                    mem.read_exact_volatile_from(GuestAddress(gpa), &mut input, len as usize)
+                        .map_err(|e| match e {
+                            // A short read: the stream ended inside the page data.
+                            vm_memory::GuestMemoryError::PartialBuffer { .. } => {
+                                DestError::Wire(WireError::Closed)
+                            }
+                            other => DestError::Memory(other),
+                        })?;
                     self.received.pages += len / PAGE_SIZE;
                     self.received.bytes += 16 + len;
                 }

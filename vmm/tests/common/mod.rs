@@ -196,3 +196,133 @@ pub fn field(line: &str, key: &str) -> Option<u64> {
                 .ok()
         })
 }
+
+/// A `vmm` process whose stdout lines arrive on a channel and whose stderr is collected;
+/// killed on drop.
+pub struct Vmm {
+    pub child: Child,
+    pub lines: mpsc::Receiver<String>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Vmm {
+    pub fn spawn(args: &[&str]) -> Self {
+        let mut child = Command::new(vmm_bin())
+            .args(args)
+            .env("VMM_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn vmm");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr_pipe = child.stderr.take().expect("stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr_pipe).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(mut s) = sink.lock() {
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            stderr,
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Waits until stderr contains `needle`.
+    pub fn wait_stderr(&self, needle: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.stderr().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} on stderr within {limit:?}:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The next console line matching `pred`, or a panic (with stderr) after `limit`.
+    pub fn wait_line(&self, limit: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if pred(&line) => return line,
+                Ok(_) => {}
+                Err(e) => panic!(
+                    "no matching console line within {limit:?} ({e}); stderr:\n{}",
+                    self.stderr()
+                ),
+            }
+        }
+    }
+
+    /// Every console line that arrives within `d`.
+    pub fn lines_for(&self, d: Duration) -> Vec<String> {
+        let deadline = Instant::now() + d;
+        let mut out = Vec::new();
+        while let Ok(l) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            out.push(l);
+        }
+        out
+    }
+
+    /// Waits for exit up to `limit`; kills and panics if still running.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let status = wait_with_limit(&mut self.child, limit);
+        assert!(
+            status.is_some(),
+            "vmm still running after {limit:?}; stderr:\n{}",
+            self.stderr()
+        );
+        status.and_then(|s| s.code())
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Serialises the heavy KVM tests of one test binary: each runs guests that keep both cores
+/// busy, and timing-sensitive checks (pre-copy phases, switchover) get unfair if two overlap.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,689 @@
+//! Live migration between two `vmm` processes, and what happens when things go wrong: a peer
+//! dying mid-stream, the connection cut on either side of the commit, a wrong key, a wrong
+//! protocol version and malformed streams. Also snapshot round trips.
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use migrator::wire::{self, Message, Tag};
+use vmm::api::{client, protocol::Request};
+
+const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+const LIMIT: Duration = Duration::from_secs(60);
+
+struct Pair {
+    _dir: tempfile::TempDir,
+    src_sock: PathBuf,
+    dst_sock: PathBuf,
+    src: Vmm,
+    dst: Vmm,
+    port: u16,
+}
+
+/// A dirtying bench guest on the source and an `--incoming` destination, both on loopback.
+fn pair(wss: u32, vcpus: u8, extra_cmdline: &str) -> Pair {
+    let dir = tempfile::tempdir().unwrap();
+    let src_sock = dir.path().join("src.sock");
+    let dst_sock = dir.path().join("dst.sock");
+    let port = free_port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let dst = Vmm::spawn(&[
+        "run",
+        "--incoming",
+        &url,
+        "--migration-key",
+        KEY,
+        "--api-sock",
+        dst_sock.to_str().unwrap(),
+    ]);
+    dst.wait_stderr("waiting for an incoming migration", LIMIT);
+    let kernel = image("bench.elf");
+    let cmdline = format!("workload=dirty wss={wss} report-ms=100 {extra_cmdline}");
+    let mem = (wss + 64).to_string();
+    let src = Vmm::spawn(&[
+        "run",
+        "--boot",
+        "bench",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--mem",
+        &mem,
+        "--vcpus",
+        &vcpus.to_string(),
+        "--cmdline",
+        &cmdline,
+        "--api-sock",
+        src_sock.to_str().unwrap(),
+    ]);
+    // Let the guest touch its whole working set at least once.
+    src.wait_line(LIMIT, |l| field(l, "gen").is_some_and(|g| g >= 2));
+    Pair {
+        _dir: dir,
+        src_sock,
+        dst_sock,
+        src,
+        dst,
+        port,
+    }
+}
+
+fn migrate(sock: &Path, port: u16, key: &str, extra: &[(&str, &str)]) -> serde_json::Value {
+    let mut params = migrator::MigrateParams::new(format!("tcp://127.0.0.1:{port}"), key);
+    for (k, v) in extra {
+        match *k {
+            "max_rounds" => params.max_rounds = v.parse().unwrap(),
+            "downtime_ms" => params.downtime_ms = v.parse().unwrap(),
+            "timeout_s" => params.timeout_s = v.parse().unwrap(),
+            other => panic!("unknown parameter {other}"),
+        }
+    }
+    let mut events = 0;
+    let v = client::call_streaming(sock, &Request::Migrate(params), LIMIT, &mut |_| events += 1)
+        .expect("migrate call");
+    v
+}
+
+fn status(sock: &Path) -> serde_json::Value {
+    client::call(sock, &Request::Status {}, Duration::from_secs(10)).expect("status")
+}
+
+/// Highest `gen=` and every `errors=` among `lines`.
+fn gens(lines: &[String]) -> (Option<u64>, Vec<u64>) {
+    let g = lines.iter().filter_map(|l| field(l, "gen")).max();
+    let e = lines.iter().filter_map(|l| field(l, "errors")).collect();
+    (g, e)
+}
+
+fn loopback(wss: u32, vcpus: u8) {
+    let mut p = pair(wss, vcpus, "");
+    let stats = migrate(&p.src_sock, p.port, KEY, &[]);
+    assert_eq!(
+        stats["status"],
+        "completed",
+        "{stats}\nsrc:\n{}\ndst:\n{}",
+        p.src.stderr(),
+        p.dst.stderr()
+    );
+    assert_eq!(stats["ok"], true);
+    // Statistics are consistent.
+    assert!(stats["downtime-ms"].as_f64().unwrap() > 0.0, "{stats}");
+    assert!(stats["total-time-ms"].as_f64().unwrap() >= stats["downtime-ms"].as_f64().unwrap());
+    let transferred = stats["ram"]["transferred"].as_u64().unwrap();
+    assert!(
+        transferred >= u64::from(wss) << 20,
+        "sent {transferred} bytes for a {wss} MiB working set"
+    );
+    assert!(stats["ram"]["dirty-sync-count"].as_u64().unwrap() >= 1);
+    assert!(!stats["rounds"].as_array().unwrap().is_empty());
+
+    // The source hands over and exits; everything it printed before is the "before" half.
+    assert_eq!(p.src.wait_exit(LIMIT), Some(0), "{}", p.src.stderr());
+    let before: Vec<String> = p.src.lines.try_iter().collect();
+    let (last_gen_src, _) = gens(&before);
+    // On the destination the counter carries on from where it was, with no integrity error.
+    let after = p.dst.lines_for(Duration::from_millis(1500));
+    let (gen_dst, errors) = gens(&after);
+    let (last_gen_src, gen_dst) = (
+        last_gen_src.unwrap_or(0),
+        gen_dst.expect("destination printed no progress"),
+    );
+    assert!(
+        gen_dst > last_gen_src,
+        "gen did not rise: {last_gen_src} -> {gen_dst}"
+    );
+    assert!(
+        !errors.is_empty() && errors.iter().all(|&e| e == 0),
+        "errors on the destination: {after:?}"
+    );
+    assert_eq!(status(&p.dst_sock)["state"], "running");
+    client::call(&p.dst_sock, &Request::Shutdown {}, Duration::from_secs(10)).unwrap();
+    assert_eq!(p.dst.wait_exit(LIMIT), Some(0));
+}
+
+#[test]
+fn loopback_16mib_one_vcpu() {
+    let _serial = serial();
+    if kvm_available() {
+        loopback(16, 1);
+    }
+}
+
+#[test]
+fn loopback_16mib_two_vcpus() {
+    let _serial = serial();
+    if kvm_available() {
+        loopback(16, 2);
+    }
+}
+
+#[test]
+fn loopback_256mib_one_vcpu() {
+    let _serial = serial();
+    if kvm_available() {
+        loopback(256, 1);
+    }
+}
+
+#[test]
+fn loopback_256mib_two_vcpus() {
+    let _serial = serial();
+    if kvm_available() {
+        loopback(256, 2);
+    }
+}
+
+#[test]
+fn destination_killed_mid_precopy_leaves_the_source_running() {
+    let _serial = serial();
+    if !kvm_available() {
+        return;
+    }
+    let mut p = pair(128, 2, "");
+    // At 20 MB/s the first pass alone takes seconds.
+    let proxy = slow_proxy(p.port, 20 << 20);
+    let sock = p.src_sock.clone();
+    let t = std::thread::spawn(move || migrate(&sock, proxy, KEY, &[]));
+    p.dst.wait_stderr("incoming migration", LIMIT);
+    std::thread::sleep(Duration::from_millis(1000));
+    p.dst.child.kill().unwrap();
+    let stats = t.join().unwrap();
+    assert_eq!(stats["status"], "failed", "{stats}");
+    assert!(
+        stats["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{stats}"
+    );
+    assert_eq!(status(&p.src_sock)["state"], "running");
+    let _ = p.src.lines.try_iter().count();
+    let after = p.src.lines_for(Duration::from_millis(800));
+    let (g, errors) = gens(&after);
+    assert!(g.is_some(), "source guest stopped printing");
+    assert!(errors.iter().all(|&e| e == 0), "{after:?}");
+}
+
+#[test]
+fn source_killed_mid_precopy_never_runs_the_guest_on_the_destination() {
+    let _serial = serial();
+    if !kvm_available() {
+        return;
+    }
+    let mut p = pair(128, 2, "");
+    let proxy = slow_proxy(p.port, 20 << 20);
+    let sock = p.src_sock.clone();
+    let _t = std::thread::spawn(move || {
+        let params = migrator::MigrateParams::new(format!("tcp://127.0.0.1:{proxy}"), KEY);
+        let _ = client::call_streaming(&sock, &Request::Migrate(params), LIMIT, &mut |_| {});
+    });
+    p.dst.wait_stderr("incoming migration", LIMIT);
+    std::thread::sleep(Duration::from_millis(1000));
+    p.src.child.kill().unwrap();
+    let code = p.dst.wait_exit(LIMIT);
+    assert_eq!(code, Some(1), "{}", p.dst.stderr());
+    assert!(
+        p.dst.stderr().contains("incoming migration failed"),
+        "{}",
+        p.dst.stderr()
+    );
+    let printed: Vec<String> = p.dst.lines.try_iter().collect();
+    assert!(
+        printed.is_empty(),
+        "the destination ran the guest: {printed:?}"
+    );
+}
+
+/// A TCP proxy that moves source-to-destination bytes at `bytes_per_sec`, so pre-copy lasts
+/// long enough for a test to break it in the middle.
+fn slow_proxy(dst_port: u16, bytes_per_sec: u64) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let Ok((src, _)) = listener.accept() else {
+            return;
+        };
+        let Ok(dst) = TcpStream::connect(("127.0.0.1", dst_port)) else {
+            return;
+        };
+        let (mut src_r, mut dst_w) = (src.try_clone().unwrap(), dst.try_clone().unwrap());
+        let (mut dst_r, mut src_w) = (dst, src);
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut dst_r, &mut src_w);
+            let _ = src_w.shutdown(Shutdown::Both);
+        });
+        let mut buf = vec![0u8; 64 * 1024];
+        let pause = Duration::from_secs_f64(buf.len() as f64 / bytes_per_sec as f64);
+        loop {
+            match src_r.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if dst_w.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    std::thread::sleep(pause);
+                }
+            }
+        }
+        let _ = dst_w.shutdown(Shutdown::Both);
+    });
+    port
+}
+
+/// Where a [`CuttingProxy`] breaks the connection.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// After the state reaches the destination, before its `Ready` reaches the source.
+    BeforeCommit,
+    /// After `Commit` reaches the destination, before its `Running` reaches the source.
+    AfterCommit,
+}
+
+/// A TCP proxy that understands the migration framing just enough to cut at a chosen point.
+fn cutting_proxy(dst_port: u16, cut: Cut) -> (u16, Arc<AtomicBool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cut_done = Arc::new(AtomicBool::new(false));
+    let flag = cut_done.clone();
+    std::thread::spawn(move || {
+        let (mut src, _) = listener.accept().unwrap();
+        let mut dst = TcpStream::connect(("127.0.0.1", dst_port)).unwrap();
+        let (mut src_r, mut dst_w) = (src.try_clone().unwrap(), dst.try_clone().unwrap());
+        let up_cut = flag.clone();
+        // Source -> destination: forward frame by frame.
+        let up = std::thread::spawn(move || loop {
+            let mut h = [0u8; wire::HEADER_LEN];
+            if src_r.read_exact(&mut h).is_err() {
+                break;
+            }
+            let len = u32::from_le_bytes([h[4], h[5], h[6], h[7]]) as usize;
+            let mut body = vec![0u8; len];
+            if src_r.read_exact(&mut body).is_err() {
+                break;
+            }
+            if dst_w
+                .write_all(&h)
+                .and_then(|_| dst_w.write_all(&body))
+                .is_err()
+            {
+                break;
+            }
+            if h[0] == Tag::Commit as u8 && cut == Cut::AfterCommit {
+                up_cut.store(true, Ordering::SeqCst);
+                break;
+            }
+        });
+        // Destination -> source: forward frames until the cut point.
+        loop {
+            let msg = match wire::recv(&mut dst) {
+                Ok(m) => m,
+                Err(_) => break,
+            };
+            let cut_here = match (&msg, cut) {
+                (Message::Ready, Cut::BeforeCommit) => true,
+                (Message::Running, Cut::AfterCommit) => true,
+                _ => false,
+            };
+            if cut_here {
+                flag.store(true, Ordering::SeqCst);
+                break;
+            }
+            if src.write_all(&wire::encode(&msg)).is_err() {
+                break;
+            }
+        }
+        let _ = src.shutdown(Shutdown::Both);
+        let _ = dst.shutdown(Shutdown::Both);
+        let _ = up.join();
+    });
+    (port, cut_done)
+}
+
+#[test]
+fn connection_cut_before_commit_keeps_the_source_and_never_runs_the_destination() {
+    let _serial = serial();
+    if !kvm_available() {
+        return;
+    }
+    let mut p = pair(32, 1, "");
+    let (proxy, cut) = cutting_proxy(p.port, Cut::BeforeCommit);
+    let stats = migrate(&p.src_sock, proxy, KEY, &[]);
+    assert!(
+        cut.load(Ordering::SeqCst),
+        "the proxy never reached its cut point: {stats}"
+    );
+    assert_eq!(stats["status"], "failed", "{stats}");
+    // The source was paused for the switchover and is running again, intact.
+    assert_eq!(status(&p.src_sock)["state"], "running");
+    let after = p.src.lines_for(Duration::from_millis(800));
+    let (g, errors) = gens(&after);
+    assert!(g.is_some() && errors.iter().all(|&e| e == 0), "{after:?}");
+    // The destination never got a commit: it gives up without running the guest.
+    assert_eq!(p.dst.wait_exit(LIMIT), Some(1), "{}", p.dst.stderr());
+    assert!(
+        p.dst.lines.try_iter().next().is_none(),
+        "the destination ran the guest"
+    );
+}
+
+#[test]
+fn connection_cut_after_commit_runs_exactly_one_copy() {
+    let _serial = serial();
+    if !kvm_available() {
+        return;
+    }
+    let mut p = pair(32, 1, "");
+    let (proxy, cut) = cutting_proxy(p.port, Cut::AfterCommit);
+    let stats = migrate(&p.src_sock, proxy, KEY, &[]);
+    assert!(
+        cut.load(Ordering::SeqCst),
+        "the proxy never reached its cut point: {stats}"
+    );
+    // The source cannot know whether the destination took over: it stays paused.
+    assert_eq!(stats["status"], "unknown", "{stats}");
+    assert_eq!(status(&p.src_sock)["state"], "paused");
+    let _ = p.src.lines.try_iter().count();
+    // The destination got the commit and runs the guest, intact.
+    let after = p.dst.lines_for(Duration::from_millis(1000));
+    let (g, errors) = gens(&after);
+    assert!(
+        g.is_some() && errors.iter().all(|&e| e == 0),
+        "{after:?}\n{}",
+        p.dst.stderr()
+    );
+    // Meanwhile the paused source printed nothing: only one copy ran.
+    assert!(
+        p.src.lines.try_iter().next().is_none(),
+        "the source resumed on a guess"
+    );
+    assert!(p.src.is_running());
+}
+
+#[test]
+fn a_wrong_key_is_rejected_and_the_source_keeps_running() {
+    let _serial = serial();
+    if !kvm_available() {
+        return;
+    }
+    let mut p = pair(16, 1, "");
+    let wrong = "ff".repeat(32);
+    let stats = migrate(&p.src_sock, p.port, &wrong, &[]);
+    assert_eq!(stats["status"], "failed", "{stats}");
+    assert!(stats["error"].as_str().unwrap().contains("key"), "{stats}");
+    assert_eq!(p.dst.wait_exit(LIMIT), Some(1));
+    assert!(p.dst.stderr().contains("handshake"), "{}", p.dst.stderr());
+    assert_eq!(status(&p.src_sock)["state"], "running");
+}
+
+/// A destination alone, for feeding it hand-made streams.
+fn destination() -> (Vmm, u16, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let dst = Vmm::spawn(&["run", "--incoming", &url, "--migration-key", KEY]);
+    dst.wait_stderr("waiting for an incoming migration", LIMIT);
+    (dst, port, dir)
+}
+
+fn authenticated(port: u16) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let key = migrator::handshake::Key::from_hex(KEY).unwrap();
+    migrator::handshake::connect(&mut s, &key).unwrap();
+    s
+}
+
+fn expect_rejection(mut dst: Vmm, needle: &str) {
+    assert_eq!(dst.wait_exit(LIMIT), Some(1), "{}", dst.stderr());
+    let err = dst.stderr();
+    assert!(err.contains(needle), "stderr lacks {needle:?}:\n{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        dst.lines.try_iter().next().is_none(),
+        "the destination ran something"
+    );
+}
+
+#[test]
+fn an_unknown_protocol_version_is_rejected() {
+    let _serial = serial();
+    if !kvm_available() {
+        return;
+    }
+    let (dst, port, _d) = destination();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    wire::send(
+        &mut s,
+        &Message::Hello {
+            version: 7,
+            nonce: [0; wire::NONCE_LEN],
+        },
+    )
+    .unwrap();
+    let reply = wire::recv(&mut s).unwrap();
+    assert!(
+        matches!(reply, Message::Abort(ref why) if why.contains("version 7")),
+        "{reply:?}"
+    );
+    expect_rejection(dst, "version 7");
+}
+
+#[test]
+fn garbage_instead_of_a_migration_stream_is_rejected() {
+    let _serial = serial();
+    if !kvm_available() {
+        return;
+    }
+    let (dst, port, _d) = destination();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    expect_rejection(dst, "handshake");
+}
+
+#[test]
+fn a_truncated_stream_is_rejected() {
+    let _serial = serial();
+    if !kvm_available() {
+        return;
+    }
+    let (dst, port, _d) = destination();
+    let mut s = authenticated(port);
+    let machine =
+        br#"{"boot":"bench","mem_mib":16,"vcpus":1,"cmdline":"","irqchip":false}"#.to_vec();
+    wire::send(
+        &mut s,
+        &Message::Machine {
+            ram_bytes: 16 << 20,
+            blob: machine,
+        },
+    )
+    .unwrap();
+    s.write_all(&wire::pages_header(0x10_0000, 4)).unwrap();
+    s.write_all(&[0xaa; 5000]).unwrap();
+    drop(s);
+    expect_rejection(dst, "closed");
+}
+
+#[test]
+fn pages_outside_guest_ram_are_rejected() {
+    let _serial = serial();
+    if !kvm_available() {
+        return;
+    }
+    let (dst, port, _d) = destination();
+    let mut s = authenticated(port);
+    let machine =
+        br#"{"boot":"bench","mem_mib":16,"vcpus":1,"cmdline":"","irqchip":false}"#.to_vec();
+    wire::send(
+        &mut s,
+        &Message::Machine {
+            ram_bytes: 16 << 20,
+            blob: machine,
+        },
+    )
+    .unwrap();
+    s.write_all(&wire::pages_header(16 << 20, 1)).unwrap();
+    s.write_all(&[0xaa; 4096]).unwrap();
+    expect_rejection(dst, "outside guest RAM");
+}
+
+#[test]
+fn a_corrupt_state_is_rejected() {
+    let _serial = serial();
+    if !kvm_available() {
+        return;
+    }
+    let (dst, port, _d) = destination();
+    let mut s = authenticated(port);
+    let machine =
+        br#"{"boot":"bench","mem_mib":16,"vcpus":1,"cmdline":"","irqchip":false}"#.to_vec();
+    wire::send(
+        &mut s,
+        &Message::Machine {
+            ram_bytes: 16 << 20,
+            blob: machine,
+        },
+    )
+    .unwrap();
+    wire::send(
+        &mut s,
+        &Message::State(b"LNDRVMST not really a state".to_vec()),
+    )
+    .unwrap();
+    expect_rejection(dst, "state");
+}
+
+#[test]
+fn an_absurd_machine_is_rejected_before_allocating() {
+    let _serial = serial();
+    if !kvm_available() {
+        return;
+    }
+    let (dst, port, _d) = destination();
+    let mut s = authenticated(port);
+    let machine =
+        br#"{"boot":"bench","mem_mib":99999999,"vcpus":1,"cmdline":"","irqchip":false}"#.to_vec();
+    wire::send(
+        &mut s,
+        &Message::Machine {
+            ram_bytes: 99999999 << 20,
+            blob: machine,
+        },
+    )
+    .unwrap();
+    expect_rejection(dst, "more than this host");
+}
+
+#[test]
+fn snapshot_round_trip_is_byte_identical_and_restore_continues() {
+    let _serial = serial();
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("a.sock");
+    let kernel = image("bench.elf");
+    let mut src = Vmm::spawn(&[
+        "run",
+        "--boot",
+        "bench",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--mem",
+        "96",
+        "--vcpus",
+        "2",
+        "--cmdline",
+        "workload=dirty wss=32 report-ms=100",
+        "--api-sock",
+        sock.to_str().unwrap(),
+    ]);
+    let seen = src.wait_line(LIMIT, |l| field(l, "gen").is_some_and(|g| g >= 2));
+    let snap1 = dir.path().join("snap1");
+    let v = client::call(
+        &sock,
+        &Request::Snapshot {
+            dir: snap1.clone(),
+            stop: true,
+        },
+        LIMIT,
+    )
+    .unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(src.wait_exit(LIMIT), Some(0));
+    let later = gens(&src.lines.try_iter().collect::<Vec<_>>()).0;
+    let before = later.unwrap_or(0).max(field(&seen, "gen").unwrap_or(0));
+
+    // Restore paused and save again at once: identical bytes.
+    let sock2 = dir.path().join("b.sock");
+    let mut again = Vmm::spawn(&[
+        "run",
+        "--restore",
+        snap1.to_str().unwrap(),
+        "--paused",
+        "--api-sock",
+        sock2.to_str().unwrap(),
+    ]);
+    let deadline = std::time::Instant::now() + LIMIT;
+    while !sock2.exists() {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let snap2 = dir.path().join("snap2");
+    let v = client::call(
+        &sock2,
+        &Request::Snapshot {
+            dir: snap2.clone(),
+            stop: true,
+        },
+        LIMIT,
+    )
+    .unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(again.wait_exit(LIMIT), Some(0));
+    let s1 = std::fs::read(snap1.join("state.bin")).unwrap();
+    let s2 = std::fs::read(snap2.join("state.bin")).unwrap();
+    assert!(s1 == s2, "state differs after save-restore-save");
+    assert!(
+        std::fs::read(snap1.join("memory.bin")).unwrap()
+            == std::fs::read(snap2.join("memory.bin")).unwrap()
+    );
+
+    // Restore and run: the workload continues where it was, intact.
+    let restored = Vmm::spawn(&["run", "--restore", snap1.to_str().unwrap()]);
+    let lines = restored.lines_for(Duration::from_millis(1500));
+    let (g, errors) = gens(&lines);
+    assert!(
+        g.is_some_and(|g| g > before),
+        "gen {before} -> {g:?}: {lines:?}\n{}",
+        restored.stderr()
+    );
+    assert!(
+        !errors.is_empty() && errors.iter().all(|&e| e == 0),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn a_newer_state_version_is_rejected_clearly() {
+    let _serial = serial();
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("snap");
+    std::fs::create_dir(&snap).unwrap();
+    let mut state = b"LNDRVMST".to_vec();
+    state.extend_from_slice(&2u32.to_le_bytes());
+    state.extend_from_slice(&0u64.to_le_bytes());
+    state.extend_from_slice(&[0; 4]); // the version is checked before the CRC
+    std::fs::write(snap.join("state.bin"), state).unwrap();
+    let out = run_vmm(&["run", "--restore", snap.to_str().unwrap()], LIMIT);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stderr.contains("version 2 is not supported"),
+        "{}",
+        out.stderr
+    );
+}
