@@ -83,10 +83,8 @@ fn migrate(sock: &Path, port: u16, key: &str, extra: &[(&str, &str)]) -> serde_j
             other => panic!("unknown parameter {other}"),
         }
     }
-    let mut events = 0;
-    let v = client::call_streaming(sock, &Request::Migrate(params), LIMIT, &mut |_| events += 1)
-        .expect("migrate call");
-    v
+    client::call_streaming(sock, &Request::Migrate(params), LIMIT, &mut |_| {})
+        .expect("migrate call")
 }
 
 fn status(sock: &Path) -> serde_json::Value {
@@ -316,16 +314,11 @@ fn cutting_proxy(dst_port: u16, cut: Cut) -> (u16, Arc<AtomicBool>) {
             }
         });
         // Destination -> source: forward frames until the cut point.
-        loop {
-            let msg = match wire::recv(&mut dst) {
-                Ok(m) => m,
-                Err(_) => break,
-            };
-            let cut_here = match (&msg, cut) {
-                (Message::Ready, Cut::BeforeCommit) => true,
-                (Message::Running, Cut::AfterCommit) => true,
-                _ => false,
-            };
+        while let Ok(msg) = wire::recv(&mut dst) {
+            let cut_here = matches!(
+                (&msg, cut),
+                (Message::Ready, Cut::BeforeCommit) | (Message::Running, Cut::AfterCommit)
+            );
             if cut_here {
                 flag.store(true, Ordering::SeqCst);
                 break;
