@@ -330,27 +330,28 @@ pub fn expect<R: Read>(r: &mut R, want: Tag, what: &'static str) -> Result<Messa
     }
 }
 
+/// Decodes a whole stream as a receiver would, skipping page data. This is the decoder's
+/// model for property tests and the fuzz target.
+pub fn decode_stream(mut bytes: &[u8]) -> Result<Vec<Message>, WireError> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let m = recv(&mut bytes)?;
+        if let Message::Pages { len, .. } = m {
+            let len = usize::try_from(len).map_err(|_| WireError::Closed)?;
+            if bytes.len() < len {
+                return Err(WireError::Closed);
+            }
+            bytes = &bytes[len..];
+        }
+        out.push(m);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    /// Decodes a whole stream as a receiver would, skipping page data: the decoder's model.
-    pub fn decode_stream(mut bytes: &[u8]) -> Result<Vec<Message>, WireError> {
-        let mut out = Vec::new();
-        while !bytes.is_empty() {
-            let m = recv(&mut bytes)?;
-            if let Message::Pages { len, .. } = m {
-                let len = usize::try_from(len).map_err(|_| WireError::Closed)?;
-                if bytes.len() < len {
-                    return Err(WireError::Closed);
-                }
-                bytes = &bytes[len..];
-            }
-            out.push(m);
-        }
-        Ok(out)
-    }
 
     fn samples() -> Vec<Message> {
         vec![
