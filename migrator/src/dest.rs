@@ -6,11 +6,11 @@
 //!   timeout) ends the destination with an error; it never ran the guest.
 //! - After `Commit` the destination runs the VM and acknowledges with `Running`. If that
 //!   acknowledgement is lost, the source stays paused: still only one copy runs.
-use std::io::BufReader;
+use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, ReadVolatile};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::handshake::{self, HandshakeError, Key};
 use crate::wire::{self, Message, Tag, WireError, PAGE_SIZE};
@@ -107,16 +107,7 @@ impl Incoming {
             match wire::recv(&mut self.input)? {
                 Message::Pages { gpa, len } => {
                     check_range(mem, gpa, len)?;
-                    // From the socket buffer into guest memory through a small bounce buffer.
-                    let mut input = ReadAdapter(&mut self.input);
-                    mem.read_exact_volatile_from(GuestAddress(gpa), &mut input, len as usize)
-                        .map_err(|e| match e {
-                            // A short read: the stream ended inside the page data.
-                            vm_memory::GuestMemoryError::PartialBuffer { .. } => {
-                                DestError::Wire(WireError::Closed)
-                            }
-                            other => DestError::Memory(other),
-                        })?;
+                    self.read_pages(mem, gpa, len)?;
                     self.received.pages += len / PAGE_SIZE;
                     self.received.bytes += 16 + len;
                 }
@@ -142,6 +133,26 @@ impl Incoming {
         }
     }
 
+    /// Reads `len` bytes of page data into guest memory at `gpa`: first whatever the reader
+    /// already buffered, then straight from the socket into guest memory, with no bounce copy.
+    fn read_pages(&mut self, mem: &GuestMemory, gpa: u64, len: u64) -> Result<(), DestError> {
+        let buffered = self.input.buffer();
+        let take = buffered.len().min(len as usize);
+        mem.write_slice(&buffered[..take], GuestAddress(gpa))?;
+        self.input.consume(take);
+        let mut done = take;
+        while done < len as usize {
+            let at = GuestAddress(gpa + done as u64);
+            // Socket reads return what has arrived; keep going until the frame is complete.
+            let n = mem.read_volatile_from(at, self.input.get_mut(), len as usize - done)?;
+            if n == 0 {
+                return Err(DestError::Wire(WireError::Closed));
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
     /// Tells the source everything is applied, then waits for its decision. `Ok` means the
     /// source committed: the destination must now run the VM.
     pub fn ready_and_wait_for_commit(&mut self) -> Result<(), DestError> {
@@ -160,34 +171,5 @@ impl Incoming {
     /// Tells the source why the destination gives up (best effort).
     pub fn abort(&mut self, why: &str) {
         let _ = wire::send(self.input.get_mut(), &Message::Abort(why.into()));
-    }
-}
-
-/// vm-memory reads from `ReadVolatile`; a buffered socket reader only has `Read`.
-struct ReadAdapter<'a, R>(&'a mut R);
-
-impl<R: std::io::Read> ReadVolatile for ReadAdapter<'_, R> {
-    fn read_volatile<B: vm_memory::bitmap::BitmapSlice>(
-        &mut self,
-        buf: &mut vm_memory::VolatileSlice<B>,
-    ) -> Result<usize, vm_memory::VolatileMemoryError> {
-        // Read through a bounce buffer: the socket reader hands out plain slices, and guest
-        // memory must only be written with volatile accesses. Fill the whole slice, as
-        // vm-memory's exact reads expect, stopping early only at end of stream.
-        let mut tmp = [0u8; 64 * 1024];
-        let mut done = 0;
-        while done < buf.len() {
-            let n = (buf.len() - done).min(tmp.len());
-            let got = self
-                .0
-                .read(&mut tmp[..n])
-                .map_err(vm_memory::VolatileMemoryError::IOError)?;
-            if got == 0 {
-                break;
-            }
-            buf.offset(done)?.copy_from(&tmp[..got]);
-            done += got;
-        }
-        Ok(done)
     }
 }

@@ -7,6 +7,7 @@
 //! migrations itself (the source streams directly to the destination `vmm`).
 pub mod dest;
 pub mod dirty;
+pub mod guest_ram;
 pub mod handshake;
 pub mod params;
 pub mod source;

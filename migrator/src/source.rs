@@ -18,9 +18,10 @@ use std::io::{BufWriter, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::dirty::DirtyBitmap;
+use crate::guest_ram;
 use crate::handshake::{self, HandshakeError, Key};
 use crate::params::{MigrateParams, OnTimeout, ParamsError};
 use crate::stats::{DowntimeParts, Progress, RoundStats, Stats, Status};
@@ -31,7 +32,7 @@ use crate::{vmm_bitmap, MigratableVm, VmError};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 /// A write that makes no progress for this long means the destination is gone.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Socket buffer: large writes go straight to the kernel, headers and lone pages coalesce.
 const SEND_BUFFER: usize = 1 << 20;
 /// Auto-converge: start, step and cap of the vCPU throttle, as in QEMU.
@@ -107,16 +108,27 @@ impl<V: MigratableVm> Sender<'_, V> {
         for (first, count) in bitmap.runs(MAX_PAGES_PER_FRAME) {
             let len = count as usize * page;
             let gpa = base + first * PAGE_SIZE;
-            self.vm
-                .memory()
-                .read_slice(&mut self.staging[..len], GuestAddress(gpa))?;
+            // In the first pass, pages the guest never touched are zero: skip reading them.
+            let untouched = match first_pass {
+                true => guest_ram::untouched(self.vm.memory(), gpa, count as usize),
+                false => None,
+            };
+            if untouched.as_ref().is_some_and(|u| u.iter().all(|&z| z)) {
+                self.stats.ram.duplicate += count;
+                continue;
+            }
+            guest_ram::read(self.vm.memory(), gpa, &mut self.staging[..len])?;
+            let staging = &self.staging;
+            let is_zero_page = |k: usize| {
+                untouched.as_ref().is_some_and(|u| u[k])
+                    || is_zero(&staging[k * page..(k + 1) * page])
+            };
             // Split the run into stretches of data pages and of zero pages.
             let mut i = 0;
             while i < count as usize {
-                let zero = is_zero(&self.staging[i * page..(i + 1) * page]);
+                let zero = is_zero_page(i);
                 let mut j = i + 1;
-                while j < count as usize && is_zero(&self.staging[j * page..(j + 1) * page]) == zero
-                {
+                while j < count as usize && is_zero_page(j) == zero {
                     j += 1;
                 }
                 let n = (j - i) as u64;

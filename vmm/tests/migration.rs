@@ -187,7 +187,7 @@ fn destination_killed_mid_precopy_leaves_the_source_running() {
     let proxy = slow_proxy(p.port, 20 << 20);
     let sock = p.src_sock.clone();
     let t = std::thread::spawn(move || migrate(&sock, proxy, KEY, &[]));
-    p.dst.wait_stderr("incoming migration", LIMIT);
+    p.dst.wait_stderr("incoming migration peer", LIMIT);
     std::thread::sleep(Duration::from_millis(1000));
     p.dst.child.kill().unwrap();
     let stats = t.join().unwrap();
@@ -217,7 +217,7 @@ fn source_killed_mid_precopy_never_runs_the_guest_on_the_destination() {
         let params = migrator::MigrateParams::new(format!("tcp://127.0.0.1:{proxy}"), KEY);
         let _ = client::call_streaming(&sock, &Request::Migrate(params), LIMIT, &mut |_| {});
     });
-    p.dst.wait_stderr("incoming migration", LIMIT);
+    p.dst.wait_stderr("incoming migration peer", LIMIT);
     std::thread::sleep(Duration::from_millis(1000));
     p.src.child.kill().unwrap();
     let code = p.dst.wait_exit(LIMIT);

@@ -1,0 +1,120 @@
+//! Reading guest RAM for the wire cheaply.
+//!
+//! Touching guest memory through the VMM's mapping costs a page fault per 4 KiB page the VMM
+//! has not mapped yet, and on nested hosts a fault is expensive. So file-backed RAM is read
+//! from its file with `pread` (straight from the page cache), and anonymous RAM the guest
+//! never touched is recognised with `mincore` and skipped as zero without reading it.
+use std::os::unix::fs::FileExt;
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+use crate::wire::PAGE_SIZE;
+use crate::GuestMemory;
+
+/// Copies `buf.len()` bytes of guest RAM at `gpa` into `buf`.
+pub fn read(
+    mem: &GuestMemory,
+    gpa: u64,
+    buf: &mut [u8],
+) -> Result<(), vm_memory::GuestMemoryError> {
+    if let Some(region) = mem.find_region(GuestAddress(gpa)) {
+        if let Some(fo) = region.file_offset() {
+            let offset = fo.start() + (gpa - region.start_addr().0);
+            if offset.checked_add(buf.len() as u64).is_some()
+                && gpa + buf.len() as u64 <= region.start_addr().0 + region.len()
+            {
+                return fo
+                    .file()
+                    .read_exact_at(buf, offset)
+                    .map_err(vm_memory::GuestMemoryError::IOError);
+            }
+        }
+    }
+    mem.read_slice(buf, GuestAddress(gpa))
+}
+
+/// Whether the host has swap: a swapped-out anonymous page is not resident either, so the
+/// untouched-page shortcut is only sound without swap.
+fn host_has_swap() -> bool {
+    std::fs::read_to_string("/proc/swaps").map_or(true, |s| s.lines().count() > 1)
+}
+
+/// For `pages` pages at `gpa` in anonymous RAM, which were never touched and so read as zero;
+/// `None` when that cannot be known (file-backed RAM, swap, or the query failed).
+pub fn untouched(mem: &GuestMemory, gpa: u64, pages: usize) -> Option<Vec<bool>> {
+    static NO_SWAP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if !*NO_SWAP.get_or_init(|| !host_has_swap()) {
+        return None;
+    }
+    let region = mem.find_region(GuestAddress(gpa))?;
+    if region.file_offset().is_some()
+        || gpa + pages as u64 * PAGE_SIZE > region.start_addr().0 + region.len()
+    {
+        return None;
+    }
+    let host = mem.get_host_address(GuestAddress(gpa)).ok()?;
+    let mut vec = vec![0u8; pages];
+    // SAFETY: `host` is page-aligned (gpa is, and regions are mapped page-aligned) and the
+    // `pages` pages after it lie inside one live mapping owned by `mem` (checked above);
+    // `vec` has one byte per page, as mincore requires. mincore only reads page tables.
+    let rc = unsafe { libc::mincore(host.cast(), pages * PAGE_SIZE as usize, vec.as_mut_ptr()) };
+    (rc == 0).then(|| vec.iter().map(|&b| b & 1 == 0).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use vm_memory::bitmap::AtomicBitmap;
+    use vm_memory::mmap::MmapRegionBuilder;
+    use vm_memory::{FileOffset, GuestRegionMmap};
+
+    #[test]
+    fn untouched_anonymous_pages_are_known_without_reading_them() {
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        mem.write_obj(1u8, GuestAddress(2 * PAGE_SIZE)).unwrap();
+        if let Some(u) = untouched(&mem, 0, 4) {
+            assert_eq!(u, vec![true, true, false, true]);
+        }
+        let mut buf = vec![0u8; 4096];
+        read(&mem, 2 * PAGE_SIZE, &mut buf).unwrap();
+        assert_eq!(buf[0], 1);
+    }
+
+    #[test]
+    fn file_backed_ram_is_read_from_the_file() {
+        let mut f = tempfile_in_tmp();
+        f.write_all(&vec![7u8; 1 << 16]).unwrap();
+        let size = 1 << 16;
+        let region = MmapRegionBuilder::new_with_bitmap(
+            size,
+            AtomicBitmap::new(size, std::num::NonZeroUsize::new(4096).unwrap()),
+        )
+        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+        .with_mmap_flags(libc::MAP_SHARED)
+        .with_file_offset(FileOffset::new(f, 0))
+        .build()
+        .unwrap();
+        let mem =
+            GuestMemory::from_regions(vec![GuestRegionMmap::new(region, GuestAddress(0)).unwrap()])
+                .unwrap();
+        mem.write_obj(9u8, GuestAddress(100)).unwrap();
+        let mut buf = vec![0u8; 4096];
+        read(&mem, 0, &mut buf).unwrap();
+        assert_eq!((buf[0], buf[100]), (7, 9));
+        assert!(untouched(&mem, 0, 1).is_none());
+    }
+
+    fn tempfile_in_tmp() -> std::fs::File {
+        let path = std::env::temp_dir().join(format!("guest-ram-test-{}", std::process::id()));
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let _ = std::fs::remove_file(&path);
+        f
+    }
+}
