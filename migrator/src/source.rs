@@ -298,8 +298,13 @@ fn resend_later<V: MigratableVm>(
 }
 
 /// Pauses the VM, sends the rest and the state, and waits for `Ready`.
-fn prepare_switchover<V: MigratableVm>(s: &mut Sender<'_, V>) -> Result<(f64, f64), SourceError> {
-    let t0 = Instant::now();
+/// `paused_at` is when the pause was requested: stopping the vCPUs counts as part of sending
+/// the final pages, so the downtime parts add up to the downtime.
+fn prepare_switchover<V: MigratableVm>(
+    s: &mut Sender<'_, V>,
+    paused_at: Instant,
+) -> Result<(f64, f64), SourceError> {
+    let t0 = paused_at;
     let maps = s.dirty_maps()?;
     let (pages, bytes) = s.send_maps(&maps, false)?;
     s.out.flush()?;
@@ -433,8 +438,12 @@ fn switch_over<V: MigratableVm>(
         }
     }
     let paused_at = Instant::now();
-    s.vm.pause().map_err(vm_err)?;
-    let prepared = prepare_switchover(s);
+    if let Err(e) = s.vm.pause() {
+        // E.g. the guest exited meanwhile: there is nothing left to move.
+        s.stats.status = Status::Failed;
+        return Err(vm_err(e));
+    }
+    let prepared = prepare_switchover(s, paused_at);
     let (final_pages_ms, state_ms) = match prepared {
         Ok(t) => t,
         Err(e) => {

@@ -44,7 +44,7 @@ pub struct RamStats {
 #[derive(Clone, Debug, Default, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct DowntimeParts {
-    /// Sending the dirty pages left when the VM paused.
+    /// Stopping the vCPUs and sending the dirty pages left when they stopped.
     pub final_pages_ms: f64,
     /// Saving and sending the device and vCPU state, until the destination is ready.
     pub state_ms: f64,

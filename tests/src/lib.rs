@@ -2,8 +2,14 @@
 //! the binaries and the guest images are, child processes that are bounded in time and killed
 //! when dropped, summary statistics, and readers for a process's memory use.
 
+pub mod bench_files;
+pub mod bench_limits;
+pub mod bench_migration;
+pub mod bench_peers;
 pub mod machine;
+pub mod netns;
 pub mod process;
+pub mod qmp;
 pub mod smaps;
 pub mod stats;
 pub mod workspace;

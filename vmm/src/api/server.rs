@@ -154,7 +154,7 @@ fn migrate(
         migrator::Status::Unknown => tracing::error!(
             "migration outcome unknown: the VM stays paused here; check the destination before resuming"
         ),
-        _ => tracing::warn!(error = ?stats.error, "migration failed; the VM keeps running here"),
+        _ => tracing::warn!(error = ?stats.error, status = ?stats.status, "migration did not complete"),
     }
     let value = serde_json::to_value(&stats).map_err(|e| e.to_string());
     match (stats.status, value) {

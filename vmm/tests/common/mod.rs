@@ -207,8 +207,14 @@ pub struct Vmm {
 
 impl Vmm {
     pub fn spawn(args: &[&str]) -> Self {
-        let mut child = Command::new(vmm_bin())
-            .args(args)
+        let mut command = Command::new(vmm_bin());
+        command.args(args);
+        Self::spawn_command(command)
+    }
+
+    /// Runs `command` (a `vmm` invocation, possibly wrapped, e.g. in `ip netns exec`).
+    pub fn spawn_command(mut command: Command) -> Self {
+        let mut child = command
             .env("VMM_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

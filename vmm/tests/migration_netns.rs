@@ -1,0 +1,93 @@
+//! Live migration between two hosts: network namespaces joined by veth pairs and a bridge,
+//! created by the test and removed when it ends, even on failure.
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use laundromat_tests::netns::TestNetwork;
+use vmm::api::{client, protocol::Request};
+
+const KEY: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+const LIMIT: Duration = Duration::from_secs(60);
+
+#[test]
+fn migrates_between_two_namespace_hosts() {
+    if !kvm_available() {
+        return;
+    }
+    let _serial = serial();
+    let net = TestNetwork::create(&["host-a", "host-b"]).expect("create the test hosts");
+    let (a, b) = (net.host("host-a").unwrap(), net.host("host-b").unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("src.sock");
+    let url = format!("tcp://{}:4444", b.addr());
+
+    let mut dst_cmd = b.command(vmm_bin());
+    dst_cmd.args(["run", "--incoming", &url, "--migration-key", KEY]);
+    let mut dst = Vmm::spawn_command(dst_cmd);
+    dst.wait_stderr("waiting for an incoming migration", LIMIT);
+
+    let kernel = image("bench.elf");
+    let mut src_cmd = a.command(vmm_bin());
+    src_cmd.args([
+        "run",
+        "--boot",
+        "bench",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--mem",
+        "192",
+        "--vcpus",
+        "2",
+        "--cmdline",
+        "workload=dirty wss=64 report-ms=100 exit-after-ms=6000",
+        "--api-sock",
+        sock.to_str().unwrap(),
+    ]);
+    let mut src = Vmm::spawn_command(src_cmd);
+    let seen = src.wait_line(LIMIT, |l| field(l, "gen").is_some_and(|g| g >= 2));
+
+    let params = migrator::MigrateParams::new(url, KEY);
+    let stats = client::call_streaming(
+        &sock,
+        &Request::Migrate(params),
+        Duration::from_secs(120),
+        &mut |_| {},
+    )
+    .expect("migrate");
+    assert_eq!(
+        stats["status"],
+        "completed",
+        "{stats}\n{}\n{}",
+        src.stderr(),
+        dst.stderr()
+    );
+    assert!(stats["downtime-ms"].as_f64().unwrap() > 0.0);
+    assert!(stats["ram"]["transferred"].as_u64().unwrap() >= 64 << 20);
+    assert_eq!(src.wait_exit(LIMIT), Some(0), "{}", src.stderr());
+
+    let before = src
+        .lines
+        .try_iter()
+        .filter_map(|l| field(&l, "gen"))
+        .max()
+        .unwrap_or(0)
+        .max(field(&seen, "gen").unwrap_or(0));
+    // The guest finishes on host-b: gen rose past the source's, and it verified every page.
+    let done = dst.wait_line(LIMIT, |l| l.contains("done"));
+    assert!(
+        field(&done, "gen").is_some_and(|g| g > before),
+        "gen {before} -> {done}"
+    );
+    assert_eq!(field(&done, "errors"), Some(0), "{done}");
+    assert_eq!(dst.wait_exit(LIMIT), Some(0), "{}", dst.stderr());
+
+    let names: Vec<String> = net.namespaces().iter().map(|s| s.to_string()).collect();
+    net.delete().expect("delete the test hosts");
+    let left = laundromat_tests::netns::list_namespaces().unwrap();
+    assert!(
+        names.iter().all(|n| !left.contains(n)),
+        "namespaces left behind: {left:?}"
+    );
+}
