@@ -90,10 +90,11 @@ fn finish(
     machine: MachineState,
     uart: serial::Uart,
     run: Arc<RunControl>,
-    started: Instant,
+    timer: BootTimer,
     vcpus: Vec<Vcpu>,
 ) -> Result<BuiltVm, BuildError> {
-    let control = Control::new(run.clone(), BootTimer::new(started));
+    let started = timer.started();
+    let control = Control::new(run.clone(), timer);
     let devices = Devices::new(uart, control);
     vcpu::install_kick_handler()?;
     // Probed on a scratch vCPU so the guest's own vCPUs keep exactly the state given them.
@@ -131,7 +132,7 @@ pub fn build(
     let run = Arc::new(RunControl::new(cfg.vcpus.into(), 0));
     let Skeleton { vm, mem, irq } = sk;
     let uart = serial::new(irq, console);
-    finish(vm, mem, machine, uart, run, started, vcpus)
+    finish(vm, mem, machine, uart, run, BootTimer::new(started), vcpus)
 }
 
 /// Creates a VM from `state`, with guest memory `mem` already filled (or filled later, before
@@ -170,7 +171,9 @@ pub fn build_restored(
     let Skeleton { vm, mem, irq } = sk;
     let uart = serial::restore(&state.serial, irq, console)
         .map_err(|e| BuildError::Serial(format!("{e:?}")))?;
-    let built = finish(vm, mem, machine, uart, run, started, vcpus)?;
+    let booted = state.boot_time_ns.map(std::time::Duration::from_nanos);
+    let timer = BootTimer::restored(started, booted);
+    let built = finish(vm, mem, machine, uart, run, timer, vcpus)?;
     // The restored VM is paused until started: its TSCs stand where they were saved.
     let tsc = state.vcpus.iter().map(|v| {
         v.msrs

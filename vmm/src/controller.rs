@@ -264,6 +264,11 @@ impl VmController {
             vcpus,
             irqchip,
             serial: self.devices.serial_snapshot(),
+            boot_time_ns: self
+                .devices
+                .control
+                .boot_time()
+                .map(|d| d.as_nanos() as u64),
         })
     }
 

@@ -15,6 +15,11 @@ impl BootTimer {
         }
     }
 
+    /// A timer for a restored or migrated guest, which keeps the boot time it measured first.
+    pub fn restored(started: Instant, booted: Option<Duration>) -> Self {
+        Self { started, booted }
+    }
+
     /// Records marker `value`; the first [`bench_abi::control::BOOT_DONE`] is the boot time.
     pub fn mark(&mut self, value: u64) -> Duration {
         let elapsed = self.started.elapsed();
@@ -29,6 +34,11 @@ impl BootTimer {
             );
         }
         elapsed
+    }
+
+    /// When the VMM process started.
+    pub fn started(&self) -> Instant {
+        self.started
     }
 
     /// Time from process start to the guest's boot-done marker, once it has written one.
@@ -49,5 +59,8 @@ mod tests {
         let first = t.mark(bench_abi::control::BOOT_DONE);
         t.mark(bench_abi::control::BOOT_DONE);
         assert_eq!(t.boot_time(), Some(first));
+        let mut moved = BootTimer::restored(Instant::now(), Some(first));
+        moved.mark(bench_abi::control::BOOT_DONE);
+        assert_eq!(moved.boot_time(), Some(first));
     }
 }

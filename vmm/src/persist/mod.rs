@@ -33,4 +33,6 @@ pub struct VmState {
     pub vcpus: Vec<VcpuState>,
     pub irqchip: Option<IrqchipState>,
     pub serial: SerialSnapshot,
+    /// The boot timer: how long the guest took to boot where it first ran, if it said so.
+    pub boot_time_ns: Option<u64>,
 }

@@ -150,6 +150,7 @@ mod tests {
             vcpus: Vec::new(),
             irqchip: None,
             serial: SerialSnapshot::default(),
+            boot_time_ns: Some(42),
         }
     }
 
