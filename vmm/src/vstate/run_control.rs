@@ -266,6 +266,28 @@ mod tests {
     }
 
     #[test]
+    fn throttling_holds_vcpus_until_lifted_or_paused() {
+        let rc = Arc::new(RunControl::new(1, 0));
+        rc.resume();
+        rc.throttle_until(Some(Instant::now() + Duration::from_millis(30)));
+        let t0 = Instant::now();
+        rc.throttle_wait();
+        assert!(t0.elapsed() >= Duration::from_millis(25));
+
+        rc.throttle_until(Some(Instant::now() + Duration::from_secs(60)));
+        let rc2 = rc.clone();
+        let held = std::thread::spawn(move || rc2.throttle_wait());
+        std::thread::sleep(Duration::from_millis(10));
+        rc.request_pause();
+        held.join().unwrap();
+        rc.throttle_until(None);
+        rc.resume();
+        let t0 = Instant::now();
+        rc.throttle_wait();
+        assert!(t0.elapsed() < Duration::from_millis(5));
+    }
+
+    #[test]
     fn the_first_stop_reason_wins() {
         let rc = RunControl::new(1, 0);
         rc.request_stop(StopReason::GuestExit(3));
