@@ -103,6 +103,18 @@ static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 impl Incoming {
     /// Applies pages and zero runs to `mem` until the VM state arrives, and returns it.
     pub fn receive_memory(&mut self, mem: &GuestMemory) -> Result<Vec<u8>, DestError> {
+        std::thread::scope(|scope| {
+            let prefault = std::thread::Builder::new()
+                .name("prefault".into())
+                .spawn_scoped(scope, || crate::guest_ram::prefault_all(mem));
+            if let Err(e) = prefault {
+                tracing::debug!("cannot start the prefault thread: {e}");
+            }
+            self.receive_frames(mem)
+        })
+    }
+
+    fn receive_frames(&mut self, mem: &GuestMemory) -> Result<Vec<u8>, DestError> {
         loop {
             match wire::recv(&mut self.input)? {
                 Message::Pages { gpa, len } => {
