@@ -76,8 +76,9 @@ const NOTES: &[&str] = &[
     "command to the harness seeing the end. rounds: ours = passes over memory including the",
     "final one; QEMU = its dirty-sync-count. Gbit/s = sent / total time. dirty/s = the dirty",
     "rate the VMM measured last, pages/s (QEMU reports 0 when it did not measure one).",
-    "guest/s = the bench guest's own write rate, last line before > last line during the",
-    "migration. thr% = auto-converge's vCPU throttle at the end. ac = --auto-converge.",
+    "guest/s = the bench guest's own write rate on its last 250 ms line before > during the",
+    "migration (a paced guest runs above its rate while it catches up with its schedule).",
+    "thr% = auto-converge's vCPU throttle at the end. ac = --auto-converge.",
 ];
 /// How often the harness polls QEMU and consoles.
 const POLL: Duration = Duration::from_millis(10);
@@ -370,7 +371,7 @@ fn run(args: Args) -> Result<()> {
 
     let idle = bench.idle_runs(idle_runs)?;
     let idle_medians: Vec<Medians> = Vmm::ALL.iter().map(|&v| medians(&idle, v)).collect();
-    let targets = targets(&idle_medians, &limits);
+    let targets = targets(&idle, &limits);
 
     let working_sets_mib: &[u64] = if args.quick { &[64] } else { &[64, 256] };
     let mut working_sets = Vec::new();
@@ -386,8 +387,8 @@ fn run(args: Args) -> Result<()> {
             working_sets.push(bench.pvh_migration(&scenario, vmm, &guest));
         }
     }
-    let mut ratios = vec![ratio_of_medians("idle 1 GiB random", &idle_medians)];
-    ratios.extend(working_sets.chunks(Vmm::ALL.len()).map(ratio_of_runs));
+    let mut ratios = vec![ratio(&idle)];
+    ratios.extend(working_sets.chunks(Vmm::ALL.len()).map(ratio));
 
     let rates: &[u64] = if args.quick {
         &[200_000, 0]
@@ -890,7 +891,6 @@ impl Bench {
             }
             None => check_dot(&mut dest, self.timeout, migration),
         }
-        drop(source);
         Ok(())
     }
 }
@@ -1078,28 +1078,40 @@ fn record_error(migration: &mut Migration, outcome: Result<()>) {
     }
 }
 
+/// `field` summarised over the completed runs of `vmm` (one run is its own median).
+fn summary(runs: &[Migration], vmm: Vmm, field: fn(&Migration) -> f64) -> Option<Summary> {
+    let samples: Vec<f64> = runs
+        .iter()
+        .filter(|m| m.vmm == vmm && m.completed())
+        .map(field)
+        .collect();
+    Summary::of(&samples)
+}
+
+fn median(runs: &[Migration], vmm: Vmm, field: fn(&Migration) -> f64) -> Option<f64> {
+    summary(runs, vmm, field).map(|s| s.median)
+}
+
 fn medians(runs: &[Migration], vmm: Vmm) -> Medians {
-    let mine: Vec<&Migration> = runs.iter().filter(|m| m.vmm == vmm).collect();
-    let done: Vec<&Migration> = mine.iter().copied().filter(|m| m.completed()).collect();
-    let summary = |field: fn(&Migration) -> f64| {
-        Summary::of(&done.iter().map(|m| field(m)).collect::<Vec<_>>())
-    };
     Medians {
         vmm,
-        runs: mine.len(),
-        completed: done.len(),
-        total_ms: summary(|m| m.total_ms),
-        downtime_ms: summary(|m| m.downtime_ms),
-        transferred_bytes: summary(|m| m.transferred_bytes as f64).map(|s| s.median),
-        rounds: summary(|m| m.rounds as f64).map(|s| s.median),
-        throughput_gbit: summary(|m| m.throughput_gbit).map(|s| s.median),
+        runs: runs.iter().filter(|m| m.vmm == vmm).count(),
+        completed: runs
+            .iter()
+            .filter(|m| m.vmm == vmm && m.completed())
+            .count(),
+        total_ms: summary(runs, vmm, |m| m.total_ms),
+        downtime_ms: summary(runs, vmm, |m| m.downtime_ms),
+        transferred_bytes: median(runs, vmm, |m| m.transferred_bytes as f64),
+        rounds: median(runs, vmm, |m| m.rounds as f64),
+        throughput_gbit: median(runs, vmm, |m| m.throughput_gbit),
     }
 }
 
-fn targets(medians: &[Medians], limits: &Limits) -> Targets {
-    let of = |vmm: Vmm| medians.iter().find(|m| m.vmm == vmm);
-    let total = |vmm| of(vmm).and_then(|m| m.total_ms).map(|s| s.median);
-    let ours = of(Vmm::Ours);
+/// The idle case's targets, on the medians of its runs.
+fn targets(idle: &[Migration], limits: &Limits) -> Targets {
+    let total = |vmm| median(idle, vmm, |m| m.total_ms);
+    let throughput = median(idle, Vmm::Ours, |m| m.throughput_gbit);
     Targets {
         total_vs_qemu_best: Verdict::new(
             divide(total(Vmm::Ours), total(Vmm::QemuBest)),
@@ -1107,15 +1119,12 @@ fn targets(medians: &[Medians], limits: &Limits) -> Targets {
             false,
         ),
         downtime_ms: Verdict::new(
-            ours.and_then(|m| m.downtime_ms).map(|s| s.median),
+            median(idle, Vmm::Ours, |m| m.downtime_ms),
             TARGET_DOWNTIME_MS,
             false,
         ),
         throughput_vs_tcp: Verdict::new(
-            divide(
-                ours.and_then(|m| m.throughput_gbit),
-                Some(limits.tcp_gbit.median),
-            ),
+            divide(throughput, Some(limits.tcp_gbit.median)),
             TARGET_THROUGHPUT_VS_TCP,
             true,
         ),
@@ -1130,35 +1139,11 @@ fn divide(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     }
 }
 
-fn ratio_of_medians(scenario: &str, medians: &[Medians]) -> Ratio {
-    let get = |vmm: Vmm, field: fn(&Medians) -> Option<Summary>| {
-        medians
-            .iter()
-            .find(|m| m.vmm == vmm)
-            .and_then(field)
-            .map(|s| s.median)
+/// Ours over each QEMU setting, medians of the completed runs of one scenario.
+fn ratio(runs: &[Migration]) -> Ratio {
+    let ratio = |field: fn(&Migration) -> f64, peer| {
+        divide(median(runs, Vmm::Ours, field), median(runs, peer, field))
     };
-    let ratio = |field: fn(&Medians) -> Option<Summary>, peer| {
-        divide(get(Vmm::Ours, field), get(peer, field))
-    };
-    Ratio {
-        scenario: scenario.to_owned(),
-        total_vs_qemu_default: ratio(|m| m.total_ms, Vmm::QemuDefault),
-        total_vs_qemu_best: ratio(|m| m.total_ms, Vmm::QemuBest),
-        downtime_vs_qemu_default: ratio(|m| m.downtime_ms, Vmm::QemuDefault),
-        downtime_vs_qemu_best: ratio(|m| m.downtime_ms, Vmm::QemuBest),
-    }
-}
-
-/// Ratios of one run each; a run that did not complete has no figures to compare.
-fn ratio_of_runs(runs: &[Migration]) -> Ratio {
-    let get = |vmm: Vmm, field: fn(&Migration) -> f64| {
-        runs.iter()
-            .find(|m| m.vmm == vmm && m.completed())
-            .map(field)
-    };
-    let ratio =
-        |field: fn(&Migration) -> f64, peer| divide(get(Vmm::Ours, field), get(peer, field));
     Ratio {
         scenario: runs.first().map(|m| m.scenario.clone()).unwrap_or_default(),
         total_vs_qemu_default: ratio(|m| m.total_ms, Vmm::QemuDefault),
@@ -1279,7 +1264,7 @@ fn print_report(report: &Report) {
         report.idle_runs
     );
     println!(
-        "  {:<14} {:>4} {:>18} {:>18} {:>9} {:>6} {:>8}",
+        "  {:<14} {:>4} {:>20} {:>22} {:>9} {:>6} {:>8}",
         "vmm",
         "done",
         "total ms (min..max)",
@@ -1299,7 +1284,7 @@ fn print_report(report: &Report) {
             v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
         };
         println!(
-            "  {:<14} {:>4} {:>18} {:>22} {:>9} {:>6} {:>8}",
+            "  {:<14} {:>4} {:>20} {:>22} {:>9} {:>6} {:>8}",
             m.vmm.label(),
             format!("{}/{}", m.completed, m.runs),
             range(m.total_ms),
