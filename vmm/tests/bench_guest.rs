@@ -115,7 +115,7 @@ fn ctl(sock: &Path, req: Request) -> serde_json::Value {
 }
 
 /// Highest `gen=` among the lines that have arrived so far.
-fn drain_gen(vm: &RunningVmm) -> Option<u64> {
+fn drain_gen(vm: &Vmm) -> Option<u64> {
     let mut best = None;
     while let Ok(line) = vm.lines.recv_timeout(Duration::from_millis(300)) {
         if let Some(g) = field(&line, "gen") {
@@ -133,7 +133,7 @@ fn pause_freezes_the_guest_and_resume_continues_it() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("api.sock");
     let kernel = image("bench.elf");
-    let vm = RunningVmm::spawn(&[
+    let vm = Vmm::spawn(&[
         "run",
         "--boot",
         "bench",
@@ -198,7 +198,7 @@ fn malformed_control_requests_get_errors_and_the_connection_survives() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("api.sock");
     let kernel = image("bench.elf");
-    let vm = RunningVmm::spawn(&[
+    let vm = Vmm::spawn(&[
         "run",
         "--boot",
         "bench",

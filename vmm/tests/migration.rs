@@ -427,6 +427,19 @@ fn authenticated(port: u16) -> TcpStream {
     s
 }
 
+/// An authenticated stream that has described a `mem_mib` bench machine.
+fn with_machine(port: u16, mem_mib: u64) -> TcpStream {
+    let mut s = authenticated(port);
+    let machine =
+        format!(r#"{{"boot":"bench","mem_mib":{mem_mib},"vcpus":1,"cmdline":"","irqchip":false}}"#);
+    let msg = Message::Machine {
+        ram_bytes: mem_mib << 20,
+        blob: machine.into_bytes(),
+    };
+    wire::send(&mut s, &msg).unwrap();
+    s
+}
+
 fn expect_rejection(mut dst: Vmm, needle: &str) {
     assert_eq!(dst.wait_exit(LIMIT), Some(1), "{}", dst.stderr());
     let err = dst.stderr();
@@ -481,17 +494,7 @@ fn a_truncated_stream_is_rejected() {
         return;
     }
     let (dst, port, _d) = destination();
-    let mut s = authenticated(port);
-    let machine =
-        br#"{"boot":"bench","mem_mib":16,"vcpus":1,"cmdline":"","irqchip":false}"#.to_vec();
-    wire::send(
-        &mut s,
-        &Message::Machine {
-            ram_bytes: 16 << 20,
-            blob: machine,
-        },
-    )
-    .unwrap();
+    let mut s = with_machine(port, 16);
     s.write_all(&wire::pages_header(0x10_0000, 4)).unwrap();
     s.write_all(&[0xaa; 5000]).unwrap();
     drop(s);
@@ -505,17 +508,7 @@ fn pages_outside_guest_ram_are_rejected() {
         return;
     }
     let (dst, port, _d) = destination();
-    let mut s = authenticated(port);
-    let machine =
-        br#"{"boot":"bench","mem_mib":16,"vcpus":1,"cmdline":"","irqchip":false}"#.to_vec();
-    wire::send(
-        &mut s,
-        &Message::Machine {
-            ram_bytes: 16 << 20,
-            blob: machine,
-        },
-    )
-    .unwrap();
+    let mut s = with_machine(port, 16);
     s.write_all(&wire::pages_header(16 << 20, 1)).unwrap();
     s.write_all(&[0xaa; 4096]).unwrap();
     expect_rejection(dst, "outside guest RAM");
@@ -528,17 +521,7 @@ fn a_corrupt_state_is_rejected() {
         return;
     }
     let (dst, port, _d) = destination();
-    let mut s = authenticated(port);
-    let machine =
-        br#"{"boot":"bench","mem_mib":16,"vcpus":1,"cmdline":"","irqchip":false}"#.to_vec();
-    wire::send(
-        &mut s,
-        &Message::Machine {
-            ram_bytes: 16 << 20,
-            blob: machine,
-        },
-    )
-    .unwrap();
+    let mut s = with_machine(port, 16);
     wire::send(
         &mut s,
         &Message::State(b"LNDRVMST not really a state".to_vec()),
@@ -554,17 +537,7 @@ fn an_absurd_machine_is_rejected_before_allocating() {
         return;
     }
     let (dst, port, _d) = destination();
-    let mut s = authenticated(port);
-    let machine =
-        br#"{"boot":"bench","mem_mib":99999999,"vcpus":1,"cmdline":"","irqchip":false}"#.to_vec();
-    wire::send(
-        &mut s,
-        &Message::Machine {
-            ram_bytes: 99999999 << 20,
-            blob: machine,
-        },
-    )
-    .unwrap();
+    let _s = with_machine(port, 99_999_999);
     expect_rejection(dst, "more than this host");
 }
 

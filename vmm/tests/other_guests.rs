@@ -14,7 +14,7 @@ fn pvh_dirty_guest_boots_and_prints() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("api.sock");
     let kernel = image("pvh-dirty.elf");
-    let mut vm = RunningVmm::spawn(&[
+    let mut vm = Vmm::spawn(&[
         "run",
         "--boot",
         "pvh",

@@ -59,18 +59,6 @@ pub fn call(
     req: &Request,
     timeout: Duration,
 ) -> Result<serde_json::Value, ClientError> {
-    let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
-        path: path.into(),
-        source,
-    })?;
-    stream.set_read_timeout(Some(timeout))?;
-    let mut writer = stream.try_clone()?;
-    let mut line = serde_json::to_string(req)?;
-    line.push('\n');
-    writer.write_all(line.as_bytes())?;
-    let mut answer = String::new();
-    if BufReader::new(stream).read_line(&mut answer)? == 0 {
-        return Err(ClientError::NoAnswer);
-    }
-    Ok(serde_json::from_str(&answer)?)
+    // A plain answer is a stream with no events.
+    call_streaming(path, req, timeout, &mut |_| {})
 }

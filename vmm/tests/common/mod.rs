@@ -137,54 +137,6 @@ pub fn wait_with_limit(child: &mut Child, limit: Duration) -> Option<ExitStatus>
     }
 }
 
-/// A running `vmm` whose stdout lines arrive on a channel; killed on drop.
-pub struct RunningVmm {
-    pub child: Child,
-    pub lines: mpsc::Receiver<String>,
-}
-
-impl RunningVmm {
-    pub fn spawn(args: &[&str]) -> Self {
-        let mut child = Command::new(vmm_bin())
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn vmm");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self { child, lines }
-    }
-
-    /// The next console line matching `pred`, or a panic after `limit`.
-    pub fn wait_line(&self, limit: Duration, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + limit;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if pred(&line) => return line,
-                Ok(_) => {}
-                Err(e) => panic!("no matching console line within {limit:?}: {e}"),
-            }
-        }
-    }
-}
-
-impl Drop for RunningVmm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The integer after `key=` in a progress line.
 pub fn field(line: &str, key: &str) -> Option<u64> {
     let prefix = format!("{key}=");
@@ -203,6 +155,8 @@ pub struct Vmm {
     pub child: Child,
     pub lines: mpsc::Receiver<String>,
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    /// The pipe readers; joined after exit so no output is still in flight.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Vmm {
@@ -223,7 +177,7 @@ impl Vmm {
         let stdout = child.stdout.take().expect("stdout");
         let stderr_pipe = child.stderr.take().expect("stderr");
         let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
+        let out_reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if tx.send(line).is_err() {
@@ -233,7 +187,7 @@ impl Vmm {
         });
         let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let sink = stderr.clone();
-        std::thread::spawn(move || {
+        let err_reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr_pipe).lines() {
                 let Ok(line) = line else { break };
                 if let Ok(mut s) = sink.lock() {
@@ -246,6 +200,7 @@ impl Vmm {
             child,
             lines,
             stderr,
+            readers: vec![out_reader, err_reader],
         }
     }
 
@@ -303,6 +258,10 @@ impl Vmm {
             "vmm still running after {limit:?}; stderr:\n{}",
             self.stderr()
         );
+        // The process is gone, so its pipes hit end of file: let the readers drain them.
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
         status.and_then(|s| s.code())
     }
 
