@@ -16,7 +16,7 @@ pub mod wire;
 
 use vm_memory::bitmap::AtomicBitmap;
 
-pub use params::{MigrateParams, OnTimeout};
+pub use params::{Compression, MigrateParams, OnTimeout};
 pub use stats::{Progress, Stats, Status};
 
 /// Guest memory as the VMM maps it, with its VMM-side dirty bitmap per region.

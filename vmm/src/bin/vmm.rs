@@ -70,6 +70,12 @@ enum CtlCommand {
         /// Throttle vCPUs while the guest dirties memory faster than the link moves it.
         #[arg(long)]
         auto_converge: bool,
+        /// TCP connections (only 1 is implemented).
+        #[arg(long, default_value_t = 1)]
+        connections: u32,
+        /// Page compression (only none is implemented).
+        #[arg(long, value_enum, default_value_t = CompressArg::None)]
+        compress: CompressArg,
     },
     /// Pause, write state and memory into DIR, then resume (or stop with --stop).
     Snapshot {
@@ -78,6 +84,13 @@ enum CtlCommand {
         #[arg(long)]
         stop: bool,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CompressArg {
+    None,
+    Zstd,
+    Lz4,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -97,6 +110,8 @@ impl CtlCommand {
                 timeout_s,
                 on_timeout,
                 auto_converge,
+                connections,
+                compress,
             } => Request::Migrate(migrator::MigrateParams {
                 url,
                 key: migration_key,
@@ -108,6 +123,12 @@ impl CtlCommand {
                     OnTimeoutArg::Force => migrator::OnTimeout::Force,
                 },
                 auto_converge,
+                connections,
+                compress: match compress {
+                    CompressArg::None => migrator::Compression::None,
+                    CompressArg::Zstd => migrator::Compression::Zstd,
+                    CompressArg::Lz4 => migrator::Compression::Lz4,
+                },
             }),
             CtlCommand::Pause => Request::Pause {},
             CtlCommand::Resume => Request::Resume {},
