@@ -181,7 +181,7 @@ mod tests {
     use super::*;
 
     const SAMPLE: &str = "\
-55f0a8652000-55f0a8700000 r-xp 00001000 fd:01 1234                       /work/main/target/release/vmm
+55f0a8652000-55f0a8700000 r-xp 00001000 fd:01 1234                       /opt/laundromat/target/release/vmm
 Size:                696 kB
 Rss:                 600 kB
 Pss:                 600 kB
@@ -211,7 +211,7 @@ Rss:                  12 kB
             Mapping {
                 start: 0x55f0a8652000,
                 end: 0x55f0a8700000,
-                path: Some("/work/main/target/release/vmm".into()),
+                path: Some("/opt/laundromat/target/release/vmm".into()),
                 rss_kib: 600,
             }
         );
@@ -237,7 +237,7 @@ Rss:                  12 kB
         );
         assert_eq!(usage.overhead_kib(), 656);
         assert_eq!(
-            file_rss_kib(&mappings, "/work/main/target/release/vmm"),
+            file_rss_kib(&mappings, "/opt/laundromat/target/release/vmm"),
             600
         );
         assert!(matches!(
