@@ -55,6 +55,12 @@ impl DirtyBitmap {
         }
     }
 
+    /// ORs in another map of the same region.
+    pub fn merge(&mut self, other: &DirtyBitmap) {
+        self.merge_words(&other.words);
+    }
+
+    #[cfg(test)]
     pub fn set(&mut self, page: u64) {
         if page < self.pages {
             self.words[(page / 64) as usize] |= 1 << (page % 64);
@@ -143,6 +149,10 @@ mod tests {
         let mut b = DirtyBitmap::new(70);
         b.merge_words(&[1, u64::MAX, u64::MAX]);
         assert_eq!(b.count(), 1 + 6);
+        let mut other = DirtyBitmap::new(70);
+        other.set(2);
+        b.merge(&other);
+        assert_eq!(b.count(), 8);
     }
 
     #[test]

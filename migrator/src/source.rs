@@ -199,7 +199,8 @@ impl<V: MigratableVm> Sender<'_, V> {
 
 /// Why pre-copy ended.
 enum Converged {
-    Yes,
+    /// Switch over; these dirty pages (read from a log that reading cleared) are still to go.
+    Yes(Vec<(u64, DirtyBitmap)>),
     Cancel,
 }
 
@@ -246,14 +247,12 @@ fn precopy<V: MigratableVm>(
 
         let fits = remaining as f64 <= s.bandwidth * params.downtime().as_secs_f64();
         if fits || round >= params.max_rounds || s.stats.ram.transferred >= 3 * ram {
-            // The final dirty set goes during the switchover; put it back for the last read.
-            return resend_later(s, maps).map(|_| Converged::Yes);
+            return Ok(Converged::Yes(maps));
         }
         if s.started.elapsed() > params.timeout() {
-            resend_later(s, maps)?;
             return Ok(match params.on_timeout {
                 OnTimeout::Cancel => Converged::Cancel,
-                OnTimeout::Force => Converged::Yes,
+                OnTimeout::Force => Converged::Yes(maps),
             });
         }
         if params.auto_converge && dirty_rate as f64 * PAGE_SIZE as f64 > 0.5 * s.bandwidth {
@@ -282,30 +281,19 @@ fn precopy<V: MigratableVm>(
     }
 }
 
-/// Marks a dirty map's pages in the VMM bitmap so the switchover's read includes them: the
-/// KVM log they came from was cleared when it was read.
-fn resend_later<V: MigratableVm>(
-    s: &Sender<'_, V>,
-    maps: Vec<(u64, DirtyBitmap)>,
-) -> Result<(), SourceError> {
-    for ((_, map), region) in maps.iter().zip(s.vm.memory().iter()) {
-        for (first, count) in map.runs(u64::MAX) {
-            vmm_bitmap(region)
-                .set_addr_range((first * PAGE_SIZE) as usize, (count * PAGE_SIZE) as usize);
-        }
-    }
-    Ok(())
-}
-
 /// Pauses the VM, sends the rest and the state, and waits for `Ready`.
 /// `paused_at` is when the pause was requested: stopping the vCPUs counts as part of sending
 /// the final pages, so the downtime parts add up to the downtime.
 fn prepare_switchover<V: MigratableVm>(
     s: &mut Sender<'_, V>,
     paused_at: Instant,
+    pending: &[(u64, DirtyBitmap)],
 ) -> Result<(f64, f64), SourceError> {
     let t0 = paused_at;
-    let maps = s.dirty_maps()?;
+    let mut maps = s.dirty_maps()?;
+    for ((_, map), (_, left)) in maps.iter_mut().zip(pending) {
+        map.merge(left);
+    }
     let (pages, bytes) = s.send_maps(&maps, false)?;
     s.out.flush()?;
     let final_pages = ms(t0.elapsed());
@@ -425,9 +413,8 @@ fn switch_over<V: MigratableVm>(
     params: &MigrateParams,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<(), SourceError> {
-    let precopy = precopy(s, params, progress);
-    match precopy {
-        Ok(Converged::Yes) => {}
+    let pending = match precopy(s, params, progress) {
+        Ok(Converged::Yes(pending)) => pending,
         Ok(Converged::Cancel) => {
             s.stats.status = Status::Cancelled;
             return Err(SourceError::Timeout(params.timeout()));
@@ -436,14 +423,14 @@ fn switch_over<V: MigratableVm>(
             s.stats.status = Status::Failed;
             return Err(e);
         }
-    }
+    };
     let paused_at = Instant::now();
     if let Err(e) = s.vm.pause() {
         // E.g. the guest exited meanwhile: there is nothing left to move.
         s.stats.status = Status::Failed;
         return Err(vm_err(e));
     }
-    let prepared = prepare_switchover(s, paused_at);
+    let prepared = prepare_switchover(s, paused_at, &pending);
     let (final_pages_ms, state_ms) = match prepared {
         Ok(t) => t,
         Err(e) => {

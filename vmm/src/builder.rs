@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::boot::{self, BootError};
-use crate::config::{host_mem_mib, ConfigError, VmConfig};
+use crate::config::{ConfigError, VmConfig};
 use crate::controller::VmController;
 use crate::devices::boot_timer::BootTimer;
 use crate::devices::control::Control;
@@ -63,10 +63,7 @@ fn skeleton(
 ) -> Result<Skeleton, BuildError> {
     let vm = Vm::new()?;
     let cfg = VmConfig::for_machine(machine, backing.clone());
-    cfg.validate(
-        vm.kvm.get_max_vcpus() as u32,
-        host_mem_mib().unwrap_or(u64::MAX),
-    )?;
+    cfg.validate_for_host(&vm.kvm)?;
     let mem = match mem {
         Some(m) => m,
         None => memory::create(cfg.mem_bytes(), backing)?,

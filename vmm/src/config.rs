@@ -86,6 +86,14 @@ impl VmConfig {
         Ok(())
     }
 
+    /// Checks the configuration against what `kvm` and this host's memory allow.
+    pub fn validate_for_host(&self, kvm: &kvm_ioctls::Kvm) -> Result<(), ConfigError> {
+        self.validate(
+            kvm.get_max_vcpus() as u32,
+            host_mem_mib().unwrap_or(u64::MAX),
+        )
+    }
+
     /// The machine's shape, as saved in a VM state.
     pub fn machine(&self) -> crate::persist::MachineState {
         crate::persist::MachineState {

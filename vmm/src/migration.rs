@@ -133,11 +133,9 @@ fn receive_vm(
         });
     }
     // Validate the shape before allocating anything the source asked for.
+    let kvm = kvm_ioctls::Kvm::new().map_err(|e| IncomingError::BadMachine(e.to_string()))?;
     crate::config::VmConfig::for_machine(&machine, backing.clone())
-        .validate(
-            u32::from(u8::MAX),
-            crate::config::host_mem_mib().unwrap_or(u64::MAX),
-        )
+        .validate_for_host(&kvm)
         .map_err(|e| IncomingError::BadMachine(e.to_string()))?;
     if let Backing::File(path) = backing {
         // Pages the source skips as zero must read as zero here.

@@ -30,6 +30,18 @@ fn expect_error(args: &[&str], needles: &[&str]) {
     }
 }
 
+/// A valid one-page bench kernel in `dir`.
+fn good_kernel(dir: &tempfile::TempDir) -> String {
+    write_tmp(dir, "k", &tiny_elf(0x100000, &print_and_exit(b"x", 0), 64))
+}
+
+/// `vmm run --boot bench --kernel KERNEL EXTRA...` must fail with all of `needles`.
+fn expect_bench_error(kernel: &str, extra: &[&str], needles: &[&str]) {
+    let mut args = vec!["run", "--boot", "bench", "--kernel", kernel];
+    args.extend_from_slice(extra);
+    expect_error(&args, needles);
+}
+
 fn write_tmp(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> String {
     let path = dir.path().join(name);
     std::fs::write(&path, bytes).unwrap();
@@ -81,10 +93,7 @@ fn elf_segments_outside_ram() {
         "k",
         &tiny_elf(0x4000_0000, &print_and_exit(b"x", 0), 64),
     );
-    expect_error(
-        &["run", "--boot", "bench", "--kernel", &k, "--mem", "64"],
-        &["outside guest RAM"],
-    );
+    expect_bench_error(&k, &["--mem", "64"], &["outside guest RAM"]);
 }
 
 #[test]
@@ -93,23 +102,9 @@ fn memory_too_small_or_too_large() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let k = write_tmp(&dir, "k", &tiny_elf(0x100000, &print_and_exit(b"x", 0), 64));
-    expect_error(
-        &["run", "--boot", "bench", "--kernel", &k, "--mem", "1"],
-        &["too small"],
-    );
-    expect_error(
-        &[
-            "run",
-            "--boot",
-            "bench",
-            "--kernel",
-            &k,
-            "--mem",
-            "100000000",
-        ],
-        &["more than this host"],
-    );
+    let k = good_kernel(&dir);
+    expect_bench_error(&k, &["--mem", "1"], &["too small"]);
+    expect_bench_error(&k, &["--mem", "100000000"], &["more than this host"]);
 }
 
 #[test]
@@ -118,15 +113,9 @@ fn zero_or_too_many_vcpus() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let k = write_tmp(&dir, "k", &tiny_elf(0x100000, &print_and_exit(b"x", 0), 64));
-    expect_error(
-        &["run", "--boot", "bench", "--kernel", &k, "--vcpus", "0"],
-        &["at least one vCPU"],
-    );
-    expect_error(
-        &["run", "--boot", "bench", "--kernel", &k, "--vcpus", "200"],
-        &["at most"],
-    );
+    let k = good_kernel(&dir);
+    expect_bench_error(&k, &["--vcpus", "0"], &["at least one vCPU"]);
+    expect_bench_error(&k, &["--vcpus", "200"], &["at most"]);
     // Beyond u8 is rejected by the argument parser with its own usage error.
     let out = run_vmm(
         &["run", "--boot", "bench", "--kernel", &k, "--vcpus", "1000"],
@@ -141,12 +130,9 @@ fn command_line_too_long() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let k = write_tmp(&dir, "k", &tiny_elf(0x100000, &print_and_exit(b"x", 0), 64));
+    let k = good_kernel(&dir);
     let long = "x".repeat(5000);
-    expect_error(
-        &["run", "--boot", "bench", "--kernel", &k, "--cmdline", &long],
-        &["command line"],
-    );
+    expect_bench_error(&k, &["--cmdline", &long], &["command line"]);
 }
 
 #[test]
@@ -155,7 +141,7 @@ fn initrd_that_does_not_fit() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let k = write_tmp(&dir, "k", &tiny_elf(0x100000, &print_and_exit(b"x", 0), 64));
+    let k = good_kernel(&dir);
     let initrd = dir.path().join("initrd");
     let f = std::fs::File::create(&initrd).unwrap();
     f.set_len(64 << 20).unwrap();

@@ -11,18 +11,8 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 /// Runs a bench workload to its own exit and checks the progress lines it printed.
 fn run_workload(cmdline: &str, vcpus: &str) {
-    let kernel = image("bench.elf");
-    let args = [
-        "run",
-        "--boot",
-        "bench",
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--mem",
-        "256",
-    ];
-    let mut args = args.to_vec();
-    args.extend_from_slice(&["--vcpus", vcpus, "--cmdline", cmdline]);
+    let vcpus: u8 = vcpus.parse().unwrap();
+    let args = bench_args(256, vcpus, cmdline, None);
     let out = run_vmm(&args, LIMIT);
     assert_eq!(
         out.status.code(),
@@ -132,22 +122,12 @@ fn pause_freezes_the_guest_and_resume_continues_it() {
     }
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("api.sock");
-    let kernel = image("bench.elf");
-    let vm = Vmm::spawn(&[
-        "run",
-        "--boot",
-        "bench",
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--mem",
-        "256",
-        "--vcpus",
-        "2",
-        "--cmdline",
+    let vm = Vmm::spawn(&bench_args(
+        256,
+        2,
         "workload=dirty wss=16 report-ms=100",
-        "--api-sock",
-        sock.to_str().unwrap(),
-    ]);
+        Some(&sock),
+    ));
     vm.wait_line(LIMIT, |l| field(l, "gen").is_some_and(|g| g > 0));
 
     let paused = ctl(&sock, Request::Pause {});
@@ -197,18 +177,12 @@ fn malformed_control_requests_get_errors_and_the_connection_survives() {
     }
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("api.sock");
-    let kernel = image("bench.elf");
-    let vm = Vmm::spawn(&[
-        "run",
-        "--boot",
-        "bench",
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--cmdline",
+    let vm = Vmm::spawn(&bench_args(
+        128,
+        1,
         "workload=idle report-ms=100",
-        "--api-sock",
-        sock.to_str().unwrap(),
-    ]);
+        Some(&sock),
+    ));
     vm.wait_line(LIMIT, |l| l.contains("gen="));
     let stream = std::os::unix::net::UnixStream::connect(&sock).unwrap();
     let mut w = stream.try_clone().unwrap();

@@ -43,24 +43,13 @@ fn pair(wss: u32, vcpus: u8, extra_cmdline: &str) -> Pair {
         dst_sock.to_str().unwrap(),
     ]);
     dst.wait_stderr("waiting for an incoming migration", LIMIT);
-    let kernel = image("bench.elf");
     let cmdline = format!("workload=dirty wss={wss} report-ms=100 {extra_cmdline}");
-    let mem = (wss + 64).to_string();
-    let src = Vmm::spawn(&[
-        "run",
-        "--boot",
-        "bench",
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--mem",
-        &mem,
-        "--vcpus",
-        &vcpus.to_string(),
-        "--cmdline",
+    let src = Vmm::spawn(&bench_args(
+        u64::from(wss) + 64,
+        vcpus,
         &cmdline,
-        "--api-sock",
-        src_sock.to_str().unwrap(),
-    ]);
+        Some(&src_sock),
+    ));
     // Let the guest touch its whole working set at least once.
     src.wait_line(LIMIT, |l| field(l, "gen").is_some_and(|g| g >= 2));
     Pair {
@@ -549,22 +538,12 @@ fn snapshot_round_trip_is_byte_identical_and_restore_continues() {
     }
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("a.sock");
-    let kernel = image("bench.elf");
-    let mut src = Vmm::spawn(&[
-        "run",
-        "--boot",
-        "bench",
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--mem",
-        "96",
-        "--vcpus",
-        "2",
-        "--cmdline",
+    let mut src = Vmm::spawn(&bench_args(
+        96,
+        2,
         "workload=dirty wss=32 report-ms=100",
-        "--api-sock",
-        sock.to_str().unwrap(),
-    ]);
+        Some(&sock),
+    ));
     let seen = src.wait_line(LIMIT, |l| field(l, "gen").is_some_and(|g| g >= 2));
     let snap1 = dir.path().join("snap1");
     let v = client::call(

@@ -28,23 +28,9 @@ fn migrates_between_two_namespace_hosts() {
     let mut dst = Vmm::spawn_command(dst_cmd);
     dst.wait_stderr("waiting for an incoming migration", LIMIT);
 
-    let kernel = image("bench.elf");
     let mut src_cmd = a.command(vmm_bin());
-    src_cmd.args([
-        "run",
-        "--boot",
-        "bench",
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--mem",
-        "192",
-        "--vcpus",
-        "2",
-        "--cmdline",
-        "workload=dirty wss=64 report-ms=100 exit-after-ms=6000",
-        "--api-sock",
-        sock.to_str().unwrap(),
-    ]);
+    let cmdline = "workload=dirty wss=64 report-ms=100 exit-after-ms=6000";
+    src_cmd.args(bench_args(192, 2, cmdline, Some(&sock)));
     let mut src = Vmm::spawn_command(src_cmd);
     let seen = src.wait_line(LIMIT, |l| field(l, "gen").is_some_and(|g| g >= 2));
 

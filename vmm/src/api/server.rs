@@ -42,26 +42,28 @@ impl Drop for ApiServer {
     }
 }
 
-fn dispatch(vm: &VmController, req: Request) -> Result<serde_json::Value, String> {
+/// Carries out one request and returns its answer line. `migrate` also streams progress
+/// lines to `writer` before its answer.
+fn dispatch(vm: &Arc<VmController>, req: Request, writer: &mut UnixStream) -> String {
     let status = |vm: &VmController| serde_json::to_value(vm.status()).map_err(|e| e.to_string());
-    match req {
-        Request::Pause {} => {
-            vm.pause().map_err(|e| e.to_string())?;
-            status(vm)
-        }
-        Request::Resume {} => {
-            vm.resume().map_err(|e| e.to_string())?;
-            status(vm)
-        }
+    let result = match req {
+        Request::Pause {} => vm
+            .pause()
+            .map_err(|e| e.to_string())
+            .and_then(|_| status(vm)),
+        Request::Resume {} => vm
+            .resume()
+            .map_err(|e| e.to_string())
+            .and_then(|_| status(vm)),
         Request::Status {} => status(vm),
         Request::Shutdown {} => {
             vm.shutdown();
             Ok(serde_json::json!({ "state": "stopped" }))
         }
         Request::Snapshot { dir, stop } => snapshot(vm, &dir, stop),
-        // Streamed: handled in `answer`, which has the connection.
-        Request::Migrate(_) => Err("migrate must be sent on its own connection".into()),
-    }
+        Request::Migrate(params) => return migrate(vm, &params, writer),
+    };
+    response(result)
 }
 
 /// Pauses the VM, writes its state and memory into `dir`, then resumes or stops it.
@@ -175,19 +177,13 @@ fn answer(
     n: usize,
     writer: &mut UnixStream,
 ) -> std::io::Result<()> {
-    if n <= MAX_REQUEST_BYTES {
-        if let Ok(Request::Migrate(params)) = Request::parse(line.trim()) {
-            let reply = migrate(vm, &params, writer);
-            return writer.write_all(format!("{reply}\n").as_bytes());
-        }
-    }
     let reply = if n > MAX_REQUEST_BYTES {
         response(Err(format!(
             "request longer than {MAX_REQUEST_BYTES} bytes"
         )))
     } else {
         match Request::parse(line.trim()) {
-            Ok(req) => response(dispatch(vm, req)),
+            Ok(req) => dispatch(vm, req, writer),
             Err(e) => response(Err(e.to_string())),
         }
     };

@@ -4,6 +4,7 @@
 //! Every vCPU thread checks the requested state before each `KVM_RUN`. A vCPU spinning inside
 //! guest code is kicked out of `KVM_RUN` with a signal (see `vcpu::kick`); a request is only
 //! complete once every vCPU has reported that it is parked.
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -49,6 +50,8 @@ pub struct RunControl {
     vcpus: usize,
     inner: Mutex<Inner>,
     changed: Condvar,
+    /// Mirrors "running and not throttled" so a vCPU checks it per exit without the lock.
+    unimpeded: AtomicBool,
 }
 
 impl RunControl {
@@ -65,7 +68,21 @@ impl RunControl {
                 throttle_until: None,
             }),
             changed: Condvar::new(),
+            unimpeded: AtomicBool::new(false),
         }
+    }
+
+    /// Wakes everyone waiting and republishes the lock-free summary; called after every change.
+    fn changed(&self, g: &Inner) {
+        let free = g.requested == Requested::Running && g.throttle_until.is_none();
+        self.unimpeded.store(free, Ordering::Release);
+        self.changed.notify_all();
+    }
+
+    /// True while the VM runs unthrottled: the vCPU loop's per-exit check, which takes no lock.
+    /// A change to false is followed by a kick, so a vCPU sees it before its next guest entry.
+    pub fn unimpeded(&self) -> bool {
+        self.unimpeded.load(Ordering::Acquire)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -92,7 +109,7 @@ impl RunControl {
         if g.requested == Requested::Paused {
             g.requested = Requested::Running;
             g.clock.start();
-            self.changed.notify_all();
+            self.changed(&g);
         }
     }
 
@@ -104,7 +121,7 @@ impl RunControl {
             _ => {
                 g.requested = Requested::Paused;
                 g.clock.stop();
-                self.changed.notify_all();
+                self.changed(&g);
                 true
             }
         }
@@ -116,7 +133,7 @@ impl RunControl {
         g.requested = Requested::Stopped;
         g.clock.stop();
         g.stop_reason.get_or_insert(reason);
-        self.changed.notify_all();
+        self.changed(&g);
     }
 
     /// Waits until every vCPU is parked or `timeout` passes; true if they all are.
@@ -188,7 +205,9 @@ impl RunControl {
 
     /// Keeps vCPUs out of the guest until `until` (auto-converge); `None` lifts it.
     pub fn throttle_until(&self, until: Option<std::time::Instant>) {
-        self.lock().throttle_until = until;
+        let mut g = self.lock();
+        g.throttle_until = until;
+        self.changed(&g);
     }
 
     /// Called by a vCPU thread between runs: sleeps while throttled, unless asked to pause or

@@ -215,11 +215,14 @@ fn complete_pending_io(vcpu: &mut Vcpu) {
 
 fn run_loop(vcpu: &Mutex<Vcpu>, ctx: &VcpuThreadContext) {
     loop {
-        if ctx.run.requested() != Requested::Running {
-            complete_pending_io(&mut lock(vcpu));
-            if !ctx.run.park_vcpu() {
-                return;
+        if !ctx.run.unimpeded() {
+            if ctx.run.requested() != Requested::Running {
+                complete_pending_io(&mut lock(vcpu));
+                if !ctx.run.park_vcpu() {
+                    return;
+                }
             }
+            ctx.run.throttle_wait();
         }
         let mut v = lock(vcpu);
         let next = match v.fd.run() {
@@ -231,8 +234,6 @@ fn run_loop(vcpu: &Mutex<Vcpu>, ctx: &VcpuThreadContext) {
             let report = crash_report(&mut v, &why);
             ctx.run.request_stop(StopReason::Crash(report));
         }
-        drop(v);
-        ctx.run.throttle_wait();
     }
 }
 

@@ -45,6 +45,27 @@ pub fn image(name: &str) -> PathBuf {
     path
 }
 
+/// `vmm run` arguments booting the bench guest with `mem` MiB, `vcpus` and `cmdline`, serving
+/// its control socket at `sock` if given.
+pub fn bench_args(mem: u64, vcpus: u8, cmdline: &str, sock: Option<&Path>) -> Vec<String> {
+    let kernel = image("bench.elf");
+    let mut args: Vec<String> = ["run", "--boot", "bench", "--kernel"]
+        .map(String::from)
+        .to_vec();
+    args.push(kernel.display().to_string());
+    args.extend([
+        "--mem".into(),
+        mem.to_string(),
+        "--vcpus".into(),
+        vcpus.to_string(),
+    ]);
+    args.extend(["--cmdline".into(), cmdline.to_string()]);
+    if let Some(sock) = sock {
+        args.extend(["--api-sock".into(), sock.display().to_string()]);
+    }
+    args
+}
+
 /// A minimal ELF64 with one PT_LOAD segment of `code` at `paddr`, entry at its start.
 pub fn tiny_elf(paddr: u64, code: &[u8], memsz: u64) -> Vec<u8> {
     let mut out = Vec::new();
@@ -93,7 +114,7 @@ pub struct Output {
 }
 
 /// Runs `vmm` with `args`, killing it after `limit`; panics if it had to be killed.
-pub fn run_vmm(args: &[&str], limit: Duration) -> Output {
+pub fn run_vmm<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S], limit: Duration) -> Output {
     let start = Instant::now();
     let mut child = Command::new(vmm_bin())
         .args(args)
@@ -160,7 +181,7 @@ pub struct Vmm {
 }
 
 impl Vmm {
-    pub fn spawn(args: &[&str]) -> Self {
+    pub fn spawn<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Self {
         let mut command = Command::new(vmm_bin());
         command.args(args);
         Self::spawn_command(command)
