@@ -30,6 +30,7 @@ pub mod sketch;
 pub mod stats;
 pub mod store;
 pub mod task;
+pub mod timeline;
 pub mod wire;
 
 pub use agent::{Agent, AgentError, Config, Event, Policy, Transport};
