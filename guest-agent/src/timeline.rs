@@ -237,7 +237,7 @@ impl Task for Timeline {
                 let feed = crate::need!(cx.read(&pending[next]));
                 pending.swap_remove(next);
                 merged.extend(feed.posts.into_iter().rev().take(*limit as usize));
-                merged.sort_by(|a, b| b.id.cmp(&a.id));
+                merged.sort_by_key(|p| core::cmp::Reverse(p.id));
                 merged.truncate(*limit as usize);
                 Step::Continue
             }
@@ -363,7 +363,7 @@ mod tests {
                 text: params.text(f, id),
             })
             .collect();
-        want.sort_by(|a, b| b.id.cmp(&a.id));
+        want.sort_by_key(|p| core::cmp::Reverse(p.id));
         want.truncate(10);
         assert_eq!(posts, want);
         assert_eq!(
