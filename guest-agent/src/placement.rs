@@ -1,10 +1,23 @@
-//! Placement: moving objects so that tasks hop less. (Filled in below.)
+//! Placement: moving objects so that tasks hop less (Swarm proposed it; it never built it).
+//!
+//! Each agent's co-access sketch says which objects one task used together. A pass looks at the
+//! objects held here: an object whose partners mostly live on another agent goes there, if the
+//! move gains enough (the partners' weight there, minus their weight here), if the destination
+//! stays under the balance limit, within the pass's migration budget, and if the object has not
+//! moved within the cooldown (damping: a fresh move is not undone by the next pass). Objects
+//! leave forwarding pointers, so tasks in flight follow them. Runtimes should let agents take
+//! turns (one pass at a time), so two agents do not swap the two halves of a pair.
 
 use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
 
 use serde::{Deserialize, Serialize};
 
+use crate::agent::Agent;
 use crate::ids::{AgentId, ObjectId};
+use crate::sketch::CoAccess;
+use crate::store::Store;
+use crate::wire::{Message, Payload};
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct PlacementState {
@@ -12,6 +25,170 @@ pub struct PlacementState {
     pub loads: BTreeMap<AgentId, u64>,
     /// Passes run so far.
     pub passes: u64,
-    /// The pass at which each object last moved (for damping).
+    /// The pass at which each object last moved here or away (for damping).
     pub moved_at: BTreeMap<ObjectId, u64>,
+    /// Objects this agent sent away.
+    pub moved: u64,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct Limits {
+    /// No agent may end a pass above this multiple of the mean load.
+    pub balance: f64,
+    /// At most this many objects leave per pass.
+    pub budget: usize,
+    /// A move must gain at least this much co-access weight.
+    pub min_gain: u64,
+    /// An object that moved stays put for this many passes.
+    pub cooldown: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            balance: 1.15,
+            budget: 64,
+            min_gain: 2,
+            cooldown: 3,
+        }
+    }
+}
+
+/// The moves one pass makes at agent `me`, best first.
+pub fn plan(
+    me: AgentId,
+    sketch: &CoAccess,
+    store: &Store,
+    loads: &BTreeMap<AgentId, u64>,
+    limits: &Limits,
+    recently_moved: impl Fn(ObjectId) -> bool,
+) -> Vec<(ObjectId, AgentId)> {
+    let mut affinity: BTreeMap<ObjectId, BTreeMap<AgentId, u64>> = BTreeMap::new();
+    for (a, b, weight) in sketch.pairs() {
+        for (x, y) in [(a, b), (b, a)] {
+            if store.objects.contains_key(&x) {
+                let at = store.locate(me, y);
+                *affinity.entry(x).or_default().entry(at).or_default() += u64::from(weight);
+            }
+        }
+    }
+    let mut candidates: Vec<(u64, ObjectId, AgentId)> = Vec::new();
+    for (object, weights) in &affinity {
+        if recently_moved(*object) {
+            continue;
+        }
+        let here = weights.get(&me).copied().unwrap_or(0);
+        let best = weights
+            .iter()
+            .filter(|(at, _)| **at != me && loads.contains_key(at))
+            .max_by_key(|(_, w)| **w);
+        if let Some((&to, &weight)) = best {
+            let gain = weight.saturating_sub(here);
+            if gain >= limits.min_gain.max(1) {
+                candidates.push((gain, *object, to));
+            }
+        }
+    }
+    candidates.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    let total: u64 = loads.values().sum();
+    let mean = total as f64 / loads.len().max(1) as f64;
+    let cap = (mean * limits.balance).ceil() as u64;
+    let mut loads = loads.clone();
+    let mut moves = Vec::new();
+    for (_, object, to) in candidates {
+        if moves.len() >= limits.budget {
+            break;
+        }
+        let Some(load) = loads.get_mut(&to) else {
+            continue;
+        };
+        if *load + 1 > cap {
+            continue;
+        }
+        *load += 1;
+        if let Some(mine) = loads.get_mut(&me) {
+            *mine = mine.saturating_sub(1);
+        }
+        moves.push((object, to));
+    }
+    moves
+}
+
+impl Agent {
+    /// Tells every peer how many objects this agent holds (best effort; for the balance limit).
+    pub fn report_load(&mut self) {
+        let me = self.st.id;
+        let objects = self.st.store.objects.len() as u64;
+        let peers: Vec<AgentId> = self.st.outgoing.keys().copied().collect();
+        for peer in peers {
+            self.control
+                .push((peer, Message::Load { from: me, objects }));
+        }
+    }
+
+    /// Records a peer's load directly (runtimes that know it without messages).
+    pub fn set_load(&mut self, peer: AgentId, objects: u64) {
+        self.st.placement.loads.insert(peer, objects);
+    }
+
+    /// Objects this agent has sent away by placement.
+    pub fn objects_moved(&self) -> u64 {
+        self.st.placement.moved
+    }
+
+    /// One placement pass; returns the number of objects sent away.
+    pub fn placement_pass(&mut self, limits: &Limits) -> usize {
+        let me = self.st.id;
+        let mut loads = self.st.placement.loads.clone();
+        loads.insert(me, self.st.store.objects.len() as u64);
+        let pass = self.st.placement.passes;
+        let moved_at = &self.st.placement.moved_at;
+        let recently = |id| {
+            moved_at
+                .get(&id)
+                .is_some_and(|&at| pass < at + limits.cooldown)
+        };
+        let moves = plan(
+            me,
+            &self.st.sketch,
+            &self.st.store,
+            &loads,
+            limits,
+            recently,
+        );
+        for &(object, to) in &moves {
+            let Some((epoch, bytes)) = self.st.store.depart(object, to) else {
+                continue;
+            };
+            self.st.placement.moved_at.insert(object, pass);
+            self.st.placement.moved += 1;
+            self.send(
+                to,
+                Payload::Object {
+                    id: object,
+                    epoch,
+                    bytes,
+                },
+            );
+            if let Some(load) = self.st.placement.loads.get_mut(&to) {
+                *load += 1;
+            }
+            // The home answers for its objects: keep its pointer close to the truth.
+            if object.home != me && object.home != to {
+                let size = 0;
+                self.control.push((
+                    object.home,
+                    Message::Hint {
+                        object,
+                        at: to,
+                        epoch,
+                        size,
+                    },
+                ));
+            }
+        }
+        self.st.sketch.decay();
+        self.st.placement.passes += 1;
+        moves.len()
+    }
 }

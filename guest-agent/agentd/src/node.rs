@@ -1,0 +1,393 @@
+//! One agent process: the event loop that owns the agent, and the threads that move bytes.
+//!
+//! Threads: one acceptor, one reader per connection, one writer per peer. They only move
+//! frames; the loop alone touches the agent. Each turn of the loop handles what arrived, runs
+//! tasks, saves the state durably if anything changed, and only then sends hops,
+//! acknowledgements and client answers. So an acknowledged hop or an answered submit survives
+//! `kill -9`, and a hop sent but not acknowledged is resent after a restart.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use guest_agent::timeline::{self, Params, Publish, ReadFeed, Timeline};
+use guest_agent::{Agent, AgentId, Config as AgentConfig, FutureId, Registry, Transport};
+use tracing::{debug, info, warn};
+
+use crate::api::{Request, Response, HELLO_CLIENT, HELLO_PEER};
+use crate::config::Config;
+use crate::frame::{read_frame, write_frame};
+use crate::persist::{ResultKind, Saved, Store};
+
+/// Frames queued for one peer before new ones are dropped (the agent resends them).
+const PEER_QUEUE: usize = 4096;
+/// Steps per loop turn: enough to batch, few enough to keep answering.
+const STEPS_PER_TURN: usize = 2000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Persist(#[from] crate::persist::PersistError),
+    #[error(transparent)]
+    Agent(#[from] guest_agent::AgentError),
+    #[error("the task registry is inconsistent")]
+    Registry(#[from] guest_agent::RegistryError),
+}
+
+enum Input {
+    Frame(Vec<u8>),
+    Connected(AgentId),
+    Client(Request, Sender<Response>),
+}
+
+struct Writers(BTreeMap<AgentId, SyncSender<Vec<u8>>>);
+
+impl Transport for Writers {
+    fn send(&mut self, to: AgentId, frame: &[u8]) {
+        if let Some(tx) = self.0.get(&to) {
+            if let Err(TrySendError::Full(_)) = tx.try_send(frame.to_vec()) {
+                debug!(%to, "the peer's queue is full; the frame will be resent");
+            }
+        }
+    }
+}
+
+pub fn registry() -> Result<Arc<Registry>, NodeError> {
+    Ok(Arc::new(timeline::registry()?))
+}
+
+/// Runs the agent until the process is killed.
+pub fn run(config: Config) -> Result<(), NodeError> {
+    let registry = registry()?;
+    let store = Store::open(&config.data_dir)?;
+    let me = AgentId(config.id);
+    let (mut agent, keys, kinds) = match store.load()? {
+        Some(saved) => {
+            let agent = Agent::restore(&saved.agent, Arc::clone(&registry))?;
+            info!(%me, objects = agent.objects(), unacked = agent.unacked(), "restored durable state");
+            (agent, saved.keys, saved.kinds)
+        }
+        None => {
+            let agent_config = AgentConfig {
+                policy: config.policy,
+                rto_ms: config.rto_ms,
+                ..AgentConfig::default()
+            };
+            let mut agent =
+                Agent::new(me, &config.agent_ids(), Arc::clone(&registry), agent_config);
+            if let Some(params) = &config.timeline {
+                let placed = params.seed_agent(&mut agent)?;
+                info!(%me, placed, "seeded the timeline data set");
+            }
+            (agent, BTreeMap::new(), BTreeMap::new())
+        }
+    };
+    let mut saved = Saved {
+        agent: agent.snapshot()?,
+        keys,
+        kinds,
+    };
+    store.save(&saved)?;
+
+    let listener = TcpListener::bind(config.listen).map_err(|source| NodeError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let (tx, rx) = mpsc::channel();
+    let accept_tx = tx.clone();
+    thread::spawn(move || accept(listener, accept_tx));
+    let mut writers = Writers(BTreeMap::new());
+    for (&peer, &addr) in &config.peers {
+        let (peer_tx, peer_rx) = mpsc::sync_channel(PEER_QUEUE);
+        writers.0.insert(AgentId(peer), peer_tx);
+        let events = tx.clone();
+        thread::spawn(move || write_peer(me, AgentId(peer), addr, peer_rx, events));
+    }
+    info!(%me, listen = %config.listen, "agent running");
+    let params = config.timeline.unwrap_or_default();
+    event_loop(&mut agent, &mut saved, &store, &params, rx, &mut writers)
+}
+
+fn event_loop(
+    agent: &mut Agent,
+    saved: &mut Saved,
+    store: &Store,
+    params: &Params,
+    rx: Receiver<Input>,
+    writers: &mut Writers,
+) -> Result<(), NodeError> {
+    let start = Instant::now();
+    let mut last_load = Instant::now();
+    loop {
+        let mut inputs = Vec::new();
+        if let Ok(input) = rx.recv_timeout(Duration::from_millis(5)) {
+            inputs.push(input);
+            inputs.extend(rx.try_iter().take(10_000));
+        }
+        let mut changed = !inputs.is_empty();
+        let mut answers = Vec::new();
+        for input in inputs {
+            match input {
+                Input::Frame(frame) => {
+                    if let Err(error) = agent.receive(&frame) {
+                        warn!(%error, "dropped a frame from a peer");
+                    }
+                }
+                Input::Connected(peer) => agent.reconnected(peer),
+                Input::Client(request, reply) => {
+                    answers.push((answer(agent, saved, params, request), reply));
+                }
+            }
+        }
+        changed |= agent.run(STEPS_PER_TURN) > 0;
+        if last_load.elapsed() >= Duration::from_millis(500) {
+            agent.report_load();
+            last_load = Instant::now();
+        }
+        if changed {
+            saved.agent = agent.snapshot()?;
+            store.save(saved)?;
+        }
+        for (response, reply) in answers {
+            let _ = reply.send(response);
+        }
+        agent.flush(start.elapsed().as_millis() as u64, writers);
+    }
+}
+
+fn submit<T: guest_agent::Task>(
+    agent: &mut Agent,
+    saved: &mut Saved,
+    key: u64,
+    kind: ResultKind,
+    task: &T,
+) -> Response {
+    if let Some(&future) = saved.keys.get(&key) {
+        return Response::Submitted { future };
+    }
+    match agent.submit(task) {
+        Ok(future) => {
+            saved.keys.insert(key, future);
+            saved.kinds.insert(future, kind);
+            Response::Submitted { future }
+        }
+        Err(error) => Response::Error {
+            reason: error.to_string(),
+        },
+    }
+}
+
+fn decode_value<T: serde::de::DeserializeOwned + serde::Serialize>(bytes: &[u8]) -> Response {
+    match postcard::from_bytes::<T>(bytes) {
+        Ok(value) => match serde_json::to_value(&value) {
+            Ok(value) => Response::Done { value },
+            Err(error) => Response::Error {
+                reason: error.to_string(),
+            },
+        },
+        Err(error) => Response::Error {
+            reason: format!("the result does not decode: {error}"),
+        },
+    }
+}
+
+fn answer(agent: &mut Agent, saved: &mut Saved, params: &Params, request: Request) -> Response {
+    let known = |user: u32| user < params.users;
+    match request {
+        Request::Timeline { user, limit, key } if known(user) => submit(
+            agent,
+            saved,
+            key,
+            ResultKind::Posts,
+            &Timeline::Start {
+                user: params.profile(user),
+                limit,
+            },
+        ),
+        Request::Publish { user, post, key } if known(user) => {
+            let post = timeline::Post {
+                author: user,
+                id: post,
+                text: params.text(user, post),
+            };
+            submit(
+                agent,
+                saved,
+                key,
+                ResultKind::PostId,
+                &Publish {
+                    feed: params.feed(user),
+                    post,
+                },
+            )
+        }
+        Request::Feed { user, key } if known(user) => submit(
+            agent,
+            saved,
+            key,
+            ResultKind::PostIds,
+            &ReadFeed {
+                feed: params.feed(user),
+            },
+        ),
+        Request::Timeline { user, .. }
+        | Request::Publish { user, .. }
+        | Request::Feed { user, .. } => Response::Error {
+            reason: format!("user {user} does not exist"),
+        },
+        Request::Result { future } => result(agent, saved, future),
+        Request::Stats => Response::Stats {
+            stats: *agent.stats(),
+            objects: agent.objects() as u64,
+            unacked: agent.unacked() as u64,
+            moved: agent.objects_moved(),
+        },
+        Request::SetPolicy { policy } => {
+            agent.config_mut().policy = policy;
+            Response::Ok
+        }
+        Request::Place => {
+            agent.placement_pass(&guest_agent::placement::Limits::default());
+            Response::Ok
+        }
+    }
+}
+
+fn result(agent: &Agent, saved: &Saved, future: FutureId) -> Response {
+    let Some(result) = agent.result(future) else {
+        return Response::Pending;
+    };
+    let bytes = match result {
+        Ok(bytes) => bytes,
+        Err(reason) => {
+            return Response::Failed {
+                reason: reason.clone(),
+            }
+        }
+    };
+    match saved.kinds.get(&future) {
+        Some(ResultKind::Posts) => decode_value::<Vec<timeline::Post>>(bytes),
+        Some(ResultKind::PostId) => decode_value::<u64>(bytes),
+        Some(ResultKind::PostIds) => decode_value::<Vec<u64>>(bytes),
+        None => Response::Error {
+            reason: format!("{future} was not submitted here"),
+        },
+    }
+}
+
+fn accept(listener: TcpListener, tx: Sender<Input>) {
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        let tx = tx.clone();
+        thread::spawn(move || {
+            if let Err(error) = serve(stream, tx) {
+                debug!(%error, "a connection ended");
+            }
+        });
+    }
+}
+
+fn serve(mut stream: TcpStream, tx: Sender<Input>) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut hello = [0u8; 1];
+    stream.read_exact(&mut hello)?;
+    match hello[0] {
+        HELLO_PEER => {
+            let mut id = [0u8; 2];
+            stream.read_exact(&mut id)?;
+            let mut reader = std::io::BufReader::new(stream);
+            while let Some(frame) = read_frame(&mut reader)? {
+                if tx.send(Input::Frame(frame)).is_err() {
+                    break;
+                }
+            }
+        }
+        HELLO_CLIENT => {
+            while let Some(frame) = read_frame(&mut stream)? {
+                let response = match serde_json::from_slice::<Request>(&frame) {
+                    Ok(request) => {
+                        let (reply_tx, reply_rx) = mpsc::channel();
+                        if tx.send(Input::Client(request, reply_tx)).is_err() {
+                            break;
+                        }
+                        match reply_rx.recv() {
+                            Ok(response) => response,
+                            Err(_) => break,
+                        }
+                    }
+                    Err(error) => Response::Error {
+                        reason: format!("the request is not valid: {error}"),
+                    },
+                };
+                let body = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
+                write_frame(&mut stream, &body)?;
+            }
+        }
+        other => debug!(hello = other, "a connection did not say who it is"),
+    }
+    Ok(())
+}
+
+/// Keeps a connection to one peer and writes its frames, reconnecting with backoff. A frame
+/// that cannot be written is dropped: the agent resends whatever is not acknowledged.
+fn write_peer(
+    me: AgentId,
+    peer: AgentId,
+    addr: SocketAddr,
+    rx: Receiver<Vec<u8>>,
+    events: Sender<Input>,
+) {
+    let mut stream: Option<std::io::BufWriter<TcpStream>> = None;
+    let mut backoff = Duration::from_millis(20);
+    let mut next_try = Instant::now();
+    while let Ok(frame) = rx.recv() {
+        if stream.is_none() && Instant::now() >= next_try {
+            match connect_peer(me, addr) {
+                Ok(s) => {
+                    stream = Some(std::io::BufWriter::new(s));
+                    backoff = Duration::from_millis(20);
+                    info!(%peer, %addr, "connected to peer");
+                    if events.send(Input::Connected(peer)).is_err() {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    debug!(%peer, %error, "peer unreachable");
+                    next_try = Instant::now() + backoff;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+            }
+        }
+        let Some(s) = stream.as_mut() else { continue };
+        let mut result = write_frame(s, &frame);
+        // Write everything already queued before the flush `write_frame` did.
+        for more in rx.try_iter().take(256) {
+            if result.is_err() {
+                break;
+            }
+            result = write_frame(s, &more);
+        }
+        if let Err(error) = result.and_then(|()| s.flush()) {
+            warn!(%peer, %error, "lost the connection to a peer");
+            stream = None;
+        }
+    }
+}
+
+fn connect_peer(me: AgentId, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+    stream.set_nodelay(true)?;
+    let mut hello = vec![HELLO_PEER];
+    hello.extend_from_slice(&me.0.to_le_bytes());
+    stream.write_all(&hello)?;
+    Ok(stream)
+}
