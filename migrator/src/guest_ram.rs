@@ -1,9 +1,10 @@
 //! Reading guest RAM for the wire cheaply.
 //!
 //! Touching guest memory through the VMM's mapping costs a page fault per 4 KiB page the VMM
-//! has not mapped yet, and on nested hosts a fault is expensive. So file-backed RAM is read
-//! from its file with `pread` (straight from the page cache), and anonymous RAM the guest
-//! never touched is recognised with `mincore` and skipped as zero without reading it.
+//! has not mapped yet, and on nested hosts a fault is expensive. So RAM mapped shared with a
+//! file is read from the file with `pread` (straight from the page cache), and anonymous RAM
+//! the guest never touched is recognised with `mincore` and skipped as zero without reading
+//! it.
 use std::os::unix::fs::FileExt;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
@@ -18,7 +19,10 @@ pub fn read(
     buf: &mut [u8],
 ) -> Result<(), vm_memory::GuestMemoryError> {
     if let Some(region) = mem.find_region(GuestAddress(gpa)) {
-        if let Some(fo) = region.file_offset() {
+        // Only a shared mapping writes through to its file; a private one (a lazily restored
+        // snapshot) keeps the guest's writes in memory.
+        let shared = std::ops::Deref::deref(region).flags() & libc::MAP_SHARED != 0;
+        if let Some(fo) = region.file_offset().filter(|_| shared) {
             let offset = fo.start() + (gpa - region.start_addr().0);
             if offset.checked_add(buf.len() as u64).is_some()
                 && gpa + buf.len() as u64 <= region.start_addr().0 + region.len()
@@ -138,8 +142,7 @@ mod tests {
         assert_eq!(resident_pages(&mem), n + 1);
     }
 
-    #[test]
-    fn file_backed_ram_is_read_from_the_file() {
+    fn file_backed(flags: libc::c_int) -> GuestMemory {
         let mut f = tempfile_in_tmp();
         f.write_all(&vec![7u8; 1 << 16]).unwrap();
         let size = 1 << 16;
@@ -148,18 +151,32 @@ mod tests {
             AtomicBitmap::new(size, std::num::NonZeroUsize::new(4096).unwrap()),
         )
         .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-        .with_mmap_flags(libc::MAP_SHARED)
+        .with_mmap_flags(flags)
         .with_file_offset(FileOffset::new(f, 0))
         .build()
         .unwrap();
-        let mem =
-            GuestMemory::from_regions(vec![GuestRegionMmap::new(region, GuestAddress(0)).unwrap()])
-                .unwrap();
+        GuestMemory::from_regions(vec![GuestRegionMmap::new(region, GuestAddress(0)).unwrap()])
+            .unwrap()
+    }
+
+    #[test]
+    fn file_backed_ram_is_read_from_the_file() {
+        let mem = file_backed(libc::MAP_SHARED);
         mem.write_obj(9u8, GuestAddress(100)).unwrap();
         let mut buf = vec![0u8; 4096];
         read(&mem, 0, &mut buf).unwrap();
         assert_eq!((buf[0], buf[100]), (7, 9));
         assert!(untouched(&mem, 0, 1).is_none());
+    }
+
+    #[test]
+    fn a_private_file_mapping_is_read_from_memory() {
+        // The guest's writes to a privately mapped file never reach the file.
+        let mem = file_backed(libc::MAP_PRIVATE);
+        mem.write_obj(9u8, GuestAddress(100)).unwrap();
+        let mut buf = vec![0u8; 4096];
+        read(&mem, 0, &mut buf).unwrap();
+        assert_eq!((buf[0], buf[100]), (7, 9));
     }
 
     fn tempfile_in_tmp() -> std::fs::File {

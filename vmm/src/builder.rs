@@ -47,6 +47,8 @@ pub enum BuildError {
 pub struct BuiltVm {
     pub controller: Arc<VmController>,
     vcpus: Vec<Vcpu>,
+    /// When the `vmm` process started: [`BuiltVm::start`] logs how long reaching running took.
+    started: Instant,
 }
 
 /// The parts every VM has, before its vCPUs get a state.
@@ -123,7 +125,11 @@ fn finish(
         msrs,
         started,
     ));
-    Ok(BuiltVm { controller, vcpus })
+    Ok(BuiltVm {
+        controller,
+        vcpus,
+        started,
+    })
 }
 
 /// Creates the VM for `cfg` and loads its kernel; the guest console goes to `console`.
@@ -269,6 +275,11 @@ impl BuiltVm {
         }
         if !paused {
             self.controller.run_control().resume();
+            // Benchmarks and tests read this: time from process start to a running guest.
+            tracing::info!(
+                ms = self.started.elapsed().as_secs_f64() * 1e3,
+                "the VM is running"
+            );
         }
         Ok(())
     }
