@@ -102,16 +102,9 @@ static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 impl Incoming {
     /// Applies pages and zero runs to `mem` until the VM state arrives, and returns it.
+    /// Only pages that arrive are touched: memory the guest never used stays unpopulated.
     pub fn receive_memory(&mut self, mem: &GuestMemory) -> Result<Vec<u8>, DestError> {
-        std::thread::scope(|scope| {
-            let prefault = std::thread::Builder::new()
-                .name("prefault".into())
-                .spawn_scoped(scope, || crate::guest_ram::prefault_all(mem));
-            if let Err(e) = prefault {
-                tracing::debug!("cannot start the prefault thread: {e}");
-            }
-            self.receive_frames(mem)
-        })
+        self.receive_frames(mem)
     }
 
     fn receive_frames(&mut self, mem: &GuestMemory) -> Result<Vec<u8>, DestError> {
@@ -119,6 +112,7 @@ impl Incoming {
             match wire::recv(&mut self.input)? {
                 Message::Pages { gpa, len } => {
                     check_range(mem, gpa, len)?;
+                    crate::guest_ram::populate(mem, gpa, len);
                     self.read_pages(mem, gpa, len)?;
                     self.received.pages += len / PAGE_SIZE;
                     self.received.bytes += 16 + len;

@@ -43,16 +43,11 @@ impl DirtyBitmap {
         self.trim();
     }
 
-    /// ORs in and clears the VMM's bitmap. Each bit is cleared before the page is sent, so a
-    /// device write that lands after this call marks the page again for the next round.
+    /// ORs in and clears the VMM's bitmap, a word (64 pages) at a time. Each word is cleared
+    /// before its pages are sent, so a device write that lands after this call marks the page
+    /// again for the next round.
     pub fn take_vmm_bitmap(&mut self, bitmap: &AtomicBitmap) {
-        let n = (bitmap.len() as u64).min(self.pages);
-        for page in 0..n as usize {
-            if bitmap.is_bit_set(page) {
-                bitmap.reset_bit(page);
-                self.words[page / 64] |= 1 << (page % 64);
-            }
-        }
+        self.merge_words(&bitmap.get_and_reset());
     }
 
     /// ORs in another map of the same region.

@@ -1,9 +1,10 @@
 //! Reading guest RAM for the wire cheaply.
 //!
 //! Touching guest memory through the VMM's mapping costs a page fault per 4 KiB page the VMM
-//! has not mapped yet, and on nested hosts a fault is expensive. So file-backed RAM is read
-//! from its file with `pread` (straight from the page cache), and anonymous RAM the guest
-//! never touched is recognised with `mincore` and skipped as zero without reading it.
+//! has not mapped yet, and on nested hosts a fault is expensive. So RAM mapped shared with a
+//! file is read from the file with `pread` (straight from the page cache), and anonymous RAM
+//! the guest never touched is recognised with `mincore` and skipped as zero without reading
+//! it.
 use std::os::unix::fs::FileExt;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
@@ -18,7 +19,10 @@ pub fn read(
     buf: &mut [u8],
 ) -> Result<(), vm_memory::GuestMemoryError> {
     if let Some(region) = mem.find_region(GuestAddress(gpa)) {
-        if let Some(fo) = region.file_offset() {
+        // Only a shared mapping writes through to its file; a private one (a lazily restored
+        // snapshot) keeps the guest's writes in memory.
+        let shared = std::ops::Deref::deref(region).flags() & libc::MAP_SHARED != 0;
+        if let Some(fo) = region.file_offset().filter(|_| shared) {
             let offset = fo.start() + (gpa - region.start_addr().0);
             if offset.checked_add(buf.len() as u64).is_some()
                 && gpa + buf.len() as u64 <= region.start_addr().0 + region.len()
@@ -35,37 +39,40 @@ pub fn read(
 
 /// `MADV_POPULATE_WRITE` (Linux 5.14); the libc crate does not name it yet.
 const MADV_POPULATE_WRITE: libc::c_int = 23;
-/// Populate in steps, so the receiver (which writes the same memory) is never held up long.
-const POPULATE_STEP: u64 = 64 << 20;
 
-/// Faults in all of `mem` for writing, in the kernel, a step at a time. A migration
-/// destination runs this on a thread of its own while pages arrive: taking the faults one page
-/// at a time inside the receive copy costs more than the copy itself on nested hosts. The
-/// destination must be able to hold the VM's whole RAM anyway. Best effort: without kernel
-/// support the copy faults as before.
-pub fn prefault_all(mem: &GuestMemory) {
-    for region in mem.iter() {
-        let Ok(host) = mem.get_host_address(region.start_addr()) else {
-            continue;
-        };
-        let mut off = 0;
-        while off < region.len() {
-            let n = (region.len() - off).min(POPULATE_STEP);
-            // SAFETY: [host + off, host + off + n) lies inside this region's live mapping,
-            // owned by `mem`; populating only allocates and maps pages, it changes no contents.
-            let rc = unsafe {
-                libc::madvise(
-                    host.add(off as usize).cast(),
-                    n as usize,
-                    MADV_POPULATE_WRITE,
-                )
-            };
-            if rc != 0 {
-                return;
-            }
-            off += n;
-        }
+/// Faults in `[gpa, gpa + len)` for writing in one system call, just before a migration
+/// destination copies received pages there: taking the faults one page at a time inside the
+/// copy costs more than the copy itself on nested hosts. Only pages that arrive get populated,
+/// so never-touched guest memory stays unpopulated here as on the source. Best effort: without
+/// kernel support the copy faults as before.
+pub fn populate(mem: &GuestMemory, gpa: u64, len: u64) {
+    let Some(region) = mem.find_region(GuestAddress(gpa)) else {
+        return;
+    };
+    if gpa.saturating_add(len) > region.start_addr().0 + region.len() {
+        return;
     }
+    let Ok(host) = mem.get_host_address(GuestAddress(gpa)) else {
+        return;
+    };
+    // SAFETY: [host, host + len) lies inside one region's live mapping owned by `mem`
+    // (checked above) and is page-aligned (gpa is, regions are); populating only allocates
+    // and maps pages, it changes no contents.
+    let rc = unsafe { libc::madvise(host.cast(), len as usize, MADV_POPULATE_WRITE) };
+    if rc != 0 {
+        tracing::trace!(
+            "MADV_POPULATE_WRITE failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Pages of `mem` resident in this process, as `mincore` reports them (tests and statistics).
+pub fn resident_pages(mem: &GuestMemory) -> u64 {
+    mem.iter()
+        .filter_map(|r| untouched_raw(mem, r.start_addr().0, (r.len() / PAGE_SIZE) as usize))
+        .map(|u| u.iter().filter(|&&z| !z).count() as u64)
+        .sum()
 }
 
 /// Whether the host has swap: a swapped-out anonymous page is not resident either, so the
@@ -82,9 +89,16 @@ pub fn untouched(mem: &GuestMemory, gpa: u64, pages: usize) -> Option<Vec<bool>>
         return None;
     }
     let region = mem.find_region(GuestAddress(gpa))?;
-    if region.file_offset().is_some()
-        || gpa + pages as u64 * PAGE_SIZE > region.start_addr().0 + region.len()
-    {
+    if region.file_offset().is_some() {
+        return None;
+    }
+    untouched_raw(mem, gpa, pages)
+}
+
+/// Which of `pages` pages at `gpa` are not resident (`mincore`), whatever the backing.
+fn untouched_raw(mem: &GuestMemory, gpa: u64, pages: usize) -> Option<Vec<bool>> {
+    let region = mem.find_region(GuestAddress(gpa))?;
+    if gpa + pages as u64 * PAGE_SIZE > region.start_addr().0 + region.len() {
         return None;
     }
     let host = mem.get_host_address(GuestAddress(gpa)).ok()?;
@@ -117,7 +131,18 @@ mod tests {
     }
 
     #[test]
-    fn file_backed_ram_is_read_from_the_file() {
+    fn populating_a_range_makes_only_that_range_resident() {
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+        assert_eq!(resident_pages(&mem), 0);
+        populate(&mem, 8 * PAGE_SIZE, 4 * PAGE_SIZE);
+        // Kernels before 5.14 lack MADV_POPULATE_WRITE: then nothing becomes resident.
+        let n = resident_pages(&mem);
+        assert!(n == 0 || n == 4, "{n} pages resident");
+        mem.write_obj(1u8, GuestAddress(100 * PAGE_SIZE)).unwrap();
+        assert_eq!(resident_pages(&mem), n + 1);
+    }
+
+    fn file_backed(flags: libc::c_int) -> GuestMemory {
         let mut f = tempfile_in_tmp();
         f.write_all(&vec![7u8; 1 << 16]).unwrap();
         let size = 1 << 16;
@@ -126,18 +151,32 @@ mod tests {
             AtomicBitmap::new(size, std::num::NonZeroUsize::new(4096).unwrap()),
         )
         .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-        .with_mmap_flags(libc::MAP_SHARED)
+        .with_mmap_flags(flags)
         .with_file_offset(FileOffset::new(f, 0))
         .build()
         .unwrap();
-        let mem =
-            GuestMemory::from_regions(vec![GuestRegionMmap::new(region, GuestAddress(0)).unwrap()])
-                .unwrap();
+        GuestMemory::from_regions(vec![GuestRegionMmap::new(region, GuestAddress(0)).unwrap()])
+            .unwrap()
+    }
+
+    #[test]
+    fn file_backed_ram_is_read_from_the_file() {
+        let mem = file_backed(libc::MAP_SHARED);
         mem.write_obj(9u8, GuestAddress(100)).unwrap();
         let mut buf = vec![0u8; 4096];
         read(&mem, 0, &mut buf).unwrap();
         assert_eq!((buf[0], buf[100]), (7, 9));
         assert!(untouched(&mem, 0, 1).is_none());
+    }
+
+    #[test]
+    fn a_private_file_mapping_is_read_from_memory() {
+        // The guest's writes to a privately mapped file never reach the file.
+        let mem = file_backed(libc::MAP_PRIVATE);
+        mem.write_obj(9u8, GuestAddress(100)).unwrap();
+        let mut buf = vec![0u8; 4096];
+        read(&mem, 0, &mut buf).unwrap();
+        assert_eq!((buf[0], buf[100]), (7, 9));
     }
 
     fn tempfile_in_tmp() -> std::fs::File {

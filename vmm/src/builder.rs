@@ -47,6 +47,8 @@ pub enum BuildError {
 pub struct BuiltVm {
     pub controller: Arc<VmController>,
     vcpus: Vec<Vcpu>,
+    /// When the `vmm` process started: [`BuiltVm::start`] logs how long reaching running took.
+    started: Instant,
 }
 
 /// The parts every VM has, before its vCPUs get a state.
@@ -81,23 +83,38 @@ fn skeleton(
     Ok(Skeleton { vm, mem, irq })
 }
 
-fn finish(
+/// The MSRs to save and restore, probed on a scratch vCPU so the guest's own vCPUs keep
+/// exactly the state given them.
+fn probe_msrs(vm: &Vm, machine: &MachineState) -> Result<Vec<u32>, BuildError> {
+    let probe = Vcpu::new(vm, machine.vcpus)?;
+    Ok(vcpu_state::msr_list(&vm.kvm, &probe.fd)?)
+}
+
+struct Parts {
     vm: Vm,
     mem: GuestMemory,
     machine: MachineState,
+    msrs: Vec<u32>,
+    vcpus: Vec<Vcpu>,
+}
+
+fn finish(
+    parts: Parts,
     uart: serial::Uart,
     run: Arc<RunControl>,
     timer: BootTimer,
-    vcpus: Vec<Vcpu>,
 ) -> Result<BuiltVm, BuildError> {
     let started = timer.started();
     let control = Control::new(run.clone(), timer);
     let devices = Devices::new(uart, control);
     vcpu::install_kick_handler()?;
-    // Probed on a scratch vCPU so the guest's own vCPUs keep exactly the state given them.
-    let probe = Vcpu::new(&vm, machine.vcpus)?;
-    let msrs = vcpu_state::msr_list(&vm.kvm, &probe.fd)?;
-    drop(probe);
+    let Parts {
+        vm,
+        mem,
+        machine,
+        msrs,
+        vcpus,
+    } = parts;
     let controller = Arc::new(VmController::new(
         machine,
         Arc::new(vm),
@@ -108,7 +125,11 @@ fn finish(
         msrs,
         started,
     ));
-    Ok(BuiltVm { controller, vcpus })
+    Ok(BuiltVm {
+        controller,
+        vcpus,
+        started,
+    })
 }
 
 /// Creates the VM for `cfg` and loads its kernel; the guest console goes to `console`.
@@ -127,13 +148,110 @@ pub fn build(
         vcpus.push(vcpu);
     }
     let run = Arc::new(RunControl::new(cfg.vcpus.into(), 0));
+    let msrs = probe_msrs(&sk.vm, &machine)?;
     let Skeleton { vm, mem, irq } = sk;
     let uart = serial::new(irq, console);
-    finish(vm, mem, machine, uart, run, BootTimer::new(started), vcpus)
+    let parts = Parts {
+        vm,
+        mem,
+        machine,
+        msrs,
+        vcpus,
+    };
+    finish(parts, uart, run, BootTimer::new(started))
 }
 
-/// Creates a VM from `state`, with guest memory `mem` already filled (or filled later, before
-/// [`BuiltVm::start`], as a migration destination does).
+/// A VM of a known shape waiting for its state: memory slots registered, interrupt
+/// controllers and vCPUs created, MSRs probed. A migration destination builds it while
+/// pre-copy runs, so the switchover only applies state; nothing left costs time in proportion
+/// to guest RAM.
+pub struct Prepared {
+    parts: Parts,
+    irq: Irq,
+}
+
+/// Builds the empty VM for `machine`, with guest memory `mem` (filled now or later, before
+/// [`BuiltVm::start`]) or fresh memory.
+pub fn prepare(
+    machine: &MachineState,
+    backing: &Backing,
+    mem: Option<GuestMemory>,
+) -> Result<Prepared, BuildError> {
+    let sk = skeleton(machine, backing, mem)?;
+    let mut vcpus = Vec::with_capacity(machine.vcpus.into());
+    for index in 0..machine.vcpus {
+        vcpus.push(Vcpu::new(&sk.vm, index)?);
+    }
+    let msrs = probe_msrs(&sk.vm, machine)?;
+    let Skeleton { vm, mem, irq } = sk;
+    Ok(Prepared {
+        parts: Parts {
+            vm,
+            mem,
+            machine: machine.clone(),
+            msrs,
+            vcpus,
+        },
+        irq,
+    })
+}
+
+impl Prepared {
+    /// The guest memory, for a migration destination to fill.
+    pub fn memory(&self) -> &GuestMemory {
+        &self.parts.mem
+    }
+
+    /// Applies `state` to the prepared VM; it stays paused until started.
+    pub fn restore(
+        self,
+        state: &VmState,
+        started: Instant,
+        console: Box<dyn Write + Send>,
+    ) -> Result<BuiltVm, BuildError> {
+        let machine = &self.parts.machine;
+        if state.machine != *machine {
+            return Err(BuildError::BadState(
+                "the state describes another machine".into(),
+            ));
+        }
+        if state.vcpus.len() != usize::from(machine.vcpus) {
+            return Err(BuildError::BadState(format!(
+                "{} vCPU states for a {}-vCPU machine",
+                state.vcpus.len(),
+                machine.vcpus
+            )));
+        }
+        if state.irqchip.is_some() != machine.irqchip {
+            return Err(BuildError::BadState(
+                "irqchip state does not match the machine".into(),
+            ));
+        }
+        if let Some(chip) = &state.irqchip {
+            vm_state::restore(&self.parts.vm.fd, chip)?;
+        }
+        for (index, (vcpu, vs)) in self.parts.vcpus.iter().zip(&state.vcpus).enumerate() {
+            vcpu_state::restore(&vcpu.fd, index as u8, vs)?;
+        }
+        let run = Arc::new(RunControl::new(machine.vcpus.into(), state.clock_ns));
+        let uart = serial::restore(&state.serial, self.irq, console)
+            .map_err(|e| BuildError::Serial(format!("{e:?}")))?;
+        let booted = state.boot_time_ns.map(std::time::Duration::from_nanos);
+        let timer = BootTimer::restored(started, booted);
+        let built = finish(self.parts, uart, run, timer)?;
+        // The restored VM is paused until started: its TSCs stand where they were saved.
+        let tsc = state.vcpus.iter().map(|v| {
+            v.msrs
+                .iter()
+                .find(|m| m.index == vcpu_state::MSR_IA32_TSC)
+                .map_or(0, |m| m.data)
+        });
+        built.controller.set_paused_tsc(tsc.collect());
+        Ok(built)
+    }
+}
+
+/// Creates a VM from `state`, with guest memory `mem` already filled (or fresh).
 pub fn build_restored(
     state: &VmState,
     mem: Option<GuestMemory>,
@@ -141,45 +259,7 @@ pub fn build_restored(
     started: Instant,
     console: Box<dyn Write + Send>,
 ) -> Result<BuiltVm, BuildError> {
-    let machine = state.machine.clone();
-    if state.vcpus.len() != usize::from(machine.vcpus) {
-        return Err(BuildError::BadState(format!(
-            "{} vCPU states for a {}-vCPU machine",
-            state.vcpus.len(),
-            machine.vcpus
-        )));
-    }
-    if state.irqchip.is_some() != machine.irqchip {
-        return Err(BuildError::BadState(
-            "irqchip state does not match the machine".into(),
-        ));
-    }
-    let sk = skeleton(&machine, backing, mem)?;
-    if let Some(chip) = &state.irqchip {
-        vm_state::restore(&sk.vm.fd, chip)?;
-    }
-    let mut vcpus = Vec::with_capacity(state.vcpus.len());
-    for (index, vs) in state.vcpus.iter().enumerate() {
-        let vcpu = Vcpu::new(&sk.vm, index as u8)?;
-        vcpu_state::restore(&vcpu.fd, index as u8, vs)?;
-        vcpus.push(vcpu);
-    }
-    let run = Arc::new(RunControl::new(machine.vcpus.into(), state.clock_ns));
-    let Skeleton { vm, mem, irq } = sk;
-    let uart = serial::restore(&state.serial, irq, console)
-        .map_err(|e| BuildError::Serial(format!("{e:?}")))?;
-    let booted = state.boot_time_ns.map(std::time::Duration::from_nanos);
-    let timer = BootTimer::restored(started, booted);
-    let built = finish(vm, mem, machine, uart, run, timer, vcpus)?;
-    // The restored VM is paused until started: its TSCs stand where they were saved.
-    let tsc = state.vcpus.iter().map(|v| {
-        v.msrs
-            .iter()
-            .find(|m| m.index == vcpu_state::MSR_IA32_TSC)
-            .map_or(0, |m| m.data)
-    });
-    built.controller.set_paused_tsc(tsc.collect());
-    Ok(built)
+    prepare(&state.machine, backing, mem)?.restore(state, started, console)
 }
 
 impl BuiltVm {
@@ -195,6 +275,11 @@ impl BuiltVm {
         }
         if !paused {
             self.controller.run_control().resume();
+            // Benchmarks and tests read this: time from process start to a running guest.
+            tracing::info!(
+                ms = self.started.elapsed().as_secs_f64() * 1e3,
+                "the VM is running"
+            );
         }
         Ok(())
     }

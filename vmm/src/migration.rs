@@ -142,18 +142,14 @@ fn receive_vm(
         let _ = std::fs::remove_file(path);
     }
     let mem = memory::create(machine_bytes, backing)?;
-    let state_bytes = incoming.receive_memory(&mem)?;
+    // Build the whole VM now, while pre-copy runs: the switchover then only applies state.
+    let prepared = builder::prepare(&machine, backing, Some(mem))?;
+    let state_bytes = incoming.receive_memory(prepared.memory())?;
     let state = format::decode(&state_bytes)?;
     if state.machine != machine {
         return Err(IncomingError::BadMachine(
             "the state describes another machine".into(),
         ));
     }
-    Ok(builder::build_restored(
-        &state,
-        Some(mem),
-        backing,
-        started,
-        console,
-    )?)
+    Ok(prepared.restore(&state, started, console)?)
 }

@@ -10,7 +10,7 @@ use vmm::builder::{self, BuiltVm};
 use vmm::config::{BootMode, VmConfig};
 use vmm::migration;
 use vmm::persist::snapshot;
-use vmm::vstate::memory::{self, Backing};
+use vmm::vstate::memory::Backing;
 use vmm::vstate::run_control::StopReason;
 
 #[derive(Parser)]
@@ -200,8 +200,7 @@ fn boot(args: &RunArgs, started: Instant) -> Result<BuiltVm, Box<dyn std::error:
     let console = Box::new(std::io::stdout());
     if let Some(dir) = &args.restore {
         let state = snapshot::read_state(dir)?;
-        let mem = memory::create(state.machine.mem_mib << 20, &backing(args))?;
-        snapshot::load_memory(dir, &mem)?;
+        let mem = snapshot::restore_memory(dir, &backing(args), state.machine.mem_mib << 20)?;
         return Ok(builder::build_restored(
             &state,
             Some(mem),

@@ -78,30 +78,55 @@ fn open_backing_file(path: &Path, size: u64) -> Result<File, MemoryError> {
 
 /// Maps `mem_bytes` of guest RAM laid out by [`layout::ram_ranges`].
 pub fn create(mem_bytes: u64, backing: &Backing) -> Result<GuestMemory, MemoryError> {
-    let file = match backing {
-        Backing::Anonymous => None,
-        Backing::File(path) => Some(open_backing_file(path, mem_bytes)?),
-    };
+    match backing {
+        Backing::Anonymous => map_regions(
+            mem_bytes,
+            None,
+            libc::MAP_ANONYMOUS | libc::MAP_PRIVATE | libc::MAP_NORESERVE,
+        ),
+        Backing::File(path) => {
+            let file = open_backing_file(path, mem_bytes)?;
+            map_regions(
+                mem_bytes,
+                Some(&file),
+                libc::MAP_SHARED | libc::MAP_NORESERVE,
+            )
+        }
+    }
+}
+
+/// Maps `file` (a RAM image at least `mem_bytes` long) privately and lazily as guest RAM, as
+/// a snapshot restore does: a page is read from the file when the guest first touches it,
+/// and guest writes stay in this process (copy on write), never reaching the file. Mapping
+/// costs the same whatever the RAM size.
+pub fn map_private(file: &File, mem_bytes: u64) -> Result<GuestMemory, MemoryError> {
+    map_regions(
+        mem_bytes,
+        Some(file),
+        libc::MAP_PRIVATE | libc::MAP_NORESERVE,
+    )
+}
+
+fn map_regions(
+    mem_bytes: u64,
+    file: Option<&File>,
+    flags: libc::c_int,
+) -> Result<GuestMemory, MemoryError> {
     let page = NonZeroUsize::new(layout::PAGE_SIZE as usize).unwrap_or(NonZeroUsize::MIN);
     let mut regions = Vec::new();
     let mut file_offset = 0u64;
     for (addr, len) in layout::ram_ranges(mem_bytes) {
         let size = usize::try_from(len).map_err(|_| MemoryError::TooLarge { size: len })?;
         let mut builder = MmapRegionBuilder::new_with_bitmap(size, AtomicBitmap::new(size, page))
-            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE);
-        builder = match &file {
-            None => builder
-                .with_mmap_flags(libc::MAP_ANONYMOUS | libc::MAP_PRIVATE | libc::MAP_NORESERVE),
-            Some(f) => {
-                let clone = f.try_clone().map_err(|source| MemoryError::OpenFile {
-                    path: PathBuf::from("memory file"),
-                    source,
-                })?;
-                builder
-                    .with_mmap_flags(libc::MAP_SHARED | libc::MAP_NORESERVE)
-                    .with_file_offset(FileOffset::new(clone, file_offset))
-            }
-        };
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(flags);
+        if let Some(f) = file {
+            let clone = f.try_clone().map_err(|source| MemoryError::OpenFile {
+                path: PathBuf::from("memory file"),
+                source,
+            })?;
+            builder = builder.with_file_offset(FileOffset::new(clone, file_offset));
+        }
         let mapping = builder.build().map_err(|source| MemoryError::Map {
             addr,
             size: len,
@@ -139,6 +164,20 @@ mod tests {
             again.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
             0xfeed_f00d
         );
+    }
+
+    #[test]
+    fn a_private_mapping_reads_the_file_and_never_writes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("image");
+        let mut image = vec![0u8; 8 << 20];
+        image[0x2000] = 7;
+        std::fs::write(&path, &image).unwrap();
+        let mem = map_private(&File::open(&path).unwrap(), 8 << 20).unwrap();
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x2000)).unwrap(), 7);
+        mem.write_obj(9u8, GuestAddress(0x2000)).unwrap();
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x2000)).unwrap(), 9);
+        assert_eq!(std::fs::read(&path).unwrap()[0x2000], 7);
     }
 
     #[test]
