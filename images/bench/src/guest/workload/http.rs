@@ -159,6 +159,10 @@ pub fn run(plan: &Plan, shared: &Shared, vcpu: u32) -> ! {
         })
         .collect();
     let port = cfg.port as u16;
+    for c in &conns {
+        // Fresh sockets on a nonzero port: listening cannot fail.
+        let _ = sockets.get_mut::<tcp::Socket>(c.handle).listen(port);
+    }
     let [m0, m1, m2, m3, m4, m5] = mac;
     println!(
         "bench: http listening on port {port} mac={m0:02x}:{m1:02x}:{m2:02x}:{m3:02x}:{m4:02x}:{m5:02x} conns={}",
