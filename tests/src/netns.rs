@@ -106,6 +106,56 @@ impl Host {
     }
 }
 
+/// The bridge inside a host that joins its VMs' taps to its uplink (`eth0`).
+pub const HOST_BRIDGE: &str = "vmbr0";
+
+impl Host {
+    /// Gives this host a tap `tap` for a VM, on a bridge of the host's own whose uplink is
+    /// `eth0` (so the VM is on the shared switch). The host's address moves from `eth0` to the
+    /// bridge. The tap is persistent until the namespace goes, so a `vmm` can attach to it, leave
+    /// and another attach again.
+    pub fn attach_tap(&self, tap: &str) -> Result<(), NetnsError> {
+        let ns = self.namespace.as_str();
+        let cidr = format!("{}/{PREFIX_LEN}", self.addr);
+        let has_bridge = ip(&["-n", ns, "link", "show", HOST_BRIDGE]).is_ok();
+        if !has_bridge {
+            ip(&["-n", ns, "link", "add", HOST_BRIDGE, "type", "bridge"])?;
+            ip(&["-n", ns, "addr", "del", &cidr, "dev", HOST_LINK])?;
+            ip(&["-n", ns, "link", "set", HOST_LINK, "master", HOST_BRIDGE])?;
+            ip(&["-n", ns, "addr", "add", &cidr, "dev", HOST_BRIDGE])?;
+            ip(&["-n", ns, "link", "set", HOST_BRIDGE, "up"])?;
+        }
+        ip(&["-n", ns, "tuntap", "add", "dev", tap, "mode", "tap"])?;
+        ip(&["-n", ns, "link", "set", tap, "master", HOST_BRIDGE, "up"])?;
+        Ok(())
+    }
+
+    /// Runs `f` on a thread that has entered this host's network namespace: sockets it opens
+    /// live there (and may be used from any thread afterwards).
+    pub fn within<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> io::Result<T> {
+        let path = Path::new(NETNS_DIR).join(&self.namespace);
+        let file = fs::File::open(path)?;
+        let handle = thread::Builder::new()
+            .name(format!("in-{}", self.name))
+            .spawn(move || {
+                use std::os::fd::AsRawFd;
+                // SAFETY: setns on a namespace file we hold open; it changes only this thread's
+                // network namespace.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                if rc != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(f())
+            })?;
+        handle
+            .join()
+            .map_err(|_| io::Error::other("the namespace thread panicked"))?
+    }
+}
+
 /// A set of namespace hosts on one bridge, deleted when dropped.
 #[derive(Debug)]
 pub struct TestNetwork {

@@ -9,7 +9,10 @@ use crate::config::{ConfigError, VmConfig};
 use crate::controller::VmController;
 use crate::devices::boot_timer::BootTimer;
 use crate::devices::control::Control;
+use crate::devices::event_loop::EventLoopError;
 use crate::devices::serial::{self, Irq, COM1_IRQ};
+use crate::devices::virtio::net::{self as virtio_net, Net, NetConfig, NetError};
+use crate::devices::virtio::{self, transport::QUEUE_NOTIFY};
 use crate::devices::Devices;
 use crate::persist::{MachineState, VmState};
 use crate::vstate::memory::{self, Backing, GuestMemory, MemoryError};
@@ -41,6 +44,14 @@ pub enum BuildError {
     BadState(String),
     #[error("cannot restore the serial port: {0}")]
     Serial(String),
+    #[error("cannot set up network device {index} (tap {tap})")]
+    Net {
+        index: usize,
+        tap: String,
+        source: NetError,
+    },
+    #[error(transparent)]
+    EventLoop(#[from] EventLoopError),
 }
 
 /// A VM with its vCPUs configured; [`BuiltVm::start`] runs them.
@@ -90,6 +101,44 @@ fn probe_msrs(vm: &Vm, machine: &MachineState) -> Result<Vec<u32>, BuildError> {
     Ok(vcpu_state::msr_list(&vm.kvm, &probe.fd)?)
 }
 
+/// Opens each network device's tap and wires its kicks (ioeventfds) and, on irqchip machines,
+/// its interrupt (an irqfd).
+fn attach_net(
+    vm: &Vm,
+    mem: &GuestMemory,
+    run: &Arc<RunControl>,
+    configs: &[NetConfig],
+    irqchip: bool,
+) -> Result<Vec<Arc<Net>>, BuildError> {
+    let mut nets = Vec::with_capacity(configs.len());
+    for (index, cfg) in configs.iter().enumerate() {
+        let err = |source| BuildError::Net {
+            index,
+            tap: cfg.tap.clone(),
+            source,
+        };
+        let mut net = Net::open(cfg, mem.clone(), run.clone()).map_err(err)?;
+        let notify = virtio::mmio_base(index) + QUEUE_NOTIFY;
+        for q in [virtio_net::RX, virtio_net::TX] {
+            let Some(kick) = net.kick_fd(q) else { continue };
+            let addr = kvm_ioctls::IoEventAddress::Mmio(notify);
+            // Without it every kick is an exit to user space, which `mmio_write` forwards.
+            if let Err(e) = vm.fd.register_ioevent(kick, &addr, q as u32) {
+                tracing::warn!("virtio-net {index}: no ioeventfd for queue {q}: {e}");
+            }
+        }
+        if irqchip {
+            let evt = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)
+                .map_err(BuildError::EventFd)?;
+            vm.register_irqfd(&evt, virtio::irq(index))?;
+            net.set_irq(evt);
+        }
+        tracing::info!(index, tap = cfg.tap, mac = %net.mac(), "virtio-net attached");
+        nets.push(Arc::new(net));
+    }
+    Ok(nets)
+}
+
 struct Parts {
     vm: Vm,
     mem: GuestMemory,
@@ -103,10 +152,11 @@ fn finish(
     uart: serial::Uart,
     run: Arc<RunControl>,
     timer: BootTimer,
+    nets: Vec<Arc<Net>>,
 ) -> Result<BuiltVm, BuildError> {
     let started = timer.started();
     let control = Control::new(run.clone(), timer);
-    let devices = Devices::new(uart, control);
+    let devices = Devices::with_net(uart, control, nets)?;
     vcpu::install_kick_handler()?;
     let Parts {
         vm,
@@ -149,6 +199,7 @@ pub fn build(
     }
     let run = Arc::new(RunControl::new(cfg.vcpus.into(), 0));
     let msrs = probe_msrs(&sk.vm, &machine)?;
+    let nets = attach_net(&sk.vm, &sk.mem, &run, &cfg.net, machine.irqchip)?;
     let Skeleton { vm, mem, irq } = sk;
     let uart = serial::new(irq, console);
     let parts = Parts {
@@ -158,7 +209,7 @@ pub fn build(
         msrs,
         vcpus,
     };
-    finish(parts, uart, run, BootTimer::new(started))
+    finish(parts, uart, run, BootTimer::new(started), nets)
 }
 
 /// A VM of a known shape waiting for its state: memory slots registered, interrupt
@@ -202,10 +253,13 @@ impl Prepared {
         &self.parts.mem
     }
 
-    /// Applies `state` to the prepared VM; it stays paused until started.
+    /// Applies `state` to the prepared VM; it stays paused until started. `net` names this
+    /// host's taps for the saved network devices, one each, in order (opening them is cheap, so
+    /// it may happen inside the switchover).
     pub fn restore(
         self,
         state: &VmState,
+        net: &[NetConfig],
         started: Instant,
         console: Box<dyn Write + Send>,
     ) -> Result<BuiltVm, BuildError> {
@@ -227,6 +281,13 @@ impl Prepared {
                 "irqchip state does not match the machine".into(),
             ));
         }
+        if state.net.len() != net.len() {
+            return Err(ConfigError::NetMismatch {
+                saved: state.net.len(),
+                given: net.len(),
+            }
+            .into());
+        }
         if let Some(chip) = &state.irqchip {
             vm_state::restore(&self.parts.vm.fd, chip)?;
         }
@@ -234,11 +295,20 @@ impl Prepared {
             vcpu_state::restore(&vcpu.fd, index as u8, vs)?;
         }
         let run = Arc::new(RunControl::new(machine.vcpus.into(), state.clock_ns));
+        let p = &self.parts;
+        let nets = attach_net(&p.vm, &p.mem, &run, net, machine.irqchip)?;
+        for (index, (dev, saved)) in nets.iter().zip(&state.net).enumerate() {
+            dev.restore(saved).map_err(|source| BuildError::Net {
+                index,
+                tap: dev.tap().name().into(),
+                source,
+            })?;
+        }
         let uart = serial::restore(&state.serial, self.irq, console)
             .map_err(|e| BuildError::Serial(format!("{e:?}")))?;
         let booted = state.boot_time_ns.map(std::time::Duration::from_nanos);
         let timer = BootTimer::restored(started, booted);
-        let built = finish(self.parts, uart, run, timer)?;
+        let built = finish(self.parts, uart, run, timer, nets)?;
         // The restored VM is paused until started: its TSCs stand where they were saved.
         let tsc = state.vcpus.iter().map(|v| {
             v.msrs
@@ -251,15 +321,17 @@ impl Prepared {
     }
 }
 
-/// Creates a VM from `state`, with guest memory `mem` already filled (or fresh).
+/// Creates a VM from `state`, with guest memory `mem` already filled (or fresh). `net` names
+/// this host's taps for the saved network devices, one each, in order.
 pub fn build_restored(
     state: &VmState,
     mem: Option<GuestMemory>,
     backing: &Backing,
+    net: &[NetConfig],
     started: Instant,
     console: Box<dyn Write + Send>,
 ) -> Result<BuiltVm, BuildError> {
-    prepare(&state.machine, backing, mem)?.restore(state, started, console)
+    prepare(&state.machine, backing, mem)?.restore(state, net, started, console)
 }
 
 impl BuiltVm {
@@ -274,6 +346,7 @@ impl BuiltVm {
             self.controller.spawn_vcpu(vcpu)?;
         }
         if !paused {
+            self.controller.devices().resume_io();
             self.controller.run_control().resume();
             // Benchmarks and tests read this: time from process start to a running guest.
             tracing::info!(

@@ -1,6 +1,7 @@
 //! The VM configuration and its validation against this host.
 use std::path::PathBuf;
 
+use crate::devices::virtio::net::NetConfig;
 use crate::vstate::memory::Backing;
 
 /// How the guest is started.
@@ -26,6 +27,8 @@ pub struct VmConfig {
     pub mem_mib: u64,
     pub vcpus: u8,
     pub backing: Backing,
+    /// virtio-net devices, in the order of their MMIO windows.
+    pub net: Vec<NetConfig>,
 }
 
 /// Smallest guest we accept: room for the boot structures, an image and a stack.
@@ -45,6 +48,10 @@ pub enum ConfigError {
     MemoryTooLarge { asked: u64, host: u64 },
     #[error("an initrd cannot be used with --boot bench")]
     InitrdWithBench,
+    #[error("{asked} network devices requested, but at most {max} are supported")]
+    TooManyNets { asked: usize, max: usize },
+    #[error("the saved VM has {saved} network devices, but {given} --net options were given")]
+    NetMismatch { saved: usize, given: usize },
 }
 
 /// Total physical memory of this host in MiB, from /proc/meminfo.
@@ -83,6 +90,12 @@ impl VmConfig {
         if self.boot == BootMode::Bench && self.initrd.is_some() {
             return Err(ConfigError::InitrdWithBench);
         }
+        if self.net.len() > bench_abi::MAX_VIRTIO {
+            return Err(ConfigError::TooManyNets {
+                asked: self.net.len(),
+                max: bench_abi::MAX_VIRTIO,
+            });
+        }
         Ok(())
     }
 
@@ -115,6 +128,7 @@ impl VmConfig {
             mem_mib: machine.mem_mib,
             vcpus: machine.vcpus,
             backing,
+            net: Vec::new(),
         }
     }
 
@@ -136,6 +150,7 @@ mod tests {
             mem_mib,
             vcpus,
             backing: Backing::Anonymous,
+            net: Vec::new(),
         }
     }
 

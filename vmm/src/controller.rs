@@ -121,6 +121,10 @@ impl VmController {
         &self.run
     }
 
+    pub fn devices(&self) -> &Devices {
+        &self.devices
+    }
+
     /// Starts the thread for `vcpu`; it parks until the VM runs.
     pub fn spawn_vcpu(&self, vcpu: Vcpu) -> Result<(), BuildError> {
         let vcpu = Arc::new(Mutex::new(vcpu));
@@ -203,6 +207,9 @@ impl VmController {
             return Err(ControlError::Stopping);
         }
         self.park_all()?;
+        // With every vCPU out, the devices stop too: a paused VM's memory and device state
+        // hold still (a migration's final pass and state capture rely on it).
+        self.devices.pause_io();
         let mut tsc = locked(&self.paused_tsc);
         if tsc.is_none() {
             let mut values = Vec::new();
@@ -230,6 +237,7 @@ impl VmController {
                 vcpu_state::write_msrs(&v.fd, v.index, &[entry])?;
             }
         }
+        self.devices.resume_io();
         self.run.resume();
         Ok(())
     }
@@ -269,6 +277,7 @@ impl VmController {
                 .control
                 .boot_time()
                 .map(|d| d.as_nanos() as u64),
+            net: self.devices.net().iter().map(|n| n.snapshot()).collect(),
         })
     }
 

@@ -12,6 +12,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::builder::{self, BuildError, BuiltVm};
 use crate::controller::VmController;
+use crate::devices::virtio::net::NetConfig;
 use crate::persist::format::{self, FormatError};
 use crate::persist::MachineState;
 use crate::vstate::memory::{self, Backing, GuestMemory, MemoryError};
@@ -92,6 +93,7 @@ pub fn receive(
     url: &str,
     key_hex: &str,
     backing: &Backing,
+    net: &[NetConfig],
     started: Instant,
     console: Box<dyn Write + Send>,
 ) -> Result<(BuiltVm, dest::Incoming), IncomingError> {
@@ -105,7 +107,7 @@ pub fn receive(
     })?;
     tracing::info!(addr, "waiting for an incoming migration");
     let mut incoming = dest::accept(&listener, &key)?;
-    match receive_vm(&mut incoming, backing, started, console) {
+    match receive_vm(&mut incoming, backing, net, started, console) {
         Ok(vm) => Ok((vm, incoming)),
         Err(e) => {
             incoming.abort(&crate::api::server::error_chain(&e));
@@ -117,6 +119,7 @@ pub fn receive(
 fn receive_vm(
     incoming: &mut dest::Incoming,
     backing: &Backing,
+    net: &[NetConfig],
     started: Instant,
     console: Box<dyn Write + Send>,
 ) -> Result<BuiltVm, IncomingError> {
@@ -151,5 +154,5 @@ fn receive_vm(
             "the state describes another machine".into(),
         ));
     }
-    Ok(prepared.restore(&state, started, console)?)
+    Ok(prepared.restore(&state, net, started, console)?)
 }

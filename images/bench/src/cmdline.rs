@@ -4,6 +4,7 @@
 //! [`crate::exit_code::BAD_CMDLINE`]) rather than being ignored, so a typo in a test cannot
 //! silently run the wrong workload.
 
+use crate::netcfg::{self, Cidr};
 use core::fmt;
 
 /// What the guest runs. New workloads (http, the guest agent) add a variant here and a module
@@ -14,16 +15,19 @@ pub enum Workload {
     Idle,
     /// Every vCPU rewrites and verifies its share of a working set.
     Dirty,
+    /// An HTTP/1.1 server on the virtio-net device (vCPU 0; the others idle).
+    Http,
 }
 
 impl Workload {
-    const ALL: [Workload; 2] = [Workload::Idle, Workload::Dirty];
+    const ALL: [Workload; 3] = [Workload::Idle, Workload::Dirty, Workload::Http];
 
     /// The name the command line uses.
     pub fn name(self) -> &'static str {
         match self {
             Workload::Idle => "idle",
             Workload::Dirty => "dirty",
+            Workload::Http => "http",
         }
     }
 }
@@ -40,6 +44,18 @@ pub struct Config {
     pub report_ms: u64,
     /// VM clock time at which the run ends, in milliseconds; 0 means never.
     pub exit_after_ms: u64,
+    /// `http`: the guest's address and prefix.
+    pub ip: Option<Cidr>,
+    /// `http`: the default gateway.
+    pub gw: Option<[u8; 4]>,
+    /// `http`: the MAC to send from; the device's own if not given.
+    pub mac: Option<[u8; 6]>,
+    /// `http`: the TCP port.
+    pub port: u64,
+    /// `http`: bytes in the body of `GET /`.
+    pub size: u64,
+    /// `http`: TCP sockets, i.e. the most connections served at once.
+    pub conns: u64,
 }
 
 impl Default for Config {
@@ -50,6 +66,12 @@ impl Default for Config {
             rate: 0,
             report_ms: 1000,
             exit_after_ms: 0,
+            ip: None,
+            gw: None,
+            mac: None,
+            port: 80,
+            size: 64,
+            conns: 64,
         }
     }
 }
@@ -75,7 +97,32 @@ impl fmt::Display for Config {
             self.rate,
             self.report_ms,
             self.exit_after_ms
-        )
+        )?;
+        if self.workload == Workload::Http {
+            write!(
+                f,
+                " port={} size={} conns={}",
+                self.port, self.size, self.conns
+            )?;
+            if let Some(Cidr {
+                addr: [a, b, c, d],
+                prefix,
+            }) = self.ip
+            {
+                write!(f, " ip={a}.{b}.{c}.{d}/{prefix}")?;
+            }
+            if let Some([a, b, c, d]) = self.gw {
+                write!(f, " gw={a}.{b}.{c}.{d}")?;
+            }
+            if let Some(m) = self.mac {
+                write!(
+                    f,
+                    " mac={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                    m[0], m[1], m[2], m[3], m[4], m[5]
+                )?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -104,11 +151,19 @@ const fn key(name: &'static str, min: u64, max: u64, set: fn(&mut Config, u64)) 
     }
 }
 
-const NUM_KEYS: [NumKey; 4] = [
+/// Largest `size` accepted: 1 GiB.
+pub const MAX_SIZE: u64 = 1 << 30;
+/// Most sockets `conns` may ask for.
+pub const MAX_CONNS: u64 = 1024;
+
+const NUM_KEYS: [NumKey; 7] = [
     key("wss", 1, MAX_WSS_MIB, |c, v| c.wss_mib = v),
     key("rate", 0, MAX_RATE, |c, v| c.rate = v),
     key("report-ms", 1, MAX_MS, |c, v| c.report_ms = v),
     key("exit-after-ms", 0, MAX_MS, |c, v| c.exit_after_ms = v),
+    key("port", 1, 65535, |c, v| c.port = v),
+    key("size", 0, MAX_SIZE, |c, v| c.size = v),
+    key("conns", 1, MAX_CONNS, |c, v| c.conns = v),
 ];
 
 /// Why a command line was rejected. Borrowed strings point into the command line.
@@ -118,6 +173,10 @@ pub enum Error<'a> {
     NotKeyValue(&'a str),
     UnknownKey(&'a str),
     BadWorkload(&'a str),
+    BadAddress {
+        key: &'static str,
+        value: &'a str,
+    },
     BadNumber {
         key: &'static str,
         value: &'a str,
@@ -133,7 +192,21 @@ impl fmt::Display for Error<'_> {
             Error::NotKeyValue(word) => write!(f, "\"{word}\" is not a key=value pair"),
             Error::UnknownKey(key) => {
                 write!(f, "unknown key \"{key}\"; the keys are workload")?;
-                NUM_KEYS.iter().try_for_each(|k| write!(f, ", {}", k.name))
+                NUM_KEYS
+                    .iter()
+                    .try_for_each(|k| write!(f, ", {}", k.name))?;
+                write!(f, ", ip, gw, mac")
+            }
+            Error::BadAddress { key, value } => {
+                let example = match key {
+                    "ip" => "10.77.0.10/24",
+                    "gw" => "10.77.0.1",
+                    _ => "52:54:00:12:34:56",
+                };
+                write!(
+                    f,
+                    "bad value \"{value}\" for {key}: expected an address like {example}"
+                )
             }
             Error::BadWorkload(value) => {
                 write!(f, "unknown workload \"{value}\"; the workloads are")?;
@@ -169,6 +242,22 @@ pub fn parse(line: &[u8]) -> Result<Config, Error<'_>> {
                 .find(|w| w.name() == value)
                 .ok_or(Error::BadWorkload(value))?;
             continue;
+        }
+        let bad_address = |key| Error::BadAddress { key, value };
+        match key {
+            "ip" => {
+                config.ip = Some(netcfg::parse_cidr(value).ok_or(bad_address("ip"))?);
+                continue;
+            }
+            "gw" => {
+                config.gw = Some(netcfg::parse_ipv4(value).ok_or(bad_address("gw"))?);
+                continue;
+            }
+            "mac" => {
+                config.mac = Some(netcfg::parse_mac(value).ok_or(bad_address("mac"))?);
+                continue;
+            }
+            _ => {}
         }
         let k = NUM_KEYS
             .iter()
@@ -218,7 +307,8 @@ mod tests {
                 wss_mib: 64,
                 rate: 5000,
                 report_ms: 250,
-                exit_after_ms: 3000
+                exit_after_ms: 3000,
+                ..Config::default()
             }
         );
         assert_eq!(parse(b"workload=idle").unwrap().workload, Workload::Idle);
@@ -234,6 +324,32 @@ mod tests {
         assert_eq!(parse(c.to_string().as_bytes()), Ok(c));
         assert_eq!(c.deadline_ns(), 3_000_000_000);
         assert_eq!(Config::default().deadline_ns(), u64::MAX);
+    }
+
+    #[test]
+    fn parses_the_network_keys() {
+        let line = b"workload=http ip=10.77.0.10/24 gw=10.77.0.1 mac=52:54:00:00:00:0a port=8080 size=1000 conns=80";
+        let c = parse(line).unwrap();
+        assert_eq!(
+            c.ip,
+            Some(Cidr {
+                addr: [10, 77, 0, 10],
+                prefix: 24
+            })
+        );
+        assert_eq!(c.gw, Some([10, 77, 0, 1]));
+        assert_eq!(c.mac, Some([0x52, 0x54, 0, 0, 0, 0x0a]));
+        assert_eq!((c.port, c.size, c.conns), (8080, 1000, 80));
+        assert_eq!(parse(c.to_string().as_bytes()), Ok(c));
+        assert_eq!(
+            parse(b"ip=10.77.0"),
+            Err(Error::BadAddress {
+                key: "ip",
+                value: "10.77.0"
+            })
+        );
+        assert!(parse(b"port=0").is_err());
+        assert!(parse(b"port=65536").is_err());
     }
 
     #[test]
@@ -276,10 +392,14 @@ mod tests {
         let msg = parse(b"colour=1").unwrap_err().to_string();
         assert_eq!(
             msg,
-            "unknown key \"colour\"; the keys are workload, wss, rate, report-ms, exit-after-ms"
+            "unknown key \"colour\"; the keys are workload, wss, rate, report-ms, exit-after-ms, \
+             port, size, conns, ip, gw, mac"
         );
         let msg = parse(b"workload=x").unwrap_err().to_string();
-        assert_eq!(msg, "unknown workload \"x\"; the workloads are idle, dirty");
+        assert_eq!(
+            msg,
+            "unknown workload \"x\"; the workloads are idle, dirty, http"
+        );
         let msg = parse(b"wss=0").unwrap_err().to_string();
         assert_eq!(
             msg,

@@ -8,6 +8,8 @@ pub mod bootinfo;
 pub mod bump;
 pub mod cmdline;
 pub mod exit_code;
+pub mod http;
+pub mod netcfg;
 pub mod pace;
 pub mod page;
 pub mod report;

@@ -8,6 +8,7 @@ use vmm::api::server::error_chain;
 use vmm::api::{client, protocol::Request, server};
 use vmm::builder::{self, BuiltVm};
 use vmm::config::{BootMode, VmConfig};
+use vmm::devices::virtio::net::{announce, NetConfig};
 use vmm::migration;
 use vmm::persist::snapshot;
 use vmm::vstate::memory::Backing;
@@ -182,6 +183,11 @@ struct RunArgs {
     /// The shared migration key (hex, at least 16 bytes) for --incoming.
     #[arg(long)]
     migration_key: Option<String>,
+    /// A virtio-net device on the host tap NAME (repeatable, one device each). MAC is the
+    /// guest's address (random if omitted). With --incoming or --restore, give one per saved
+    /// device; the saved MAC is kept and, if MAC is given, must match.
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
+    net: Vec<NetConfig>,
 }
 
 /// Prints a fatal error and returns the VMM-error exit code.
@@ -200,11 +206,13 @@ fn boot(args: &RunArgs, started: Instant) -> Result<BuiltVm, Box<dyn std::error:
     let console = Box::new(std::io::stdout());
     if let Some(dir) = &args.restore {
         let state = snapshot::read_state(dir)?;
+        check_macs(&state, &args.net)?;
         let mem = snapshot::restore_memory(dir, &backing(args), state.machine.mem_mib << 20)?;
         return Ok(builder::build_restored(
             &state,
             Some(mem),
             &backing(args),
+            &args.net,
             started,
             console,
         )?);
@@ -217,6 +225,7 @@ fn boot(args: &RunArgs, started: Instant) -> Result<BuiltVm, Box<dyn std::error:
         mem_mib: args.mem,
         vcpus: args.vcpus,
         backing: backing(args),
+        net: args.net.clone(),
     };
     Ok(builder::build(&cfg, started, console)?)
 }
@@ -263,10 +272,16 @@ fn finish(vm: &BuiltVm) -> ExitCode {
 fn incoming(args: &RunArgs, url: &str, started: Instant) -> ExitCode {
     let key = args.migration_key.as_deref().unwrap_or_default();
     let console = Box::new(std::io::stdout());
-    let (mut vm, mut conn) = match migration::receive(url, key, &backing(args), started, console) {
+    let received = migration::receive(url, key, &backing(args), &args.net, started, console);
+    let (mut vm, mut conn) = match received {
         Ok(v) => v,
         Err(e) => return fail(&e),
     };
+    if let Err(e) = check_macs_of(&vm, &args.net) {
+        conn.abort(&e);
+        eprintln!("vmm: error: {e}");
+        return ExitCode::from(vmm::EXIT_VMM_ERROR as u8);
+    }
     let _api = match &args.api_sock {
         Some(path) => match server::start(path, vm.controller.clone()) {
             Ok(s) => Some(s),
@@ -282,6 +297,10 @@ fn incoming(args: &RunArgs, url: &str, started: Instant) -> ExitCode {
         return fail(&e);
     }
     conn.running();
+    // Bridges still send the guest's frames to the old host: tell them where it is now.
+    for net in vm.controller.devices().net() {
+        announce::spawn(net.clone());
+    }
     tracing::info!(
         ms = started.elapsed().as_secs_f64() * 1e3,
         pages = conn.received.pages,
@@ -289,6 +308,34 @@ fn incoming(args: &RunArgs, url: &str, started: Instant) -> ExitCode {
     );
     drop(conn);
     finish(&vm)
+}
+
+/// A MAC given with --net for a restored device must be the one it was saved with.
+fn check_macs(
+    state: &vmm::persist::VmState,
+    net: &[NetConfig],
+) -> Result<(), Box<dyn std::error::Error>> {
+    let saved = state.net.iter().map(|n| n.mac);
+    check_mac_list(saved, net).map_err(Into::into)
+}
+
+fn check_macs_of(vm: &BuiltVm, net: &[NetConfig]) -> Result<(), String> {
+    let saved = vm.controller.devices().net().iter().map(|n| n.mac());
+    check_mac_list(saved, net)
+}
+
+fn check_mac_list(
+    saved: impl Iterator<Item = vmm::devices::virtio::net::Mac>,
+    net: &[NetConfig],
+) -> Result<(), String> {
+    for (i, (mac, cfg)) in saved.zip(net).enumerate() {
+        if let Some(given) = cfg.mac.filter(|&m| m != mac) {
+            return Err(format!(
+                "network device {i} was saved with MAC {mac}, but --net gives {given}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn run(args: RunArgs) -> ExitCode {

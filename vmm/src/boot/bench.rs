@@ -24,12 +24,18 @@ fn boot_info(cfg: &VmConfig, index: u8, free: &[Region]) -> BootInfo {
         console_base: bench_abi::CONSOLE_BASE,
         control_base: bench_abi::CONTROL_BASE,
         free: [Region::default(); MAX_REGIONS],
-        virtio_count: 0,
+        virtio_count: cfg.net.len().min(bench_abi::MAX_VIRTIO) as u32,
         cmdline_len: cfg.cmdline.len() as u32,
         virtio: Default::default(),
         cmdline: [0; CMDLINE_MAX],
     };
     info.free[..free.len()].copy_from_slice(free);
+    for (i, dev) in info.virtio.iter_mut().take(cfg.net.len()).enumerate() {
+        *dev = bench_abi::VirtioDevice {
+            base: bench_abi::VIRTIO_BASE + i as u64 * bench_abi::VIRTIO_STRIDE,
+            len: bench_abi::VIRTIO_STRIDE,
+        };
+    }
     info.cmdline[..cfg.cmdline.len()].copy_from_slice(cfg.cmdline.as_bytes());
     info
 }
@@ -127,6 +133,7 @@ mod tests {
             mem_mib,
             vcpus,
             backing: Backing::Anonymous,
+            net: Vec::new(),
         }
     }
 

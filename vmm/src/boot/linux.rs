@@ -73,7 +73,8 @@ pub fn load(mem: &GuestMemory, cfg: &VmConfig) -> Result<BootPlan, BootError> {
         (elf.entry, elf.end, None)
     };
 
-    write_cmdline(mem, &cfg.cmdline, CMDLINE_ADDR, CMDLINE_MAX)?;
+    let cmdline = crate::devices::virtio::linux_cmdline(&cfg.cmdline, cfg.net.len());
+    write_cmdline(mem, &cmdline, CMDLINE_ADDR, CMDLINE_MAX)?;
 
     let mut params = boot_params::default();
     if let Some(h) = header {
@@ -85,7 +86,7 @@ pub fn load(mem: &GuestMemory, cfg: &VmConfig) -> Result<BootPlan, BootError> {
     }
     params.hdr.type_of_loader = LOADER_UNDEFINED;
     params.hdr.cmd_line_ptr = CMDLINE_ADDR as u32;
-    params.hdr.cmdline_size = cfg.cmdline.len() as u32 + 1;
+    params.hdr.cmdline_size = cmdline.len() as u32 + 1;
 
     if let Some(path) = &cfg.initrd {
         let max = match params.hdr.initrd_addr_max {

@@ -1,10 +1,12 @@
 //! Routes guest port I/O and MMIO accesses to the device models.
 use std::sync::{Arc, Mutex};
 
-use bench_abi::{CONSOLE_BASE, CONTROL_BASE};
+use bench_abi::{CONSOLE_BASE, CONTROL_BASE, VIRTIO_BASE, VIRTIO_STRIDE};
 
 use super::control::Control;
+use super::event_loop::{EventLoop, EventLoopError};
 use super::serial::{self, Uart, COM1_PORT};
+use super::virtio::net::Net;
 
 /// Exit counters, by reason, for `status`.
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
@@ -19,6 +21,10 @@ pub struct ExitCounts {
 pub struct Devices {
     console: Mutex<Uart>,
     pub control: Control,
+    /// virtio-net devices; device `i` is at `VIRTIO_BASE + i * VIRTIO_STRIDE`.
+    net: Vec<Arc<Net>>,
+    /// Runs the virtio devices' data path; stops when the devices go.
+    _events: Option<EventLoop>,
 }
 
 fn within(addr: u64, base: u64, len: u64) -> Option<u64> {
@@ -30,7 +36,49 @@ impl Devices {
         Arc::new(Self {
             console: Mutex::new(console),
             control,
+            net: Vec::new(),
+            _events: None,
         })
+    }
+
+    /// The devices with virtio-net devices `net`, whose data path starts on the event loop.
+    pub fn with_net(
+        console: Uart,
+        control: Control,
+        net: Vec<Arc<Net>>,
+    ) -> Result<Arc<Self>, EventLoopError> {
+        let events = match net.is_empty() {
+            true => None,
+            false => Some(EventLoop::start(net.clone())?),
+        };
+        Ok(Arc::new(Self {
+            console: Mutex::new(console),
+            control,
+            net,
+            _events: events,
+        }))
+    }
+
+    /// The virtio-net devices, in address order.
+    pub fn net(&self) -> &[Arc<Net>] {
+        &self.net
+    }
+
+    /// The virtio device whose window holds `addr`, and the offset in it.
+    fn virtio_at(&self, addr: u64) -> Option<(&Net, u64)> {
+        let off = addr.checked_sub(VIRTIO_BASE)?;
+        let dev = self.net.get((off / VIRTIO_STRIDE) as usize)?;
+        Some((dev, off % VIRTIO_STRIDE))
+    }
+
+    /// Stops the devices' data path from touching guest memory (the VM pauses).
+    pub fn pause_io(&self) {
+        self.net.iter().for_each(|n| n.pause());
+    }
+
+    /// Lets the devices' data path run again.
+    pub fn resume_io(&self) {
+        self.net.iter().for_each(|n| n.resume());
     }
 
     fn console(&self) -> std::sync::MutexGuard<'_, Uart> {
@@ -46,6 +94,8 @@ impl Devices {
             }
         } else if let Some(off) = within(addr, CONTROL_BASE, bench_abi::control::SIZE) {
             self.control.read(off, data);
+        } else if let Some((dev, off)) = self.virtio_at(addr) {
+            dev.mmio_read(off, data);
         } else {
             return false;
         }
@@ -59,6 +109,8 @@ impl Devices {
             }
         } else if let Some(off) = within(addr, CONTROL_BASE, bench_abi::control::SIZE) {
             self.control.write(off, data);
+        } else if let Some((dev, off)) = self.virtio_at(addr) {
+            dev.mmio_write(off, data);
         } else {
             return false;
         }

@@ -2,6 +2,8 @@
 pub mod boot_timer;
 pub mod bus;
 pub mod control;
+pub mod event_loop;
 pub mod serial;
+pub mod virtio;
 
 pub use bus::Devices;

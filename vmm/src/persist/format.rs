@@ -12,7 +12,7 @@ use super::VmState;
 
 pub const MAGIC: [u8; 8] = *b"LNDRVMST";
 /// The state format this `vmm` writes and reads.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// No VM state comes near this; anything larger is corrupt.
 pub const MAX_PAYLOAD: u64 = 64 << 20;
 const HEADER: usize = 8 + 4 + 8;
@@ -115,6 +115,7 @@ mod tests {
             irqchip: None,
             serial: SerialSnapshot::default(),
             boot_time_ns: Some(42),
+            net: Vec::new(),
         }
     }
 
@@ -136,10 +137,10 @@ mod tests {
         bad[0] ^= 1;
         assert!(matches!(decode(&bad), Err(FormatError::BadMagic)));
         let mut newer = good.clone();
-        newer[8] = 2;
+        newer[8] = 3;
         let err = decode(&newer).unwrap_err();
-        assert!(matches!(err, FormatError::UnsupportedVersion { found: 2 }));
-        assert!(err.to_string().contains("version 2 is not supported"));
+        assert!(matches!(err, FormatError::UnsupportedVersion { found: 3 }));
+        assert!(err.to_string().contains("version 3 is not supported"));
         assert!(matches!(
             decode(&good[..good.len() - 1]),
             Err(FormatError::LengthMismatch { .. })

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::BootMode;
 use crate::devices::serial::SerialSnapshot;
+use crate::devices::virtio::net::persist::NetSnapshot;
 use crate::vstate::vcpu_state::VcpuState;
 use crate::vstate::vm_state::IrqchipState;
 
@@ -36,4 +37,6 @@ pub struct VmState {
     pub serial: SerialSnapshot,
     /// The boot timer: how long the guest took to boot where it first ran, if it said so.
     pub boot_time_ns: Option<u64>,
+    /// The virtio-net devices, in MMIO order (state format version 2).
+    pub net: Vec<NetSnapshot>,
 }

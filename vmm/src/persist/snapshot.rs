@@ -235,6 +235,7 @@ mod tests {
             irqchip: None,
             serial: SerialSnapshot::default(),
             boot_time_ns: Some(42),
+            net: Vec::new(),
         }
     }
 

@@ -18,6 +18,7 @@ mod console;
 mod control;
 mod heap;
 mod mem;
+mod netdev;
 mod panic;
 mod start;
 mod workload;

@@ -73,7 +73,7 @@ fn boot(info: &BootInfo) -> &'static workload::Shared {
     };
     println!("bench: running {config}");
     heap::init(info.free_regions());
-    let shared = match workload::prepare(config, info.vcpu_count) {
+    let shared = match workload::prepare(config, info.vcpu_count, info.virtio_devices()) {
         Ok(shared) => shared,
         Err(e) => {
             println!("bench: cannot run {}: {e}", config.workload.name());

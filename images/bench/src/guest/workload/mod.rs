@@ -4,6 +4,7 @@
 //! variant built by `prepare` on vCPU 0, and an arm in `run`.
 
 mod dirty;
+mod http;
 mod idle;
 
 use crate::control;
@@ -25,6 +26,7 @@ pub struct Shared {
 enum Plan {
     Idle,
     Dirty(dirty::Plan),
+    Http(http::Plan),
 }
 
 /// Why a workload cannot run in this VM. It is a command-line problem (the guest exits with
@@ -40,6 +42,7 @@ pub enum SetupError {
         bytes: u64,
         largest_free: u64,
     },
+    Http(http::HttpSetupError),
 }
 
 impl fmt::Display for SetupError {
@@ -55,15 +58,21 @@ impl fmt::Display for SetupError {
                 bytes.div_ceil(MIB),
                 largest_free / MIB
             ),
+            SetupError::Http(ref e) => write!(f, "{e}"),
         }
     }
 }
 
 /// Sets up the configured workload (vCPU 0 only, before the others run).
-pub fn prepare(config: Config, vcpus: u32) -> Result<Shared, SetupError> {
+pub fn prepare(
+    config: Config,
+    vcpus: u32,
+    virtio: &[bench_abi::VirtioDevice],
+) -> Result<Shared, SetupError> {
     let plan = match config.workload {
         Workload::Idle => Plan::Idle,
         Workload::Dirty => Plan::Dirty(dirty::Plan::new(&config, vcpus)?),
+        Workload::Http => Plan::Http(http::Plan::new(&config, virtio).map_err(SetupError::Http)?),
     };
     Ok(Shared {
         config,
@@ -77,6 +86,7 @@ pub fn run(shared: &'static Shared, vcpu: u32) -> ! {
     match &shared.plan {
         Plan::Idle => idle::run(shared, vcpu),
         Plan::Dirty(plan) => dirty::run(plan, shared, vcpu),
+        Plan::Http(plan) => http::run(plan, shared, vcpu),
     }
 }
 
