@@ -126,8 +126,16 @@ fn idle_migration_downtime_does_not_grow_with_ram() {
     if !kvm_available() {
         return;
     }
-    let small = migrate_idle(SMALL_MIB);
-    let large = migrate_idle(LARGE_MIB);
+    // Scheduler noise on a loaded machine only ever adds time, so each size is judged by its
+    // best of a few runs: what the migration itself costs.
+    let best = |mib| {
+        (0..3)
+            .map(|_| migrate_idle(mib))
+            .min_by(|a, b| a.downtime_ms.total_cmp(&b.downtime_ms))
+            .unwrap()
+    };
+    let small = best(SMALL_MIB);
+    let large = best(LARGE_MIB);
     let (s, l) = (small.downtime_ms, large.downtime_ms);
     for (m, mib) in [(&small, SMALL_MIB), (&large, LARGE_MIB)] {
         assert!(
