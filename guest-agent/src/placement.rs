@@ -192,3 +192,97 @@ impl Agent {
         moves.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::Config;
+    use crate::sim::{Faults, Rng, Swarm};
+    use crate::timeline::{self, Params, Timeline};
+    use alloc::sync::Arc;
+    use proptest::prelude::*;
+
+    /// Runs `requests` timeline reads from random agents; returns task hops per request.
+    fn hops_per_request(swarm: &mut Swarm, params: &Params, rng: &mut Rng, requests: u32) -> f64 {
+        let before: u64 = swarm
+            .agents
+            .iter()
+            .map(|a| a.stats().task_hops_at_completion)
+            .sum();
+        let mut futs = Vec::new();
+        for _ in 0..requests {
+            let at = rng.below(swarm.agents.len() as u64) as usize;
+            let user = rng.below(u64::from(params.users)) as u32;
+            let task = Timeline::Start {
+                user: params.profile(user),
+                limit: 10,
+            };
+            futs.push((at, swarm.agents[at].submit(&task).unwrap()));
+        }
+        swarm.persist_all();
+        assert!(swarm.run_until_quiet(16, 50_000));
+        for (at, fut) in futs {
+            assert!(matches!(swarm.agents[at].result(fut), Some(Ok(_))), "{fut}");
+        }
+        let after: u64 = swarm
+            .agents
+            .iter()
+            .map(|a| a.stats().task_hops_at_completion)
+            .sum();
+        (after - before) as f64 / f64::from(requests)
+    }
+
+    fn exchange_loads(swarm: &mut Swarm) {
+        let loads: Vec<(AgentId, u64)> = swarm
+            .agents
+            .iter()
+            .map(|a| (a.id(), a.objects() as u64))
+            .collect();
+        for agent in swarm.agents.iter_mut() {
+            for &(peer, load) in &loads {
+                if peer != agent.id() {
+                    agent.set_load(peer, load);
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3, ..ProptestConfig::default() })]
+
+        /// On a generated timeline workload, passes cut hops and keep every agent under the
+        /// balance limit (or at most where it started, if it started above).
+        #[test]
+        fn placement_cuts_hops_within_the_balance_limit(seed in any::<u64>()) {
+            let params = Params { users: 60, seed, ..Params::default() };
+            let registry = Arc::new(timeline::registry().unwrap());
+            let faults = Faults { max_delay: 1, ..Faults::default() };
+            let mut swarm = Swarm::new(params.agents, registry, Config::default(), faults, seed);
+            for agent in swarm.agents.iter_mut() {
+                params.seed_agent(agent).unwrap();
+            }
+            let initial: Vec<u64> = swarm.agents.iter().map(|a| a.objects() as u64).collect();
+            let total: u64 = initial.iter().sum();
+            let limits = Limits::default();
+            let cap = (total as f64 / 3.0 * limits.balance).ceil() as u64;
+            let mut rng = Rng::new(seed ^ 1);
+            let random = hops_per_request(&mut swarm, &params, &mut rng.clone(), 150);
+            for _ in 0..5 {
+                for i in 0..swarm.agents.len() {
+                    exchange_loads(&mut swarm);
+                    swarm.agents[i].placement_pass(&limits);
+                    prop_assert!(swarm.run_until_quiet(16, 50_000));
+                }
+                hops_per_request(&mut swarm, &params, &mut rng, 200);
+            }
+            let placed = hops_per_request(&mut swarm, &params, &mut rng.clone(), 150);
+            prop_assert!(placed < random, "hops per request went from {random} to {placed}");
+            for (agent, start) in swarm.agents.iter().zip(&initial) {
+                let load = agent.objects() as u64;
+                prop_assert!(load <= cap.max(*start), "{} holds {load}, over {cap}", agent.id());
+            }
+            let now: u64 = swarm.agents.iter().map(|a| a.objects() as u64).sum();
+            prop_assert_eq!(now, total, "objects were lost or duplicated by moves");
+        }
+    }
+}

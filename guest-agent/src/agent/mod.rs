@@ -25,7 +25,7 @@ use crate::task::Task;
 use crate::wire::{Message, Payload, TaskRecord, TaskResult, WireError};
 
 /// How many objects a task remembers having touched, for the co-access sketch.
-const TOUCH_MEMORY: usize = 4;
+const TOUCH_MEMORY: usize = 16;
 /// A task that hops this often is chasing something that is not there.
 const MAX_HOPS: u32 = 10_000;
 
