@@ -101,7 +101,20 @@ impl ImageStore {
         use http_body_util::BodyExt;
 
         if self.path(claimed).is_file() {
-            // Drain nothing: the client may stop sending; the blob is already here.
+            // Already here. The body is still read (within the limit, and thrown away) so the
+            // client is not cut off mid-upload.
+            let mut body = body;
+            let mut size: u64 = 0;
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame.map_err(ImageError::Upload)?.into_data() {
+                    size += data.len() as u64;
+                    if size > self.max_bytes {
+                        return Err(ImageError::TooLarge {
+                            limit: self.max_bytes,
+                        });
+                    }
+                }
+            }
             return Ok(false);
         }
         let tmp = self
