@@ -24,7 +24,7 @@ const MAX_JSON_BODY: usize = 64 * 1024;
 
 pub fn router(host: Arc<Host>, max_concurrent: usize) -> Router {
     let image_limit = usize::try_from(host.images.max_bytes()).unwrap_or(usize::MAX);
-    Router::new()
+    let routes = Router::new()
         .route("/healthz", get(handlers::healthz))
         .route("/metrics", get(handlers::metrics))
         .route("/v1/host", get(handlers::host_info))
@@ -37,17 +37,18 @@ pub fn router(host: Arc<Host>, max_concurrent: usize) -> Router {
         .route("/v1/vms/{id}/payments", post(handlers::pay))
         .route("/v1/vms/{id}/console", get(handlers::console))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
-        .layer(
-            ServiceBuilder::new()
-                .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
-                    ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "overloaded",
-                        "hostd is handling as many requests as it allows; retry shortly",
-                    )
-                }))
-                .load_shed()
-                .concurrency_limit(max_concurrent),
-        )
-        .with_state(host)
+        .with_state(host);
+    // One limit for the whole API: `Router::layer` would give each route its own.
+    let limited = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "hostd is handling as many requests as it allows; retry shortly",
+            )
+        }))
+        .load_shed()
+        .concurrency_limit(max_concurrent)
+        .service(routes);
+    Router::new().fallback_service(limited)
 }
