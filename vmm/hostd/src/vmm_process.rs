@@ -4,8 +4,10 @@
 //! The process is not tied to hostd's life: it runs in its own process group (a Ctrl-C for
 //! hostd does not reach it) and without a parent-death signal, so that a restarted hostd can
 //! re-adopt it. Its console and its log go to FIFOs in the VM's directory rather than to pipes
-//! hostd holds: a restarted hostd reopens them and reads on; while no hostd reads, the guest's
-//! console writes fail and are dropped instead of filling a disk.
+//! hostd holds, and a restarted hostd reopens them and reads on. The `vmm` gets the FIFOs open
+//! for reading and writing, so they always have a reader: while no hostd reads, its writes
+//! fill the pipe buffer (1 MiB where the system allows) and then wait, instead of failing
+//! (a `vmm` whose console fails loses its vCPU thread) or filling a disk.
 //!
 //! Exit is watched with a pidfd, which works for adopted processes (not hostd's children) as
 //! well as for its own, and makes signals immune to pid reuse.
@@ -109,13 +111,30 @@ fn make_fifo(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The pipe buffer asked for the `vmm`'s output: at an idle guest's few hundred bytes a
+/// second, an hour of output while no hostd reads.
+const PIPE_BYTES: libc::c_int = 1 << 20;
+
+/// Opens a FIFO for the `vmm` to write to, read-write so that it never lacks a reader, with a
+/// larger buffer where the system allows it.
+fn open_for_vmm(path: &Path) -> std::io::Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    // SAFETY: F_SETPIPE_SZ reads only its integer argument; the descriptor is open. A refusal
+    // (above the system's pipe-max-size) leaves the default buffer, which also works.
+    unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_BYTES) };
+    Ok(file)
+}
+
 /// Opens a FIFO's read end without waiting for a writer.
 fn open_reader(path: &Path) -> std::io::Result<tokio::net::unix::pipe::Receiver> {
     tokio::net::unix::pipe::OpenOptions::new().open_receiver(path)
 }
 
 /// Reads a FIFO into `ring` until every writer has closed it (the vmm exited). Start it only
-/// once a writer has the FIFO open: a FIFO that never had one reads as ended.
+/// once the vmm's end is open: a FIFO that never had a writer reads as ended.
 fn pump(mut receiver: tokio::net::unix::pipe::Receiver, ring: Arc<ConsoleRing>) {
     tokio::spawn(async move {
         let mut buf = vec![0; 16 * 1024];
@@ -144,17 +163,10 @@ impl VmmProcess {
         let socket = dir.join(API_SOCKET);
         make_fifo(&console_fifo).map_err(ProcessError::Fifo)?;
         make_fifo(&log_fifo).map_err(ProcessError::Fifo)?;
-        // The readers first: opening a FIFO's write end blocks until it has a reader.
+        let stdout = open_for_vmm(&console_fifo).map_err(ProcessError::Fifo)?;
+        let stderr = open_for_vmm(&log_fifo).map_err(ProcessError::Fifo)?;
         let console_reader = open_reader(&console_fifo).map_err(ProcessError::Fifo)?;
         let log_reader = open_reader(&log_fifo).map_err(ProcessError::Fifo)?;
-        let stdout = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&console_fifo)
-            .map_err(ProcessError::Fifo)?;
-        let stderr = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&log_fifo)
-            .map_err(ProcessError::Fifo)?;
         pump(console_reader, console);
         pump(log_reader, log.clone());
         let child = Command::new(vmm)
