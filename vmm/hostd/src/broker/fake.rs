@@ -1,0 +1,334 @@
+//! A broker that lives in hostd's process: in memory for tests, or kept in a JSON file
+//! (`--broker file:PATH`) so that hostd can run, and be killed and restarted, before it is
+//! wired to a real broker. It enforces the rules the real one does for hostd's purposes: one
+//! lease holder per token, claims signed by the registered host key, credit only above the
+//! highest index redeemed (the `token` crate's settlement).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use token::{BootToken, HostId, SignedClaim, SignedToken, TokenId};
+
+use super::{
+    BoxFuture, BrokerClient, BrokerError, BrokerKey, CapacityAdvert, Handover, HostRecord, Lease,
+    Redeemed,
+};
+
+/// Everything the fake broker knows; also its file format.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FakeState {
+    #[serde(default)]
+    pub broker_keys: Vec<BrokerKey>,
+    #[serde(default)]
+    pub hosts: Vec<HostRecord>,
+    /// Tokens it sold, so that claims can be settled against them.
+    #[serde(default)]
+    pub tokens: Vec<SignedToken>,
+    /// Lease holder by token id (hex).
+    #[serde(default)]
+    pub leases: BTreeMap<TokenId, HostId>,
+    /// Highest index redeemed by token id.
+    #[serde(default)]
+    pub redeemed: BTreeMap<TokenId, u64>,
+    /// Credit earned by host id.
+    #[serde(default)]
+    pub credits: BTreeMap<HostId, u64>,
+    #[serde(default)]
+    pub adverts: BTreeMap<HostId, CapacityAdvert>,
+    /// Redemption calls received, for tests.
+    #[serde(default)]
+    pub redemptions: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FakeBrokerError {
+    #[error("cannot read the broker file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the broker file {path} is not valid")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+#[derive(Debug, Default)]
+pub struct FakeBroker {
+    state: Mutex<FakeState>,
+    file: Option<PathBuf>,
+}
+
+impl FakeBroker {
+    pub fn new(state: FakeState) -> Self {
+        Self {
+            state: Mutex::new(state),
+            file: None,
+        }
+    }
+
+    /// A broker kept in `path`; every change is written back atomically.
+    pub fn open(path: PathBuf) -> Result<Self, FakeBrokerError> {
+        let text = std::fs::read(&path).map_err(|source| FakeBrokerError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let state = serde_json::from_slice(&text).map_err(|source| FakeBrokerError::Parse {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Self {
+            state: Mutex::new(state),
+            file: Some(path),
+        })
+    }
+
+    pub fn snapshot(&self) -> FakeState {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FakeState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `change` under the lock and persists the state if it succeeded.
+    fn change<T>(
+        &self,
+        change: impl FnOnce(&mut FakeState) -> Result<T, BrokerError>,
+    ) -> Result<T, BrokerError> {
+        let mut state = self.lock();
+        let mut next = state.clone();
+        let result = change(&mut next)?;
+        if let Some(path) = &self.file {
+            let bytes = serde_json::to_vec_pretty(&next)
+                .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+            crate::durable::write_atomic(path, &bytes).map_err(|e| {
+                BrokerError::Unavailable(format!("cannot write the broker file: {e}"))
+            })?;
+        }
+        *state = next;
+        Ok(result)
+    }
+}
+
+fn token<'a>(state: &'a FakeState, id: &TokenId) -> Option<&'a BootToken> {
+    state
+        .tokens
+        .iter()
+        .map(SignedToken::token)
+        .find(|t| t.token_id == *id)
+}
+
+fn redeem(state: &mut FakeState, signed: &SignedClaim) -> Result<Redeemed, BrokerError> {
+    let host_id = signed.claim.host_id;
+    let host = state
+        .hosts
+        .iter()
+        .find(|h| h.host_id == host_id)
+        .ok_or(BrokerError::UnknownHost(host_id))?;
+    let verified = signed
+        .verify(host_id, &host.key)
+        .map_err(|e| BrokerError::ClaimRefused(e.to_string()))?;
+    let token_id = signed.claim.token_id;
+    let token = token(state, &token_id)
+        .ok_or_else(|| BrokerError::ClaimRefused(format!("token {token_id} was never sold")))?;
+    let highest = state.redeemed.get(&token_id).copied().unwrap_or(0);
+    let settlement = token::settle(token, highest, &verified)
+        .map_err(|e| BrokerError::ClaimRefused(e.to_string()))?;
+    state.redemptions += 1;
+    state.redeemed.insert(token_id, settlement.highest_redeemed);
+    *state.credits.entry(host_id).or_default() += settlement.credit;
+    Ok(Redeemed {
+        credit: settlement.credit,
+        highest_redeemed: settlement.highest_redeemed,
+    })
+}
+
+fn ready<'a, T: Send + 'a>(value: T) -> BoxFuture<'a, T> {
+    Box::pin(std::future::ready(value))
+}
+
+impl BrokerClient for FakeBroker {
+    fn broker_keys(&self) -> BoxFuture<'_, Result<Vec<BrokerKey>, BrokerError>> {
+        ready(Ok(self.lock().broker_keys.clone()))
+    }
+
+    fn host(&self, host_id: HostId) -> BoxFuture<'_, Result<Option<HostRecord>, BrokerError>> {
+        let found = self
+            .lock()
+            .hosts
+            .iter()
+            .find(|h| h.host_id == host_id)
+            .cloned();
+        ready(Ok(found))
+    }
+
+    fn acquire_lease(
+        &self,
+        token_id: TokenId,
+        host_id: HostId,
+    ) -> BoxFuture<'_, Result<Lease, BrokerError>> {
+        ready(self.change(|state| {
+            if !state.hosts.iter().any(|h| h.host_id == host_id) {
+                return Err(BrokerError::UnknownHost(host_id));
+            }
+            match state.leases.get(&token_id) {
+                Some(holder) if *holder != host_id => Err(BrokerError::LeaseHeld {
+                    token_id,
+                    holder: *holder,
+                }),
+                _ => {
+                    state.leases.insert(token_id, host_id);
+                    Ok(Lease {
+                        token_id,
+                        holder: host_id,
+                    })
+                }
+            }
+        }))
+    }
+
+    fn hand_over_lease(&self, handover: Handover) -> BoxFuture<'_, Result<Lease, BrokerError>> {
+        ready(self.change(|state| {
+            let Handover {
+                token_id,
+                from,
+                to,
+                final_claim,
+            } = handover;
+            if state.leases.get(&token_id) != Some(&from) {
+                return Err(BrokerError::NotLeaseHolder { token_id });
+            }
+            if !state.hosts.iter().any(|h| h.host_id == to) {
+                return Err(BrokerError::UnknownHost(to));
+            }
+            if final_claim.claim.host_id != from || final_claim.claim.token_id != token_id {
+                return Err(BrokerError::ClaimRefused(
+                    "the final claim is not the source's claim for this token".into(),
+                ));
+            }
+            redeem(state, &final_claim)?;
+            state.leases.insert(token_id, to);
+            Ok(Lease {
+                token_id,
+                holder: to,
+            })
+        }))
+    }
+
+    fn release_lease(
+        &self,
+        token_id: TokenId,
+        host_id: HostId,
+    ) -> BoxFuture<'_, Result<(), BrokerError>> {
+        ready(self.change(|state| {
+            if state.leases.get(&token_id) != Some(&host_id) {
+                return Err(BrokerError::NotLeaseHolder { token_id });
+            }
+            state.leases.remove(&token_id);
+            Ok(())
+        }))
+    }
+
+    fn redeem(&self, claim: SignedClaim) -> BoxFuture<'_, Result<Redeemed, BrokerError>> {
+        ready(self.change(|state| redeem(state, &claim)))
+    }
+
+    fn advertise(&self, advert: CapacityAdvert) -> BoxFuture<'_, Result<(), BrokerError>> {
+        ready(self.change(|state| {
+            state.adverts.insert(advert.host_id, advert);
+            Ok(())
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use token::{Claim, ClusterId, Link, SigningKey};
+
+    use super::*;
+
+    fn host(seed: u8) -> (HostRecord, SigningKey) {
+        let key = SigningKey::from_bytes(&[seed; 32]);
+        let record = HostRecord {
+            host_id: HostId([seed; 16]),
+            key: key.verifying_key(),
+            cluster_id: ClusterId([1; 16]),
+            url: None,
+        };
+        (record, key)
+    }
+
+    #[tokio::test]
+    async fn a_lease_has_at_most_one_holder() {
+        let (a, a_key) = host(1);
+        let (b, _) = host(2);
+        let broker = FakeBroker::new(FakeState {
+            hosts: vec![a.clone(), b.clone()],
+            ..FakeState::default()
+        });
+        let token = TokenId([9; 16]);
+        broker.acquire_lease(token, a.host_id).await.unwrap();
+        broker.acquire_lease(token, a.host_id).await.unwrap();
+        assert_eq!(
+            broker.acquire_lease(token, b.host_id).await,
+            Err(BrokerError::LeaseHeld {
+                token_id: token,
+                holder: a.host_id
+            })
+        );
+        assert_eq!(
+            broker.release_lease(token, b.host_id).await,
+            Err(BrokerError::NotLeaseHolder { token_id: token })
+        );
+        // A handover needs the source's own claim; the fake cannot settle an unsold token.
+        let claim = Claim {
+            token_id: token,
+            host_id: a.host_id,
+            index: 0,
+            link: Link([0; 32]),
+        }
+        .sign(&a_key);
+        assert!(matches!(
+            broker
+                .hand_over_lease(Handover {
+                    token_id: token,
+                    from: a.host_id,
+                    to: b.host_id,
+                    final_claim: claim,
+                })
+                .await,
+            Err(BrokerError::ClaimRefused(_))
+        ));
+        assert_eq!(broker.snapshot().leases.get(&token), Some(&a.host_id));
+        broker.release_lease(token, a.host_id).await.unwrap();
+        broker.acquire_lease(token, b.host_id).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_file_broker_keeps_its_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker.json");
+        let (a, _) = host(1);
+        let state = FakeState {
+            hosts: vec![a.clone()],
+            ..FakeState::default()
+        };
+        std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+        let broker = FakeBroker::open(path.clone()).unwrap();
+        broker
+            .acquire_lease(TokenId([3; 16]), a.host_id)
+            .await
+            .unwrap();
+        let reopened = FakeBroker::open(path).unwrap();
+        assert_eq!(
+            reopened.snapshot().leases.get(&TokenId([3; 16])),
+            Some(&a.host_id)
+        );
+    }
+}

@@ -1,0 +1,256 @@
+//! The host: its VMs, its capacity, and what it tells about them. Admission, payments and
+//! the end of a VM's life are in their own modules.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use token::chain::verifier::Verifier;
+use token::{BootToken, BrokerKeys, HostId, KeyId, PaidTime, SignedToken};
+
+use crate::broker::BrokerClient;
+use crate::config::HostConfig;
+use crate::console::ConsoleRing;
+use crate::identity::HostIdentity;
+use crate::images::ImageStore;
+use crate::metrics::{Gauges, Metrics};
+use crate::record::VmRecord;
+use crate::vmm_process::VmmProcess;
+
+/// Log lines of a `vmm` kept per VM.
+pub const LOG_BYTES: usize = 16 * 1024;
+/// The broker's keys are fetched again for an unknown key id at most this often, so that a
+/// flood of tokens naming made-up key ids cannot turn into a flood of broker requests.
+const KEY_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Admitted, `vmm` starting.
+    Starting,
+    Running,
+    /// Being stopped and settled; refuses payments.
+    Stopping,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Running => "running",
+            Phase::Stopping => "stopping",
+        }
+    }
+}
+
+/// The mutable part of a VM, behind one async lock: payments, redemption and stopping
+/// take it in turn, so a payment is never accepted for a VM being torn down.
+#[derive(Debug)]
+pub struct VmState {
+    pub record: VmRecord,
+    pub verifier: Verifier,
+    pub process: Option<Arc<VmmProcess>>,
+}
+
+#[derive(Debug)]
+pub struct Vm {
+    pub id: String,
+    pub dir: PathBuf,
+    pub token: BootToken,
+    pub memory_mib: u64,
+    pub vcpus: u64,
+    pub meter: PaidTime,
+    pub console: Arc<ConsoleRing>,
+    pub log: Arc<ConsoleRing>,
+    pub phase: Mutex<Phase>,
+    pub state: tokio::sync::Mutex<VmState>,
+}
+
+impl Vm {
+    pub fn phase(&self) -> Phase {
+        *self.phase.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_phase(&self, phase: Phase) -> Phase {
+        std::mem::replace(
+            &mut *self.phase.lock().unwrap_or_else(|e| e.into_inner()),
+            phase,
+        )
+    }
+}
+
+/// What `GET /v1/vms/{id}` shows.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct VmView {
+    pub vm_id: String,
+    pub token_id: String,
+    pub host_id: String,
+    pub state: String,
+    pub memory_mib: u64,
+    pub vcpus: u64,
+    pub admitted_at_ms: u64,
+    /// Index of the last accepted link.
+    pub paid_index: u64,
+    pub chain_length: u64,
+    pub paid_until_ms: u64,
+    pub reclaim_at_ms: u64,
+    pub redeemed_index: u64,
+    pub console_bytes: u64,
+    pub pid: Option<u32>,
+}
+
+pub struct Host {
+    pub config: HostConfig,
+    pub identity: HostIdentity,
+    pub broker: Arc<dyn BrokerClient>,
+    pub images: ImageStore,
+    pub metrics: Metrics,
+    pub vms: Mutex<BTreeMap<String, Arc<Vm>>>,
+    broker_keys: Mutex<(BrokerKeys, Option<Instant>)>,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Host {
+    pub fn new(
+        config: HostConfig,
+        identity: HostIdentity,
+        broker: Arc<dyn BrokerClient>,
+    ) -> std::io::Result<Arc<Self>> {
+        std::fs::create_dir_all(config.data_dir.join("vms"))?;
+        std::fs::create_dir_all(config.data_dir.join(crate::lifecycle::PENDING_DIR))?;
+        let images = ImageStore::open(config.data_dir.join("images"), config.max_image_bytes)?;
+        Ok(Arc::new(Self {
+            config,
+            identity,
+            broker,
+            images,
+            metrics: Metrics::default(),
+            vms: Mutex::new(BTreeMap::new()),
+            broker_keys: Mutex::new((BrokerKeys::new(), None)),
+        }))
+    }
+
+    pub fn host_id(&self) -> HostId {
+        self.identity.host_id
+    }
+
+    pub fn vm_dir(&self, vm_id: &str) -> PathBuf {
+        self.config.data_dir.join("vms").join(vm_id)
+    }
+
+    pub fn vms(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<Vm>>> {
+        self.vms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn vm(&self, id: &str) -> Option<Arc<Vm>> {
+        self.vms().get(id).cloned()
+    }
+
+    /// (memory MiB, vCPUs) not handed out, counting VMs starting and stopping.
+    pub fn free_capacity(&self) -> (u64, u64) {
+        let vms = self.vms();
+        let used_mem: u64 = vms.values().map(|vm| vm.memory_mib).sum();
+        let used_vcpus: u64 = vms.values().map(|vm| vm.vcpus).sum();
+        (
+            self.config.memory_mib.saturating_sub(used_mem),
+            self.config.vcpus.saturating_sub(used_vcpus),
+        )
+    }
+
+    /// The broker keys that may verify a token signed with `key_id`: the cached set, fetched
+    /// again from the broker if it lacks `key_id` (rate-limited).
+    pub async fn broker_keys_for(
+        &self,
+        key_id: KeyId,
+    ) -> Result<BrokerKeys, crate::broker::BrokerError> {
+        let stale = {
+            let cache = self.broker_keys.lock().unwrap_or_else(|e| e.into_inner());
+            if cache.0.get(key_id).is_some() {
+                return Ok(cache.0.clone());
+            }
+            cache
+                .1
+                .is_none_or(|at| at.elapsed() >= KEY_REFRESH_INTERVAL)
+        };
+        if stale {
+            let keys = self.broker.broker_keys().await?;
+            let mut cache = self.broker_keys.lock().unwrap_or_else(|e| e.into_inner());
+            *cache = (
+                keys.into_iter().map(|k| (k.key_id, k.key)).collect(),
+                Some(Instant::now()),
+            );
+        }
+        Ok(self
+            .broker_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone())
+    }
+
+    pub async fn view(&self, vm: &Vm) -> VmView {
+        let state = vm.state.lock().await;
+        let index = state.verifier.index();
+        VmView {
+            vm_id: vm.id.clone(),
+            token_id: vm.token.token_id.to_string(),
+            host_id: self.host_id().to_string(),
+            state: vm.phase().name().into(),
+            memory_mib: vm.memory_mib,
+            vcpus: vm.vcpus,
+            admitted_at_ms: vm.meter.admitted_at_ms,
+            paid_index: index,
+            chain_length: vm.token.chain_length,
+            paid_until_ms: vm.meter.paid_until(index),
+            reclaim_at_ms: vm.meter.reclaim_at(index),
+            redeemed_index: state.record.redeemed_index,
+            console_bytes: vm.console.total(),
+            pid: state.process.as_ref().map(|p| p.id.pid),
+        }
+    }
+
+    pub fn render_metrics(&self) -> String {
+        let mut gauges = Gauges::default();
+        for phase in [Phase::Starting, Phase::Running, Phase::Stopping] {
+            gauges.vms_by_state.insert(phase.name(), 0);
+        }
+        for vm in self.vms().values() {
+            *gauges.vms_by_state.entry(vm.phase().name()).or_default() += 1;
+        }
+        (gauges.free_memory_mib, gauges.free_vcpus) = self.free_capacity();
+        self.metrics.render(&gauges)
+    }
+}
+
+/// Builds the in-memory VM for a record (new or recovered).
+pub fn vm_from_record(host: &Host, record: VmRecord, verifier: Verifier, phase: Phase) -> Arc<Vm> {
+    let token = SignedToken::token(&record.token).clone();
+    let meter = PaidTime::for_token(
+        &token,
+        record.admitted_at_ms,
+        host.config.grace.as_millis() as u64,
+    );
+    Arc::new(Vm {
+        id: record.vm_id.clone(),
+        dir: host.vm_dir(&record.vm_id),
+        memory_mib: u64::from(record.memory_mib),
+        vcpus: u64::from(record.vcpus),
+        token,
+        meter,
+        console: Arc::new(ConsoleRing::new(host.config.console_bytes)),
+        log: Arc::new(ConsoleRing::new(LOG_BYTES)),
+        phase: Mutex::new(phase),
+        state: tokio::sync::Mutex::new(VmState {
+            record,
+            verifier,
+            process: None,
+        }),
+    })
+}

@@ -1,0 +1,216 @@
+//! Content-addressed image blobs (kernels and initrds): stored once under their SHA-256, then
+//! referred to by digest. A blob is written to a temporary file while it is hashed, and only
+//! renamed into place when its digest is the one claimed, so a half-written or mislabelled
+//! blob is never visible.
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("\"{0}\" is not a SHA-256 digest (64 hex digits)")]
+    BadDigest(String),
+    #[error("the image is larger than the {limit} bytes this host accepts")]
+    TooLarge { limit: u64 },
+    #[error("the upload's SHA-256 is {actual}, not {claimed}")]
+    DigestMismatch { claimed: String, actual: String },
+    #[error("image {0} has not been uploaded to this host")]
+    NotFound(String),
+    #[error("the upload was cut off")]
+    Upload(#[source] axum::Error),
+    #[error("cannot store or read image blobs")]
+    Io(#[from] std::io::Error),
+}
+
+/// The blob store under `<data dir>/images`.
+#[derive(Debug, Clone)]
+pub struct ImageStore {
+    dir: PathBuf,
+    max_bytes: u64,
+}
+
+/// A digest checked to be 64 lower-case hex digits, so it is safe as a file name.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct BlobDigest(String);
+
+impl TryFrom<String> for BlobDigest {
+    type Error = ImageError;
+
+    fn try_from(text: String) -> Result<Self, ImageError> {
+        let lower = text.to_ascii_lowercase();
+        if lower.len() == 64 && lower.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(Self(lower))
+        } else {
+            Err(ImageError::BadDigest(text))
+        }
+    }
+}
+
+impl From<BlobDigest> for String {
+    fn from(digest: BlobDigest) -> String {
+        digest.0
+    }
+}
+
+impl std::fmt::Display for BlobDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl ImageStore {
+    pub fn open(dir: PathBuf, max_bytes: u64) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        // Uploads cut off by a crash leave temporaries; they are never referred to.
+        for entry in std::fs::read_dir(&dir)?.flatten() {
+            if entry.file_name().to_string_lossy().ends_with(".partial") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(Self { dir, max_bytes })
+    }
+
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    pub fn path(&self, digest: &BlobDigest) -> PathBuf {
+        self.dir.join(&digest.0)
+    }
+
+    /// The stored blob's path, or `NotFound`.
+    pub fn existing(&self, digest: &BlobDigest) -> Result<PathBuf, ImageError> {
+        let path = self.path(digest);
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(ImageError::NotFound(digest.0.clone()))
+        }
+    }
+
+    /// Stores an upload streamed as `body`, if its SHA-256 is `claimed` and it fits the limit.
+    /// Returns whether the blob was new.
+    pub async fn put(
+        &self,
+        claimed: &BlobDigest,
+        body: axum::body::Body,
+    ) -> Result<bool, ImageError> {
+        use http_body_util::BodyExt;
+
+        if self.path(claimed).is_file() {
+            // Already here. The body is still read (within the limit, and thrown away) so the
+            // client is not cut off mid-upload.
+            let mut body = body;
+            let mut size: u64 = 0;
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame.map_err(ImageError::Upload)?.into_data() {
+                    size += data.len() as u64;
+                    if size > self.max_bytes {
+                        return Err(ImageError::TooLarge {
+                            limit: self.max_bytes,
+                        });
+                    }
+                }
+            }
+            return Ok(false);
+        }
+        let tmp = self
+            .dir
+            .join(format!("{}.{}.partial", claimed.0, rand::random::<u64>()));
+        let result = async {
+            let mut file = tokio::fs::File::create(&tmp).await?;
+            let mut hasher = Sha256::new();
+            let mut size: u64 = 0;
+            let mut body = body;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(ImageError::Upload)?;
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                size += data.len() as u64;
+                if size > self.max_bytes {
+                    return Err(ImageError::TooLarge {
+                        limit: self.max_bytes,
+                    });
+                }
+                hasher.update(&data);
+                file.write_all(&data).await?;
+            }
+            let actual = token::hex::encode(&hasher.finalize());
+            if actual != claimed.0 {
+                return Err(ImageError::DigestMismatch {
+                    claimed: claimed.0.clone(),
+                    actual,
+                });
+            }
+            file.sync_all().await?;
+            tokio::fs::rename(&tmp, self.path(claimed)).await?;
+            crate::durable::sync_dir(&self.dir)?;
+            Ok(true)
+        }
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        result
+    }
+}
+
+/// Reads the parts of an image and computes the token's image digest over them (see
+/// `token::image_digest`: kernel, optional initrd, command line).
+pub fn token_digest(
+    kernel: &Path,
+    initrd: Option<&Path>,
+    cmdline: &str,
+) -> std::io::Result<token::ImageDigest> {
+    let kernel = std::fs::read(kernel)?;
+    let initrd = initrd.map(std::fs::read).transpose()?;
+    Ok(token::image_digest(&kernel, initrd.as_deref(), cmdline))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sha(bytes: &[u8]) -> BlobDigest {
+        BlobDigest::try_from(token::hex::encode(&Sha256::digest(bytes))).unwrap()
+    }
+
+    #[tokio::test]
+    async fn stores_only_what_matches_its_digest_and_fits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path().join("images"), 8).unwrap();
+        let digest = sha(b"kernel");
+        assert!(store.put(&digest, "kernel".into()).await.unwrap());
+        assert!(!store.put(&digest, "kernel".into()).await.unwrap());
+        assert_eq!(
+            std::fs::read(store.existing(&digest).unwrap()).unwrap(),
+            b"kernel"
+        );
+
+        let other = sha(b"other");
+        assert!(matches!(
+            store.put(&other, "kernel2".into()).await,
+            Err(ImageError::DigestMismatch { .. })
+        ));
+        assert!(matches!(
+            store.put(&sha(b"123456789"), "123456789".into()).await,
+            Err(ImageError::TooLarge { limit: 8 })
+        ));
+        assert!(matches!(
+            store.existing(&other),
+            Err(ImageError::NotFound(_))
+        ));
+        // Nothing but the one good blob is left.
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("images"))
+                .unwrap()
+                .count(),
+            1
+        );
+        assert!(BlobDigest::try_from("../etc/passwd".to_string()).is_err());
+    }
+}

@@ -1,0 +1,28 @@
+//! hostd, the Laundromat host daemon: admits VMs on broker-signed boot tokens, runs each in
+//! its own supervised `vmm` process driven through its control socket, meters hash-chain
+//! payments, reclaims VMs whose paid time has run out, and settles with the broker.
+//!
+//! - [`admission`], [`payments`], [`lifecycle`] (reclaim, redemption), [`recovery`]
+//!   (re-adopting `vmm` processes after a restart): what the host does.
+//! - [`host`]: its VMs and capacity. [`vmm_process`]: one `vmm`. [`record`]: what is on disk.
+//! - [`broker`]: the [`broker::BrokerClient`] trait and an in-process fake.
+//! - [`http`]: the API; [`auth`]: tenant-signed requests; [`client`]: an HTTP client for it.
+
+pub mod admission;
+pub mod auth;
+pub mod broker;
+pub mod client;
+pub mod config;
+pub mod console;
+pub mod daemon;
+pub mod durable;
+pub mod host;
+pub mod http;
+pub mod identity;
+pub mod images;
+pub mod lifecycle;
+pub mod metrics;
+pub mod payments;
+pub mod record;
+pub mod recovery;
+pub mod vmm_process;

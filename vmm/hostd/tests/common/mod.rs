@@ -1,0 +1,407 @@
+//! A hostd under test: its own data directory, a file broker that knows the test's broker
+//! key, host and tokens, and the `hostd` binary as a child process killed on drop.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hostd::admission::AdmitRequest;
+use hostd::broker::fake::FakeState;
+use hostd::broker::{BrokerKey, HostRecord};
+use hostd::client::HostdClient;
+use hostd::identity::HostIdentity;
+use token::{
+    BootToken, ClusterId, HostId, KeyId, Link, Payer, SignedToken, SigningKey, TokenId,
+    TOKEN_VERSION,
+};
+use vmm::config::BootMode;
+
+pub const CLUSTER: ClusterId = ClusterId([0xc1; 16]);
+pub const IDLE: &str = "workload=idle report-ms=100";
+pub const PRICE: u64 = 3;
+
+pub fn broker_key() -> SigningKey {
+    SigningKey::from_bytes(&[0xb0; 32])
+}
+
+pub fn tenant(n: u8) -> SigningKey {
+    SigningKey::from_bytes(&[0x10 + n; 32])
+}
+
+pub fn now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Whether KVM tests can run; with LAUNDROMAT_REQUIRE_KVM=1 its absence fails the test.
+pub fn kvm_available() -> bool {
+    let ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    if !ok {
+        assert!(
+            std::env::var("LAUNDROMAT_REQUIRE_KVM").as_deref() != Ok("1"),
+            "/dev/kvm is not usable and LAUNDROMAT_REQUIRE_KVM=1"
+        );
+        eprintln!("skipping: /dev/kvm is not usable");
+    }
+    ok
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub fn bench_elf() -> Vec<u8> {
+    let path = workspace_root().join("target/images/bench.elf");
+    std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; run `bash images/build.sh`", path.display()))
+}
+
+/// The `vmm` binary next to `hostd` (the same target directory and profile).
+pub fn vmm_bin() -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_hostd")).with_file_name("vmm");
+    assert!(
+        path.is_file(),
+        "{} is missing: build it with `cargo build --release -p vmm`",
+        path.display()
+    );
+    path
+}
+
+/// A token and the chain that pays it.
+pub struct Bought {
+    pub signed: SignedToken,
+    pub payer: Payer,
+    pub tenant: SigningKey,
+}
+
+impl Bought {
+    pub fn token(&self) -> &BootToken {
+        self.signed.token()
+    }
+
+    pub fn hex(&self) -> String {
+        token::hex::encode(&self.signed.to_bytes())
+    }
+}
+
+/// Options for a token; `buy` signs it with the test broker's key.
+#[derive(Clone)]
+pub struct TokenSpec {
+    pub tenant: u8,
+    pub kernel: Vec<u8>,
+    pub cmdline: String,
+    pub memory_mib: u32,
+    pub vcpus: u32,
+    pub link_period_ms: u64,
+    pub chain_length: u64,
+    pub not_before: u64,
+    pub expiry: u64,
+    pub cluster: ClusterId,
+    pub signer: SigningKey,
+}
+
+impl TokenSpec {
+    pub fn new(kernel: &[u8], cmdline: &str) -> Self {
+        Self {
+            tenant: 1,
+            kernel: kernel.to_vec(),
+            cmdline: cmdline.into(),
+            memory_mib: 32,
+            vcpus: 1,
+            link_period_ms: 60_000,
+            chain_length: 100,
+            not_before: now_s() - 10,
+            expiry: now_s() + 3600,
+            cluster: CLUSTER,
+            signer: broker_key(),
+        }
+    }
+
+    pub fn buy(&self) -> Bought {
+        let token_id = TokenId::random();
+        let payer = Payer::new(token_id, &Link::random_seed(), self.chain_length).unwrap();
+        let tenant = tenant(self.tenant);
+        let token = BootToken {
+            version: TOKEN_VERSION,
+            broker_key_id: KeyId(1),
+            token_id,
+            tenant_key: tenant.verifying_key(),
+            cluster_id: self.cluster,
+            image_digest: token::image_digest(&self.kernel, None, &self.cmdline),
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            price_per_link: PRICE,
+            link_period_ms: self.link_period_ms,
+            chain_root: payer.root(),
+            chain_length: self.chain_length,
+            not_before: self.not_before,
+            expiry: self.expiry,
+        };
+        Bought {
+            signed: SignedToken::sign(token, &self.signer).unwrap(),
+            payer,
+            tenant,
+        }
+    }
+}
+
+pub struct Hostd {
+    pub dir: tempfile::TempDir,
+    pub url: String,
+    pub client: HostdClient,
+    pub identity: HostIdentity,
+    pub args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Hostd {
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn broker_file(&self) -> PathBuf {
+        self.dir.path().join("broker.json")
+    }
+
+    pub fn broker(&self) -> FakeState {
+        serde_json::from_slice(&std::fs::read(self.broker_file()).unwrap()).unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// Starts hostd with `extra` flags; the broker sold `tokens`, and `leases` are held.
+    pub fn start(extra: &[&str], tokens: &[&Bought], leases: &[(TokenId, HostId)]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("hostd")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let identity = HostIdentity::load_or_create(&data).unwrap();
+        let other = HostIdentity::from_key(SigningKey::from_bytes(&[0x77; 32]));
+        let record = |id: &HostIdentity| HostRecord {
+            host_id: id.host_id,
+            key: id.public_key(),
+            cluster_id: CLUSTER,
+            url: None,
+        };
+        let state = FakeState {
+            broker_keys: vec![BrokerKey {
+                key_id: KeyId(1),
+                key: broker_key().verifying_key(),
+            }],
+            hosts: vec![record(&identity), record(&other)],
+            tokens: tokens.iter().map(|b| b.signed.clone()).collect(),
+            leases: leases.iter().copied().collect(),
+            ..FakeState::default()
+        };
+        std::fs::write(
+            dir.path().join("broker.json"),
+            serde_json::to_vec(&state).unwrap(),
+        )
+        .unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("http://127.0.0.1:{port}");
+        let mut args: Vec<String> = vec![
+            "--broker".into(),
+            format!("file:{}", dir.path().join("broker.json").display()),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--cluster".into(),
+            CLUSTER.to_string(),
+            "--mem-mib".into(),
+            "256".into(),
+            "--vcpus".into(),
+            "4".into(),
+            "--vmm".into(),
+            vmm_bin().display().to_string(),
+            "--reclaim-interval-ms".into(),
+            "200".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut hostd = Self {
+            dir,
+            client: HostdClient::new(url.clone()),
+            url,
+            identity,
+            args,
+            child: None,
+        };
+        hostd.spawn();
+        hostd
+    }
+
+    /// (Re)starts the hostd process with the same arguments and waits for /healthz.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("hostd.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_hostd"))
+            .args(&self.args)
+            .env("HOSTD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(mut stream) =
+                std::net::TcpStream::connect(self.url.trim_start_matches("http://"))
+            {
+                use std::io::{Read, Write};
+                let _ = stream.write_all(b"GET /healthz HTTP/1.0\r\n\r\n");
+                let mut answer = String::new();
+                let _ = stream.read_to_string(&mut answer);
+                if answer.contains("200 OK") {
+                    return;
+                }
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("hostd exited ({status}) at start:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hostd did not come up:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("hostd.log")).unwrap_or_default()
+    }
+
+    /// Waits up to `timeout` for the hostd process to exit by itself.
+    pub fn wait(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Uploads `kernel` and asks for a bench VM with `cmdline` on `bought`.
+    pub async fn admit(
+        &self,
+        bought: &Bought,
+        kernel: &[u8],
+        cmdline: &str,
+    ) -> Result<hostd::host::VmView, hostd::client::ClientError> {
+        let digest = self.client.put_image(kernel.to_vec()).await.unwrap();
+        self.client.admit(&request(bought, &digest, cmdline)).await
+    }
+
+    /// Entries left under the VM directory.
+    pub fn vm_dirs(&self) -> usize {
+        std::fs::read_dir(self.data_dir().join("vms"))
+            .unwrap()
+            .count()
+    }
+}
+
+impl Drop for Hostd {
+    fn drop(&mut self) {
+        self.kill9();
+        // Stop the VMs this hostd started: they outlive it by design.
+        if let Ok(entries) = std::fs::read_dir(self.data_dir().join("vms")) {
+            for entry in entries.flatten() {
+                if let Ok(record) = hostd::record::VmRecord::load(&entry.path()) {
+                    if let Some(process) = record.process {
+                        if hostd::vmm_process::start_ticks(process.pid) == Some(process.start_ticks)
+                        {
+                            // SAFETY: kill takes plain integers; the start time was just checked.
+                            unsafe { libc::kill(process.pid as i32, libc::SIGKILL) };
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub fn request(bought: &Bought, kernel: &str, cmdline: &str) -> AdmitRequest {
+    AdmitRequest {
+        token: bought.hex(),
+        kernel: kernel.to_string().try_into().unwrap(),
+        initrd: None,
+        cmdline: cmdline.into(),
+        boot: BootMode::Bench,
+        memory_mib: None,
+        vcpus: None,
+    }
+}
+
+pub fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+}
+
+/// Polls `check` every 50 ms until it holds or `timeout` passes.
+pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    check()
+}
+
+/// Resident memory of a process, KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// The live processes whose command line mentions `dir`: the `vmm`s of a data directory.
+pub fn processes_under(dir: &Path) -> Vec<u32> {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let mentions = cmdline.windows(needle.len()).any(|w| w == needle);
+            (mentions && process_alive(pid) && pid != std::process::id()).then_some(pid)
+        })
+        .collect()
+}
