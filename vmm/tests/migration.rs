@@ -620,14 +620,16 @@ fn a_newer_state_version_is_rejected_clearly() {
     let snap = dir.path().join("snap");
     std::fs::create_dir(&snap).unwrap();
     let mut state = b"LNDRVMST".to_vec();
-    state.extend_from_slice(&2u32.to_le_bytes());
+    let newer = vmm::persist::format::VERSION + 1;
+    state.extend_from_slice(&newer.to_le_bytes());
     state.extend_from_slice(&0u64.to_le_bytes());
     state.extend_from_slice(&[0; 4]); // the version is checked before the CRC
     std::fs::write(snap.join("state.bin"), state).unwrap();
     let out = run_vmm(&["run", "--restore", snap.to_str().unwrap()], LIMIT);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        out.stderr.contains("version 2 is not supported"),
+        out.stderr
+            .contains(&format!("version {newer} is not supported")),
         "{}",
         out.stderr
     );
