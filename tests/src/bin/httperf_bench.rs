@@ -373,9 +373,11 @@ fn report(r: &RateResult, args: &Args) -> bool {
         precopy / guest_rate.max(1e-9),
         m.stats.total_time_ms
     );
+    let parts = &m.stats.downtime_parts;
     println!(
-        "  client-visible outage {outage:.1} ms; migration downtime {:.1} ms; RTT {rtt:.2} ms",
-        m.stats.downtime_ms
+        "  client-visible outage {outage:.1} ms; migration downtime {:.1} ms (final pages {:.1}, \
+         state {:.1}, resume {:.1}); RTT {rtt:.2} ms",
+        m.stats.downtime_ms, parts.final_pages_ms, parts.state_ms, parts.resume_ms
     );
     println!(
         "  httperf: nginx {}/{} replies, steady {}/{}, migrating {}/{}; failed connections: {} / {} / {}",
