@@ -104,7 +104,12 @@ impl Net {
         t.queues = queues;
         inner.broken = s.broken;
         if inner.transport.is_active() {
-            let valid = inner.transport.queues.iter().all(|q| q.is_valid(&self.mem));
+            let valid = inner
+                .transport
+                .queues
+                .iter()
+                .filter(|q| q.ready())
+                .all(|q| q.is_valid(&self.mem));
             if !valid {
                 return Err(NetError::BadState("a queue lies outside guest RAM".into()));
             }
