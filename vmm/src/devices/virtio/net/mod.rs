@@ -221,20 +221,20 @@ impl Net {
         for q in &mut inner.transport.queues {
             q.set_event_idx(event_idx);
         }
-        // A driver may leave a queue unused (not ready); the ones it uses must lie in RAM.
-        let valid = inner
-            .transport
-            .queues
-            .iter()
-            .filter(|q| q.ready())
-            .all(|q| q.is_valid(&self.mem));
-        if !valid {
+        if !self.queues_in_ram(inner) {
             tracing::warn!("virtio-net: the driver placed a queue outside guest RAM");
             inner.transport.set_needs_reset();
             return;
         }
         tracing::debug!(event_idx, "virtio-net activated");
         let _ = self.wake.write(1);
+    }
+
+    /// Whether every queue the driver uses lies in guest RAM. A driver may leave a queue
+    /// unused (not ready).
+    fn queues_in_ram(&self, inner: &Inner) -> bool {
+        let queues = inner.transport.queues.iter();
+        queues.filter(|q| q.ready()).all(|q| q.is_valid(&self.mem))
     }
 
     /// Stops touching guest memory (the VM is pausing); returns once no event is in flight.
