@@ -9,6 +9,8 @@ pub mod bench_peers;
 pub mod http_client;
 pub mod machine;
 pub mod netns;
+pub mod packet_series;
+pub mod plot;
 pub mod process;
 pub mod qmp;
 pub mod smaps;

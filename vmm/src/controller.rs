@@ -50,6 +50,8 @@ pub struct Status {
     pub vm_clock_ms: u64,
     pub boot_time_ms: Option<f64>,
     pub exits: ExitCounts,
+    /// Per virtio-net device: frames, bytes, drops and queue kicks.
+    pub net: Vec<crate::devices::virtio::net::NetCounters>,
 }
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -304,6 +306,7 @@ impl VmController {
                 .boot_time()
                 .map(|d| d.as_secs_f64() * 1e3),
             exits: self.stats.snapshot(),
+            net: self.devices.net().iter().map(|n| n.counters()).collect(),
         }
     }
 

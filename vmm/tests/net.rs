@@ -213,3 +213,41 @@ fn migrates_under_load_between_hosts_keeping_its_ip_its_count_and_its_uploads() 
     drop(dst);
     net.delete().expect("delete the test hosts");
 }
+
+/// A hostile guest driver offers malformed descriptor chains: each one stops the VM cleanly
+/// with a device error (exit code 70 and a report), never a VMM panic.
+#[test]
+fn malformed_chains_from_a_real_guest_stop_the_vm_with_a_device_error() {
+    if !kvm_available() {
+        return;
+    }
+    let _serial = serial();
+    let net = TestNetwork::create(&["host-a"]).expect("create the test host");
+    let a = net.host("host-a").unwrap();
+    a.attach_tap(TAP).expect("a tap on host-a");
+    let cases = [
+        (1, "outside guest RAM"),
+        (2, "does not end"),
+        (3, "holds more than"),
+    ];
+    for (evil, why) in cases {
+        let mut cmd = a.command(vmm_bin());
+        cmd.args(bench_args(
+            64,
+            1,
+            &format!("workload=evil-net evil={evil}"),
+            None,
+        ));
+        cmd.args(["--net", &format!("tap={TAP}")]);
+        let mut vm = Vmm::spawn_command(cmd);
+        let code = vm.wait_exit(LIMIT);
+        let stderr = vm.stderr();
+        assert_eq!(code, Some(vmm::EXIT_GUEST_CRASH), "evil={evil}: {stderr}");
+        assert!(
+            stderr.contains("virtio-net device error") && stderr.contains(why),
+            "evil={evil}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    net.delete().expect("delete the test host");
+}

@@ -17,10 +17,18 @@ pub enum Workload {
     Dirty,
     /// An HTTP/1.1 server on the virtio-net device (vCPU 0; the others idle).
     Http,
+    /// A hostile driver: hands the virtio-net device one malformed descriptor chain (`evil`
+    /// says which) to show that the VMM stops the VM cleanly.
+    EvilNet,
 }
 
 impl Workload {
-    const ALL: [Workload; 3] = [Workload::Idle, Workload::Dirty, Workload::Http];
+    const ALL: [Workload; 4] = [
+        Workload::Idle,
+        Workload::Dirty,
+        Workload::Http,
+        Workload::EvilNet,
+    ];
 
     /// The name the command line uses.
     pub fn name(self) -> &'static str {
@@ -28,6 +36,7 @@ impl Workload {
             Workload::Idle => "idle",
             Workload::Dirty => "dirty",
             Workload::Http => "http",
+            Workload::EvilNet => "evil-net",
         }
     }
 }
@@ -56,6 +65,8 @@ pub struct Config {
     pub size: u64,
     /// `http`: TCP sockets, i.e. the most connections served at once.
     pub conns: u64,
+    /// `evil-net`: 1 = a buffer outside RAM, 2 = a descriptor loop, 3 = an oversized chain.
+    pub evil: u64,
 }
 
 impl Default for Config {
@@ -72,6 +83,7 @@ impl Default for Config {
             port: 80,
             size: 64,
             conns: 64,
+            evil: 1,
         }
     }
 }
@@ -98,6 +110,9 @@ impl fmt::Display for Config {
             self.report_ms,
             self.exit_after_ms
         )?;
+        if self.workload == Workload::EvilNet {
+            write!(f, " evil={}", self.evil)?;
+        }
         if self.workload == Workload::Http {
             write!(
                 f,
@@ -156,7 +171,7 @@ pub const MAX_SIZE: u64 = 1 << 30;
 /// Most sockets `conns` may ask for.
 pub const MAX_CONNS: u64 = 1024;
 
-const NUM_KEYS: [NumKey; 7] = [
+const NUM_KEYS: [NumKey; 8] = [
     key("wss", 1, MAX_WSS_MIB, |c, v| c.wss_mib = v),
     key("rate", 0, MAX_RATE, |c, v| c.rate = v),
     key("report-ms", 1, MAX_MS, |c, v| c.report_ms = v),
@@ -164,6 +179,7 @@ const NUM_KEYS: [NumKey; 7] = [
     key("port", 1, 65535, |c, v| c.port = v),
     key("size", 0, MAX_SIZE, |c, v| c.size = v),
     key("conns", 1, MAX_CONNS, |c, v| c.conns = v),
+    key("evil", 1, 3, |c, v| c.evil = v),
 ];
 
 /// Why a command line was rejected. Borrowed strings point into the command line.
@@ -393,12 +409,12 @@ mod tests {
         assert_eq!(
             msg,
             "unknown key \"colour\"; the keys are workload, wss, rate, report-ms, exit-after-ms, \
-             port, size, conns, ip, gw, mac"
+             port, size, conns, evil, ip, gw, mac"
         );
         let msg = parse(b"workload=x").unwrap_err().to_string();
         assert_eq!(
             msg,
-            "unknown workload \"x\"; the workloads are idle, dirty, http"
+            "unknown workload \"x\"; the workloads are idle, dirty, http, evil-net"
         );
         let msg = parse(b"wss=0").unwrap_err().to_string();
         assert_eq!(

@@ -147,8 +147,12 @@ pub fn run(plan: &Plan, shared: &Shared, vcpu: u32) -> ! {
         .map(|_| {
             let rx = tcp::SocketBuffer::new(vec![0; RX_BUF]);
             let tx = tcp::SocketBuffer::new(vec![0; TX_BUF]);
+            let mut socket = tcp::Socket::new(rx, tx);
+            // A response's head and body are separate writes: Nagle would hold the body back
+            // until the client's (delayed) ACK of the head.
+            socket.set_nagle_enabled(false);
             Conn {
-                handle: sockets.add(tcp::Socket::new(rx, tx)),
+                handle: sockets.add(socket),
                 inbuf: [0; HEAD],
                 have: 0,
                 state: State::Head,

@@ -4,6 +4,7 @@
 //! variant built by `prepare` on vCPU 0, and an arm in `run`.
 
 mod dirty;
+mod evil_net;
 mod http;
 mod idle;
 
@@ -27,6 +28,7 @@ enum Plan {
     Idle,
     Dirty(dirty::Plan),
     Http(http::Plan),
+    EvilNet(u64),
 }
 
 /// Why a workload cannot run in this VM. It is a command-line problem (the guest exits with
@@ -73,6 +75,12 @@ pub fn prepare(
         Workload::Idle => Plan::Idle,
         Workload::Dirty => Plan::Dirty(dirty::Plan::new(&config, vcpus)?),
         Workload::Http => Plan::Http(http::Plan::new(&config, virtio).map_err(SetupError::Http)?),
+        Workload::EvilNet => Plan::EvilNet(
+            virtio
+                .first()
+                .map(|d| d.base)
+                .ok_or(SetupError::Http(http::HttpSetupError::NoDevice))?,
+        ),
     };
     Ok(Shared {
         config,
@@ -87,6 +95,7 @@ pub fn run(shared: &'static Shared, vcpu: u32) -> ! {
         Plan::Idle => idle::run(shared, vcpu),
         Plan::Dirty(plan) => dirty::run(plan, shared, vcpu),
         Plan::Http(plan) => http::run(plan, shared, vcpu),
+        Plan::EvilNet(base) => evil_net::run(*base, shared, vcpu),
     }
 }
 

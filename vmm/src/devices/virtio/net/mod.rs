@@ -221,14 +221,20 @@ impl Net {
         for q in &mut inner.transport.queues {
             q.set_event_idx(event_idx);
         }
-        let valid = inner.transport.queues.iter().all(|q| q.is_valid(&self.mem));
-        if !valid {
+        if !self.queues_in_ram(inner) {
             tracing::warn!("virtio-net: the driver placed a queue outside guest RAM");
             inner.transport.set_needs_reset();
             return;
         }
         tracing::debug!(event_idx, "virtio-net activated");
         let _ = self.wake.write(1);
+    }
+
+    /// Whether every queue the driver uses lies in guest RAM. A driver may leave a queue
+    /// unused (not ready).
+    fn queues_in_ram(&self, inner: &Inner) -> bool {
+        let queues = inner.transport.queues.iter();
+        queues.filter(|q| q.ready()).all(|q| q.is_valid(&self.mem))
     }
 
     /// Stops touching guest memory (the VM is pausing); returns once no event is in flight.
@@ -304,6 +310,9 @@ impl Net {
     /// Sends every frame the driver has queued. Returns whether any buffer was used.
     fn process_tx(&self, inner: &mut Inner) -> Result<bool, ChainError> {
         let mut used = false;
+        if !inner.transport.queues[TX].ready() {
+            return Ok(false);
+        }
         let mut frame = Vec::with_capacity(MAX_CHAIN_BYTES as usize);
         for _ in 0..BATCH {
             let q = &mut inner.transport.queues[TX];
@@ -342,6 +351,10 @@ impl Net {
     /// Moves frames from the tap into receive buffers until either runs out.
     fn process_rx(&self, inner: &mut Inner) -> Result<bool, ChainError> {
         let mut used = false;
+        if !inner.transport.queues[RX].ready() {
+            // Frames wait in the tap until the driver sets the queue up.
+            return Ok(false);
+        }
         for _ in 0..BATCH {
             let frame = match inner.pending.take() {
                 Some(f) => f,

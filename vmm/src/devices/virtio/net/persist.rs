@@ -104,7 +104,7 @@ impl Net {
         t.queues = queues;
         inner.broken = s.broken;
         if inner.transport.is_active() {
-            let valid = inner.transport.queues.iter().all(|q| q.is_valid(&self.mem));
+            let valid = self.queues_in_ram(&inner);
             if !valid {
                 return Err(NetError::BadState("a queue lies outside guest RAM".into()));
             }

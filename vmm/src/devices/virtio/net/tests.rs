@@ -271,3 +271,45 @@ fn state_round_trips_and_a_foreign_state_is_refused() {
     bad.queues[0].used_ring = 0xffff_ffff_0000;
     assert!(other.net.restore(&bad).is_err());
 }
+
+/// The paravirtual idle ends as soon as the device puts a received frame in the used ring.
+#[test]
+fn a_received_frame_wakes_a_vcpu_parked_in_the_idle() {
+    let mut r = rig();
+    r.rx.set_desc(&r.mem, 0, 0x40_0000, 2048, W, 0);
+    r.rx.offer(&r.mem, 0);
+    let run = r.run.clone();
+    let t0 = std::time::Instant::now();
+    let deadline = run.clock_ns() + 60_000_000_000;
+    let idler = std::thread::spawn(move || run.idle_until(deadline));
+    // Long enough for the idler to be parked (a wake before it parks is not what we test).
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(
+        !idler.is_finished(),
+        "the idle ended before any device work"
+    );
+    r.host.send(&[5u8; 64]).unwrap();
+    r.tap_ready();
+    idler.join().unwrap();
+    assert!(t0.elapsed() < std::time::Duration::from_secs(30));
+    assert_eq!(r.rx.used_idx(&r.mem), 1);
+}
+
+/// A completed transmission wakes an idle vCPU too.
+#[test]
+fn a_completed_transmission_wakes_a_vcpu_parked_in_the_idle() {
+    let mut r = rig();
+    r.tx.set_desc(&r.mem, 0, 0x50_0000, 100, 0, 0);
+    r.tx.offer(&r.mem, 0);
+    let run = r.run.clone();
+    let deadline = run.clock_ns() + 60_000_000_000;
+    let idler = std::thread::spawn(move || run.idle_until(deadline));
+    // Long enough for the idler to be parked (a wake before it parks is not what we test).
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(!idler.is_finished());
+    let t0 = std::time::Instant::now();
+    r.kick(TX);
+    idler.join().unwrap();
+    assert!(t0.elapsed() < std::time::Duration::from_secs(30));
+    assert_eq!(r.tx.used_idx(&r.mem), 1);
+}
