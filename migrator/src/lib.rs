@@ -5,6 +5,7 @@
 //! The engine does not know the VMM: it drives any VM through [`MigratableVm`], which the
 //! `vmm` crate implements. That keeps this crate below the VMM, so the `vmm` binary can serve
 //! migrations itself (the source streams directly to the destination `vmm`).
+pub mod convergence;
 pub mod dest;
 pub mod dirty;
 pub mod guest_ram;

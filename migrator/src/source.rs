@@ -1,9 +1,8 @@
 //! The sending side: iterative dirty-page pre-copy, then a commit-protocol switchover.
 //!
 //! Round 0 sends all memory except zero pages. Each later round sends what the merged dirty
-//! log (KVM's log ∪ the VMM's device-write bitmap) says changed. Pre-copy stops when the rest
-//! fits the downtime target at the measured bandwidth, after `max_rounds`, after 3× RAM has
-//! been sent, or at the timeout (cancel, or force the switchover).
+//! log (KVM's log ∪ the VMM's device-write bitmap) says changed. [`convergence`] decides when
+//! pre-copy stops: the downtime target is a ceiling, not a goal.
 //!
 //! Switchover and its failure semantics:
 //! 1. Pause the VM, send the last dirty pages and the VM state.
@@ -20,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
+use crate::convergence::{self, Limits, Observation, StopReason};
 use crate::dirty::DirtyBitmap;
 use crate::guest_ram;
 use crate::handshake::{self, HandshakeError, Key};
@@ -193,6 +193,7 @@ impl<V: MigratableVm> Sender<'_, V> {
             mbps: self.bandwidth * 8.0 / 1e6,
             expected_downtime_ms: remaining as f64 / self.bandwidth.max(1.0) * 1e3,
             cpu_throttle_percentage: self.stats.cpu_throttle_percentage,
+            stop_reason: None,
         }
     }
 }
@@ -233,6 +234,11 @@ fn precopy<V: MigratableVm>(
 
     let mut round = 0u32;
     let mut last_round_time = took;
+    let mut previous = bytes;
+    let limits = Limits {
+        downtime: params.downtime(),
+        max_rounds: params.max_rounds,
+    };
     loop {
         let maps = s.dirty_maps()?;
         let dirty: u64 = maps.iter().map(|(_, m)| m.count()).sum();
@@ -241,19 +247,32 @@ fn precopy<V: MigratableVm>(
         let dirty_rate = (dirty as f64 / last_round_time.as_secs_f64().max(1e-3)) as u64;
         s.stats.ram.remaining = remaining;
         s.stats.ram.dirty_pages_rate = dirty_rate;
-        let p = s.progress(round, remaining, dirty_rate);
+        let timed_out = s.started.elapsed() > params.timeout();
+        let stop = convergence::decide(
+            &Observation {
+                remaining,
+                previous,
+                bandwidth: s.bandwidth,
+                dirty_rate: (dirty_rate * PAGE_SIZE) as f64,
+                round,
+                transferred: s.stats.ram.transferred,
+                ram,
+                timed_out,
+            },
+            &limits,
+        );
+        previous = remaining;
+        let mut p = s.progress(round, remaining, dirty_rate);
+        p.stop_reason = stop;
         s.stats.expected_downtime_ms = p.expected_downtime_ms;
+        s.stats.stop_reason = stop;
         progress(&p);
-
-        let fits = remaining as f64 <= s.bandwidth * params.downtime().as_secs_f64();
-        if fits || round >= params.max_rounds || s.stats.ram.transferred >= 3 * ram {
-            return Ok(Converged::Yes(maps));
-        }
-        if s.started.elapsed() > params.timeout() {
-            return Ok(match params.on_timeout {
-                OnTimeout::Cancel => Converged::Cancel,
-                OnTimeout::Force => Converged::Yes(maps),
-            });
+        match stop {
+            Some(StopReason::Timeout) if params.on_timeout == OnTimeout::Cancel => {
+                return Ok(Converged::Cancel);
+            }
+            Some(_) => return Ok(Converged::Yes(maps)),
+            None => {}
         }
         if params.auto_converge && dirty_rate as f64 * PAGE_SIZE as f64 > 0.5 * s.bandwidth {
             let next = match s.stats.cpu_throttle_percentage {
