@@ -71,7 +71,7 @@ pub fn clear(
     pages: u32,
     bitmap: &[u64],
 ) -> Result<(), kvm_ioctls::Error> {
-    if bitmap.len() < (pages as usize).div_ceil(64) || first_page % 64 != 0 {
+    if bitmap.len() < (pages as usize).div_ceil(64) || !first_page.is_multiple_of(64) {
         return Err(kvm_ioctls::Error::new(libc::EINVAL));
     }
     let mut arg = kvm_clear_dirty_log {
@@ -92,7 +92,6 @@ pub fn clear(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::vstate::memory::{self, Backing};
     use crate::vstate::vm::Vm;
 
