@@ -3,6 +3,7 @@
 //! when dropped, summary statistics, and readers for a process's memory use.
 
 pub mod bench_files;
+pub mod bench_idle;
 pub mod bench_limits;
 pub mod bench_migration;
 pub mod bench_peers;
