@@ -7,6 +7,7 @@ pub mod bench_idle;
 pub mod bench_limits;
 pub mod bench_migration;
 pub mod bench_peers;
+pub mod bench_restore;
 pub mod machine;
 pub mod netns;
 pub mod process;
