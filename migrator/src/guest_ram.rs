@@ -69,6 +69,29 @@ pub fn populate(mem: &GuestMemory, gpa: u64, len: u64) {
     }
 }
 
+/// Zeroes `[gpa, gpa + len)` of private anonymous RAM by dropping its pages
+/// (`MADV_DONTNEED`: they read as zero and take no memory until written again). Returns
+/// false, having done nothing, for other memory or on failure: the caller then writes zeros.
+pub fn discard(mem: &GuestMemory, gpa: u64, len: u64) -> bool {
+    let Some(region) = mem.find_region(GuestAddress(gpa)) else {
+        return false;
+    };
+    let private = std::ops::Deref::deref(region).flags() & libc::MAP_PRIVATE != 0;
+    if !private
+        || region.file_offset().is_some()
+        || gpa.saturating_add(len) > region.start_addr().0 + region.len()
+    {
+        return false;
+    }
+    let Ok(host) = mem.get_host_address(GuestAddress(gpa)) else {
+        return false;
+    };
+    // SAFETY: [host, host + len) lies inside one private anonymous mapping owned by `mem`
+    // (checked above) and is page-aligned; dropping its pages makes them read as zero, which
+    // is the content the caller asks for. No reference into that range is held.
+    unsafe { libc::madvise(host.cast(), len as usize, libc::MADV_DONTNEED) == 0 }
+}
+
 /// Pages of `mem` resident in this process, as `mincore` reports them.
 pub fn resident_pages(mem: &GuestMemory) -> u64 {
     mem.iter()
@@ -201,6 +224,15 @@ mod tests {
         let mut buf = vec![0u8; 4096];
         read(&mem, 2 * PAGE_SIZE, &mut buf).unwrap();
         assert_eq!(buf[0], 1);
+    }
+
+    #[test]
+    fn discarded_anonymous_pages_read_as_zero_and_are_not_resident() {
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        mem.write_obj(5u8, GuestAddress(3 * PAGE_SIZE)).unwrap();
+        assert!(discard(&mem, 3 * PAGE_SIZE, PAGE_SIZE));
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(3 * PAGE_SIZE)).unwrap(), 0);
+        assert!(!discard(&file_backed(libc::MAP_SHARED), 0, PAGE_SIZE));
     }
 
     #[test]
