@@ -129,6 +129,8 @@ fn run_one(setup: &IdleSetup, mem_mib: u64) -> Result<IdleRun> {
         .args(setup.source_args);
     let mut ctl = BoundedChild::spawn("vmm ctl migrate", &mut ctl)?;
     ctl.wait_for("\"ok\":", setup.timeout)?;
+    // The statistics line may still be arriving: it is complete once `vmm ctl` exits.
+    wait_until(setup.timeout, || Ok(!ctl.is_running()?))?;
     let (_, stats) = parse_ctl_output(&ctl.console())?;
     let mut run = IdleRun {
         mem_mib,

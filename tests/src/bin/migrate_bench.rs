@@ -681,6 +681,9 @@ impl Bench {
         let bound = self.timeout + Duration::from_secs(BENCH_TIMEOUT_S);
         ctl.wait_for("\"ok\":", bound)?;
         migration.wall_ms = started.elapsed().as_secs_f64() * 1e3;
+        // The statistics line may still be arriving: it is complete once `vmm ctl` exits.
+        wait_until(self.timeout, || Ok(!ctl.is_running()?))
+            .context("`vmm ctl migrate` did not exit after its statistics")?;
         let (progress, stats) = parse_ctl_output(&ctl.console())?;
         let console_during = source.console();
         let console_during = console_during
