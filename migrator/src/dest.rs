@@ -122,7 +122,11 @@ impl Incoming {
                         .checked_mul(PAGE_SIZE)
                         .ok_or(DestError::OutOfRange { gpa, len: u64::MAX })?;
                     check_range(mem, gpa, len)?;
-                    let mut at = gpa;
+                    // Dropping pages keeps memory the guest zeroed from staying resident.
+                    let mut at = match crate::guest_ram::discard(mem, gpa, len) {
+                        true => gpa + len,
+                        false => gpa,
+                    };
                     while at < gpa + len {
                         let n = (gpa + len - at).min(ZEROS.len() as u64);
                         mem.write_slice(&ZEROS[..n as usize], GuestAddress(at))?;

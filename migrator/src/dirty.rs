@@ -62,6 +62,15 @@ impl DirtyBitmap {
         }
     }
 
+    pub fn pages(&self) -> u64 {
+        self.pages
+    }
+
+    /// The bitmap's words, 64 pages each.
+    pub fn words(&self) -> &[u64] {
+        &self.words
+    }
+
     pub fn count(&self) -> u64 {
         self.words.iter().map(|w| u64::from(w.count_ones())).sum()
     }

@@ -5,6 +5,8 @@
 //! file is read from the file with `pread` (straight from the page cache), and anonymous RAM
 //! the guest never touched is recognised with `mincore` and skipped as zero without reading
 //! it.
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
@@ -67,11 +69,34 @@ pub fn populate(mem: &GuestMemory, gpa: u64, len: u64) {
     }
 }
 
-/// Pages of `mem` resident in this process, as `mincore` reports them (tests and statistics).
+/// Zeroes `[gpa, gpa + len)` of private anonymous RAM by dropping its pages
+/// (`MADV_DONTNEED`: they read as zero and take no memory until written again). Returns
+/// false, having done nothing, for other memory or on failure: the caller then writes zeros.
+pub fn discard(mem: &GuestMemory, gpa: u64, len: u64) -> bool {
+    let Some(region) = mem.find_region(GuestAddress(gpa)) else {
+        return false;
+    };
+    let private = std::ops::Deref::deref(region).flags() & libc::MAP_PRIVATE != 0;
+    if !private
+        || region.file_offset().is_some()
+        || gpa.saturating_add(len) > region.start_addr().0 + region.len()
+    {
+        return false;
+    }
+    let Ok(host) = mem.get_host_address(GuestAddress(gpa)) else {
+        return false;
+    };
+    // SAFETY: [host, host + len) lies inside one private anonymous mapping owned by `mem`
+    // (checked above) and is page-aligned; dropping its pages makes them read as zero, which
+    // is the content the caller asks for. No reference into that range is held.
+    unsafe { libc::madvise(host.cast(), len as usize, libc::MADV_DONTNEED) == 0 }
+}
+
+/// Pages of `mem` resident in this process, as `mincore` reports them.
 pub fn resident_pages(mem: &GuestMemory) -> u64 {
     mem.iter()
-        .filter_map(|r| untouched_raw(mem, r.start_addr().0, (r.len() / PAGE_SIZE) as usize))
-        .map(|u| u.iter().filter(|&&z| !z).count() as u64)
+        .filter_map(|r| resident(mem, r.start_addr().0, (r.len() / PAGE_SIZE) as usize))
+        .map(|u| u.iter().filter(|&&r| r).count() as u64)
         .sum()
 }
 
@@ -81,22 +106,31 @@ fn host_has_swap() -> bool {
     std::fs::read_to_string("/proc/swaps").map_or(true, |s| s.lines().count() > 1)
 }
 
-/// For `pages` pages at `gpa` in anonymous RAM, which were never touched and so read as zero;
-/// `None` when that cannot be known (file-backed RAM, swap, or the query failed).
+/// For `pages` pages at `gpa`, which are known to read as zero without reading them: pages
+/// not resident in this process (`mincore`) and, for file-backed RAM, in a hole of the file
+/// (`SEEK_DATA`). `None` when that cannot be known (swap, or a query failed).
 pub fn untouched(mem: &GuestMemory, gpa: u64, pages: usize) -> Option<Vec<bool>> {
     static NO_SWAP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     if !*NO_SWAP.get_or_init(|| !host_has_swap()) {
         return None;
     }
     let region = mem.find_region(GuestAddress(gpa))?;
-    if region.file_offset().is_some() {
-        return None;
+    let shared = std::ops::Deref::deref(region).flags() & libc::MAP_SHARED != 0;
+    let mut data = match region.file_offset() {
+        // A private file mapping reads the file where the guest has not written: the page
+        // cache says nothing about the guest's data there, only its own copies do.
+        Some(_) if !shared => private_copies(mem, gpa, pages)?,
+        _ => resident(mem, gpa, pages)?,
+    };
+    if let Some(fo) = region.file_offset() {
+        let start = fo.start() + (gpa - region.start_addr().0);
+        mark_file_data(fo.file(), start, pages as u64 * PAGE_SIZE, &mut data).ok()?;
     }
-    untouched_raw(mem, gpa, pages)
+    Some(data.iter().map(|&d| !d).collect())
 }
 
-/// Which of `pages` pages at `gpa` are not resident (`mincore`), whatever the backing.
-fn untouched_raw(mem: &GuestMemory, gpa: u64, pages: usize) -> Option<Vec<bool>> {
+/// Which of `pages` pages at `gpa` are resident in this process (`mincore`).
+fn resident(mem: &GuestMemory, gpa: u64, pages: usize) -> Option<Vec<bool>> {
     let region = mem.find_region(GuestAddress(gpa))?;
     if gpa + pages as u64 * PAGE_SIZE > region.start_addr().0 + region.len() {
         return None;
@@ -107,7 +141,69 @@ fn untouched_raw(mem: &GuestMemory, gpa: u64, pages: usize) -> Option<Vec<bool>>
     // `pages` pages after it lie inside one live mapping owned by `mem` (checked above);
     // `vec` has one byte per page, as mincore requires. mincore only reads page tables.
     let rc = unsafe { libc::mincore(host.cast(), pages * PAGE_SIZE as usize, vec.as_mut_ptr()) };
-    (rc == 0).then(|| vec.iter().map(|&b| b & 1 == 0).collect())
+    (rc == 0).then(|| vec.iter().map(|&b| b & 1 == 1).collect())
+}
+
+/// Which of `pages` pages at `gpa` this process has its own (copy-on-write) copy of, from
+/// `/proc/self/pagemap`: present and not a page of a file.
+fn private_copies(mem: &GuestMemory, gpa: u64, pages: usize) -> Option<Vec<bool>> {
+    const PRESENT: u64 = 1 << 63;
+    const FILE_OR_SHARED: u64 = 1 << 61;
+    let region = mem.find_region(GuestAddress(gpa))?;
+    if gpa + pages as u64 * PAGE_SIZE > region.start_addr().0 + region.len() {
+        return None;
+    }
+    let host = mem.get_host_address(GuestAddress(gpa)).ok()? as u64;
+    let pagemap = File::open("/proc/self/pagemap").ok()?;
+    let mut raw = vec![0u8; pages * 8];
+    pagemap.read_exact_at(&mut raw, host / PAGE_SIZE * 8).ok()?;
+    Some(
+        raw.chunks_exact(8)
+            .map(|e| {
+                let e = u64::from_ne_bytes(e.try_into().unwrap_or([0; 8]));
+                e & PRESENT != 0 && e & FILE_OR_SHARED == 0
+            })
+            .collect(),
+    )
+}
+
+/// Sets `out[i]` for every page `i` of `[start, start + len)` in `file` that holds data
+/// (rather than a hole or the end of the file).
+pub fn mark_file_data(file: &File, start: u64, len: u64, out: &mut [bool]) -> std::io::Result<()> {
+    let end = start + len;
+    let mut at = start;
+    while at < end {
+        let Some(data) = seek(file, at, libc::SEEK_DATA)? else {
+            break; // no data after `at`
+        };
+        if data >= end {
+            break;
+        }
+        let hole = seek(file, data, libc::SEEK_HOLE)?.unwrap_or(end).min(end);
+        let first = ((data - start) / PAGE_SIZE) as usize;
+        let last = ((hole - start).div_ceil(PAGE_SIZE) as usize).min(out.len());
+        for page in out.iter_mut().take(last).skip(first) {
+            *page = true;
+        }
+        at = hole.max(data + 1);
+    }
+    Ok(())
+}
+
+/// `lseek` with SEEK_DATA or SEEK_HOLE; `None` past the last data (ENXIO).
+fn seek(file: &File, offset: u64, whence: libc::c_int) -> std::io::Result<Option<u64>> {
+    let offset = i64::try_from(offset).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+    // SAFETY: lseek on a file descriptor we own; it only moves the file position, which
+    // nothing relies on (all guest-RAM file I/O is positional).
+    let rc = unsafe { libc::lseek(file.as_raw_fd(), offset, whence) };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENXIO) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    Ok(Some(rc as u64))
 }
 
 #[cfg(test)]
@@ -128,6 +224,15 @@ mod tests {
         let mut buf = vec![0u8; 4096];
         read(&mem, 2 * PAGE_SIZE, &mut buf).unwrap();
         assert_eq!(buf[0], 1);
+    }
+
+    #[test]
+    fn discarded_anonymous_pages_read_as_zero_and_are_not_resident() {
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        mem.write_obj(5u8, GuestAddress(3 * PAGE_SIZE)).unwrap();
+        assert!(discard(&mem, 3 * PAGE_SIZE, PAGE_SIZE));
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(3 * PAGE_SIZE)).unwrap(), 0);
+        assert!(!discard(&file_backed(libc::MAP_SHARED), 0, PAGE_SIZE));
     }
 
     #[test]
@@ -166,7 +271,22 @@ mod tests {
         let mut buf = vec![0u8; 4096];
         read(&mem, 0, &mut buf).unwrap();
         assert_eq!((buf[0], buf[100]), (7, 9));
-        assert!(untouched(&mem, 0, 1).is_none());
+        // The file holds data there: not untouched.
+        assert_ne!(untouched(&mem, 0, 1), Some(vec![true]));
+    }
+
+    #[test]
+    fn file_data_is_found_between_holes() {
+        let f = tempfile_in_tmp();
+        f.set_len(64 << 20).unwrap();
+        f.write_all_at(&[1; 10], 40 << 20).unwrap();
+        let mut out = vec![false; (64 << 20) / PAGE_SIZE as usize];
+        mark_file_data(&f, 0, 64 << 20, &mut out).unwrap();
+        let set: Vec<usize> = (0..out.len()).filter(|&i| out[i]).collect();
+        // Filesystems allocate in blocks of a page or more; the data page is among them and
+        // nothing far from it is.
+        assert!(set.contains(&((40 << 20) / PAGE_SIZE as usize)), "{set:?}");
+        assert!(set.len() <= 512, "{} pages marked", set.len());
     }
 
     #[test]
@@ -179,8 +299,40 @@ mod tests {
         assert_eq!((buf[0], buf[100]), (7, 9));
     }
 
+    #[test]
+    fn a_private_mapping_of_a_sparse_file_knows_its_zero_pages() {
+        // Data in the file at page 1, a guest write at page 6, holes elsewhere (even where
+        // the guest read them, which puts zero pages in the page cache).
+        let f = tempfile_in_tmp();
+        f.set_len(1 << 20).unwrap();
+        f.write_all_at(&[3; 8], PAGE_SIZE).unwrap();
+        let size = 1 << 20;
+        let region = MmapRegionBuilder::new_with_bitmap(
+            size,
+            AtomicBitmap::new(size, std::num::NonZeroUsize::new(4096).unwrap()),
+        )
+        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+        .with_mmap_flags(libc::MAP_PRIVATE)
+        .with_file_offset(FileOffset::new(f, 0))
+        .build()
+        .unwrap();
+        let mem =
+            GuestMemory::from_regions(vec![GuestRegionMmap::new(region, GuestAddress(0)).unwrap()])
+                .unwrap();
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(4 * PAGE_SIZE)).unwrap(), 0);
+        mem.write_obj(9u8, GuestAddress(6 * PAGE_SIZE)).unwrap();
+        if let Some(u) = untouched(&mem, 0, 8) {
+            let data: Vec<usize> = (0..8).filter(|&i| !u[i]).collect();
+            assert!(data.contains(&1) && data.contains(&6), "{data:?}");
+            assert!(!data.contains(&4), "{data:?}");
+        }
+    }
+
     fn tempfile_in_tmp() -> std::fs::File {
-        let path = std::env::temp_dir().join(format!("guest-ram-test-{}", std::process::id()));
+        // Tests run in parallel: each gets its own file.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("guest-ram-test-{}-{n}", std::process::id()));
         let f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)

@@ -5,6 +5,7 @@
 //! The engine does not know the VMM: it drives any VM through [`MigratableVm`], which the
 //! `vmm` crate implements. That keeps this crate below the VMM, so the `vmm` binary can serve
 //! migrations itself (the source streams directly to the destination `vmm`).
+pub mod convergence;
 pub mod dest;
 pub mod dirty;
 pub mod guest_ram;
@@ -37,8 +38,26 @@ pub trait MigratableVm {
     fn machine(&self) -> Vec<u8>;
     /// Turns KVM dirty logging on or off for every memory region.
     fn set_dirty_logging(&self, enabled: bool) -> Result<(), VmError>;
-    /// KVM's dirty log of region `index` (in `memory().iter()` order), cleared as it is read.
+    /// KVM's dirty log of region `index` (in `memory().iter()` order): cleared as it is read,
+    /// unless [`MigratableVm::manual_dirty_log`] says the engine clears it.
     fn dirty_log(&self, index: usize) -> Result<Vec<u64>, VmError>;
+    /// Whether the dirty log stays set until [`MigratableVm::clear_dirty_log`] (KVM's manual
+    /// protection); the engine then clears each chunk right before sending it.
+    fn manual_dirty_log(&self) -> bool {
+        false
+    }
+    /// Clears the bits of `bitmap` (pages from `first_page`, a multiple of 64; `pages` of
+    /// them) in region `index`'s log, re-arming tracking of those pages.
+    fn clear_dirty_log(
+        &self,
+        index: usize,
+        first_page: u64,
+        pages: u64,
+        bitmap: &[u64],
+    ) -> Result<(), VmError> {
+        let _ = (index, first_page, pages, bitmap);
+        Ok(())
+    }
     /// Returns once every vCPU has stopped.
     fn pause(&self) -> Result<(), VmError>;
     fn resume(&self) -> Result<(), VmError>;

@@ -31,7 +31,7 @@ pub struct MigrateParams {
     pub url: String,
     /// Hex shared key.
     pub key: String,
-    /// Downtime target: switch over once the rest fits in this at the measured bandwidth.
+    /// Downtime target: a ceiling, not a goal (see [`crate::convergence`]).
     #[serde(default = "default_downtime_ms")]
     pub downtime_ms: u64,
     /// Most pre-copy rounds after the first full pass.

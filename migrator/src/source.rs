@@ -1,9 +1,8 @@
 //! The sending side: iterative dirty-page pre-copy, then a commit-protocol switchover.
 //!
 //! Round 0 sends all memory except zero pages. Each later round sends what the merged dirty
-//! log (KVM's log ∪ the VMM's device-write bitmap) says changed. Pre-copy stops when the rest
-//! fits the downtime target at the measured bandwidth, after `max_rounds`, after 3× RAM has
-//! been sent, or at the timeout (cancel, or force the switchover).
+//! log (KVM's log ∪ the VMM's device-write bitmap) says changed. [`convergence`] decides when
+//! pre-copy stops: the downtime target is a ceiling, not a goal.
 //!
 //! Switchover and its failure semantics:
 //! 1. Pause the VM, send the last dirty pages and the VM state.
@@ -20,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
+use crate::convergence::{self, Limits, Observation, StopReason};
 use crate::dirty::DirtyBitmap;
 use crate::guest_ram;
 use crate::handshake::{self, HandshakeError, Key};
@@ -35,6 +35,8 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Socket buffer: large writes go straight to the kernel, headers and lone pages coalesce.
 const SEND_BUFFER: usize = 1 << 20;
+/// Manual dirty-log mode clears KVM's log this many pages (a multiple of 64) at a time.
+const CLEAR_CHUNK: u64 = 4096;
 /// Auto-converge: start, step and cap of the vCPU throttle, as in QEMU.
 const THROTTLE_START: u8 = 20;
 const THROTTLE_STEP: u8 = 10;
@@ -90,6 +92,8 @@ struct Sender<'a, V: MigratableVm> {
     started: Instant,
     /// Bytes per second, measured on the last round that moved enough data to say.
     bandwidth: f64,
+    /// KVM's log stays set until cleared: clear each chunk right before sending it.
+    manual_log: bool,
 }
 
 impl<V: MigratableVm> Sender<'_, V> {
@@ -98,6 +102,7 @@ impl<V: MigratableVm> Sender<'_, V> {
     /// data before. Returns `(pages with data, bytes on the wire)`.
     fn send_bitmap(
         &mut self,
+        index: usize,
         base: u64,
         bitmap: &DirtyBitmap,
         first_pass: bool,
@@ -105,7 +110,11 @@ impl<V: MigratableVm> Sender<'_, V> {
         let mut pages_sent = 0;
         let mut bytes = 0;
         let page = PAGE_SIZE as usize;
+        let mut cleared = 0;
         for (first, count) in bitmap.runs(MAX_PAGES_PER_FRAME) {
+            if self.manual_log {
+                cleared = self.clear_log(index, bitmap, cleared, (first, first + count))?;
+            }
             let len = count as usize * page;
             let gpa = base + first * PAGE_SIZE;
             // In the first pass, pages the guest never touched are zero: skip reading them.
@@ -155,7 +164,31 @@ impl<V: MigratableVm> Sender<'_, V> {
         Ok((pages_sent, bytes))
     }
 
-    /// Reads and clears the merged dirty log of every region.
+    /// In manual dirty-log mode: clears KVM's log for the pages of `bitmap` in `[first, end)`
+    /// not cleared yet (all below `cleared` are), a chunk at a time, right before they are
+    /// read for sending: a write after this is logged for the next round. Returns how far the
+    /// log is now cleared.
+    fn clear_log(
+        &self,
+        index: usize,
+        bitmap: &DirtyBitmap,
+        cleared: u64,
+        (first, end): (u64, u64),
+    ) -> Result<u64, SourceError> {
+        // Chunks start on a 64-page boundary, as KVM requires.
+        let mut from = cleared.max(first & !63);
+        while from < end {
+            let to = (from + CLEAR_CHUNK).min(bitmap.pages());
+            let words = &bitmap.words()[(from / 64) as usize..to.div_ceil(64) as usize];
+            self.vm
+                .clear_dirty_log(index, from, to - from, words)
+                .map_err(vm_err)?;
+            from = to;
+        }
+        Ok(from.max(cleared))
+    }
+
+    /// Reads the merged dirty log of every region (clearing KVM's, unless it is manual).
     fn dirty_maps(&self) -> Result<Vec<(u64, DirtyBitmap)>, SourceError> {
         let mut maps = Vec::new();
         for (i, region) in self.vm.memory().iter().enumerate() {
@@ -174,8 +207,8 @@ impl<V: MigratableVm> Sender<'_, V> {
         first_pass: bool,
     ) -> Result<(u64, u64), SourceError> {
         let (mut pages, mut bytes) = (0, 0);
-        for (base, map) in maps {
-            let (p, b) = self.send_bitmap(*base, map, first_pass)?;
+        for (index, (base, map)) in maps.iter().enumerate() {
+            let (p, b) = self.send_bitmap(index, *base, map, first_pass)?;
             pages += p;
             bytes += b;
         }
@@ -193,6 +226,7 @@ impl<V: MigratableVm> Sender<'_, V> {
             mbps: self.bandwidth * 8.0 / 1e6,
             expected_downtime_ms: remaining as f64 / self.bandwidth.max(1.0) * 1e3,
             cpu_throttle_percentage: self.stats.cpu_throttle_percentage,
+            stop_reason: None,
         }
     }
 }
@@ -233,6 +267,11 @@ fn precopy<V: MigratableVm>(
 
     let mut round = 0u32;
     let mut last_round_time = took;
+    let mut previous = bytes;
+    let limits = Limits {
+        downtime: params.downtime(),
+        max_rounds: params.max_rounds,
+    };
     loop {
         let maps = s.dirty_maps()?;
         let dirty: u64 = maps.iter().map(|(_, m)| m.count()).sum();
@@ -241,19 +280,32 @@ fn precopy<V: MigratableVm>(
         let dirty_rate = (dirty as f64 / last_round_time.as_secs_f64().max(1e-3)) as u64;
         s.stats.ram.remaining = remaining;
         s.stats.ram.dirty_pages_rate = dirty_rate;
-        let p = s.progress(round, remaining, dirty_rate);
+        let timed_out = s.started.elapsed() > params.timeout();
+        let stop = convergence::decide(
+            &Observation {
+                remaining,
+                previous,
+                bandwidth: s.bandwidth,
+                dirty_rate: (dirty_rate * PAGE_SIZE) as f64,
+                round,
+                transferred: s.stats.ram.transferred,
+                ram,
+                timed_out,
+            },
+            &limits,
+        );
+        previous = remaining;
+        let mut p = s.progress(round, remaining, dirty_rate);
+        p.stop_reason = stop;
         s.stats.expected_downtime_ms = p.expected_downtime_ms;
+        s.stats.stop_reason = stop;
         progress(&p);
-
-        let fits = remaining as f64 <= s.bandwidth * params.downtime().as_secs_f64();
-        if fits || round >= params.max_rounds || s.stats.ram.transferred >= 3 * ram {
-            return Ok(Converged::Yes(maps));
-        }
-        if s.started.elapsed() > params.timeout() {
-            return Ok(match params.on_timeout {
-                OnTimeout::Cancel => Converged::Cancel,
-                OnTimeout::Force => Converged::Yes(maps),
-            });
+        match stop {
+            Some(StopReason::Timeout) if params.on_timeout == OnTimeout::Cancel => {
+                return Ok(Converged::Cancel);
+            }
+            Some(_) => return Ok(Converged::Yes(maps)),
+            None => {}
         }
         if params.auto_converge && dirty_rate as f64 * PAGE_SIZE as f64 > 0.5 * s.bandwidth {
             let next = match s.stats.cpu_throttle_percentage {
@@ -388,6 +440,7 @@ fn run<V: MigratableVm>(
         stats: Stats::default(),
         started,
         bandwidth: 1.0,
+        manual_log: vm.manual_dirty_log(),
     };
     s.stats.ram.total = ram;
     s.stats.setup_time_ms = ms(started.elapsed());

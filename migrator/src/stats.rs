@@ -1,6 +1,8 @@
 //! Migration statistics, named after QEMU's `query-migrate` fields where they exist.
 use serde::Serialize;
 
+pub use crate::convergence::StopReason;
+
 /// Outcome of a migration.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -74,6 +76,9 @@ pub struct Stats {
     pub expected_downtime_ms: f64,
     pub ram: RamStats,
     pub cpu_throttle_percentage: u8,
+    /// Which rule ended pre-copy, once one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<StopReason>,
     pub rounds: Vec<RoundStats>,
     /// Why the migration did not complete, if it did not.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -93,6 +98,9 @@ pub struct Progress {
     pub mbps: f64,
     pub expected_downtime_ms: f64,
     pub cpu_throttle_percentage: u8,
+    /// Set on the last report of pre-copy: which rule ended it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<StopReason>,
 }
 
 #[cfg(test)]
@@ -111,5 +119,11 @@ mod tests {
         assert!(v["ram"].get("dirty-sync-count").is_some());
         assert!(v["ram"].get("duplicate").is_some());
         assert!(v.get("error").is_none());
+        let v = serde_json::to_value(Stats {
+            stop_reason: Some(StopReason::Floor),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(v["stop-reason"], "floor");
     }
 }

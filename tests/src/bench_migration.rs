@@ -38,6 +38,8 @@ pub struct OurStats {
     pub ram: OurRam,
     pub cpu_throttle_percentage: u8,
     pub rounds: Vec<OurRound>,
+    /// Which rule ended pre-copy, as the VMM reports it.
+    pub stop_reason: Option<String>,
     pub error: Option<String>,
 }
 
@@ -106,7 +108,8 @@ pub fn parse_ctl_output(text: &str) -> Result<(Vec<OurProgress>, OurStats), Migr
     Ok((progress, stats))
 }
 
-/// Why our pre-copy stopped, inferred from its statistics (the VMM does not say).
+/// Why our pre-copy stopped, inferred from its statistics, for a VMM that does not say
+/// (`OurStats::stop_reason` is what a newer one reports).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum StopReason {

@@ -3,9 +3,11 @@
 //! when dropped, summary statistics, and readers for a process's memory use.
 
 pub mod bench_files;
+pub mod bench_idle;
 pub mod bench_limits;
 pub mod bench_migration;
 pub mod bench_peers;
+pub mod bench_restore;
 pub mod http_client;
 pub mod machine;
 pub mod netns;

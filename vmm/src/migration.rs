@@ -44,6 +44,24 @@ impl MigratableVm for Source {
         Ok(self.0.vm().dirty_log(index as u32, region.len())?)
     }
 
+    fn manual_dirty_log(&self) -> bool {
+        self.0.vm().dirty_log_mode().manual
+    }
+
+    fn clear_dirty_log(
+        &self,
+        index: usize,
+        first_page: u64,
+        pages: u64,
+        bitmap: &[u64],
+    ) -> Result<(), VmError> {
+        let pages = u32::try_from(pages).map_err(|_| "too many pages to clear at once")?;
+        Ok(self
+            .0
+            .vm()
+            .clear_dirty_log(index as u32, first_page, pages, bitmap)?)
+    }
+
     fn pause(&self) -> Result<(), VmError> {
         Ok(self.0.pause()?)
     }

@@ -13,6 +13,8 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use laundromat_tests::{
+    bench_files::ScratchDir,
+    bench_restore,
     machine::Machine,
     process::{command_line, find_program, BoundedChild},
     smaps::{self, MemoryUsage},
@@ -45,7 +47,8 @@ const MEMORY_WORKLOADS: [(&str, &str); 2] = [
 #[derive(Parser)]
 #[command(
     name = "boot-bench",
-    about = "Time to first console byte (ours vs QEMU microvm) and VMM memory overhead"
+    about = "Time to first console byte (ours vs QEMU microvm), VMM memory overhead, snapshot \
+             restore time"
 )]
 struct Args {
     /// Timed runs per VMM and guest, after one untimed warm-up run each.
@@ -85,6 +88,8 @@ struct Report {
     memory_overhead_target_mib: f64,
     /// How long each memory run let the guest run after its banner.
     settle_secs: f64,
+    /// Snapshot cost and restore to running, by RAM size.
+    restore: Vec<bench_restore::RestoreRun>,
 }
 
 #[derive(Serialize)]
@@ -180,6 +185,9 @@ fn run(args: Args) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
 
+    let scratch = ScratchDir::new(&std::env::temp_dir(), "boot-bench")?;
+    let restore = bench_restore::run_all(&vmm, &pvh, scratch.path(), args.runs, timeout)?;
+
     let report = Report {
         machine: Machine::detect(),
         runs: args.runs,
@@ -190,11 +198,13 @@ fn run(args: Args) -> Result<()> {
         memory,
         memory_overhead_target_mib: TARGET_OVERHEAD_MIB,
         settle_secs: settle.as_secs_f64(),
+        restore,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_table(&report);
+        bench_restore::print(&report.restore);
     }
     Ok(())
 }

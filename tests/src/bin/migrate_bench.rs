@@ -17,6 +17,7 @@ use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use laundromat_tests::{
     bench_files::{compare_pages, write_random, ScratchDir, PAGE},
+    bench_idle::{self, IdleRun, IdleSetup},
     bench_limits::{self, gbit_per_s, gbyte_per_s},
     bench_migration::{
         free_port, parse_ctl_output, DowntimeParts, Integrity, OurStats, StopReason,
@@ -117,6 +118,9 @@ struct Args {
     /// The longest any other wait may take (a boot, a migration's end, a check), in seconds.
     #[arg(long, default_value_t = 60)]
     timeout_secs: u64,
+    /// Run only the idle bench guests with untouched memory (256 MiB, 1 GiB, 4 GiB).
+    #[arg(long)]
+    idle_untouched_only: bool,
 }
 
 /// Who migrates, with which settings.
@@ -321,6 +325,7 @@ struct Report {
     idle_runs: u32,
     qemu_converge_secs: u64,
     limits: Limits,
+    idle_untouched: Vec<IdleRun>,
     idle: Vec<Migration>,
     idle_medians: Vec<Medians>,
     targets: Targets,
@@ -365,6 +370,23 @@ fn run(args: Args) -> Result<()> {
     };
     let loadavg_start = loadavg();
     let idle_runs = if args.quick { 1 } else { args.runs };
+
+    let auth = ["--migration-key".to_owned(), KEY.to_owned()];
+    let idle_untouched = bench_idle::run_all(&IdleSetup {
+        vmm: &bench.vmm,
+        bench_image: &bench.bench,
+        scratch: bench.scratch.path(),
+        timeout: bench.timeout,
+        dest_args: &auth,
+        source_args: &auth,
+    });
+    if args.idle_untouched_only {
+        match args.json {
+            true => println!("{}", serde_json::to_string_pretty(&idle_untouched)?),
+            false => bench_idle::print(&idle_untouched),
+        }
+        return Ok(());
+    }
 
     // The limits first, while no guest competes for the CPUs.
     let limits = measure_limits(args.quick)?;
@@ -411,6 +433,7 @@ fn run(args: Args) -> Result<()> {
         idle_runs,
         qemu_converge_secs: args.qemu_converge_secs,
         limits,
+        idle_untouched,
         idle,
         idle_medians,
         targets,
@@ -423,6 +446,7 @@ fn run(args: Args) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_report(&report);
+        bench_idle::print(&report.idle_untouched);
     }
     Ok(())
 }
@@ -657,6 +681,9 @@ impl Bench {
         let bound = self.timeout + Duration::from_secs(BENCH_TIMEOUT_S);
         ctl.wait_for("\"ok\":", bound)?;
         migration.wall_ms = started.elapsed().as_secs_f64() * 1e3;
+        // The statistics line may still be arriving: it is complete once `vmm ctl` exits.
+        wait_until(self.timeout, || Ok(!ctl.is_running()?))
+            .context("`vmm ctl migrate` did not exit after its statistics")?;
         let (progress, stats) = parse_ctl_output(&ctl.console())?;
         let console_during = source.console();
         let console_during = console_during
@@ -666,7 +693,7 @@ impl Bench {
         fill_ours(migration, &stats);
         let max_rounds = options.max_rounds.unwrap_or(DEFAULT_MAX_ROUNDS);
         let stop = StopReason::infer(&stats, &progress, DOWNTIME_TARGET_MS, max_rounds);
-        migration.stop = stop.label().to_owned();
+        migration.stop = (stats.stop_reason.clone()).unwrap_or_else(|| stop.label().to_owned());
         if migration.completed() {
             // The source must exit, and with status 0, once the destination runs the VM.
             let exited = wait_until(self.timeout, || Ok(!source.is_running()?)).is_ok();

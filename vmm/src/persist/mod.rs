@@ -6,7 +6,6 @@
 //! it cannot read. Snapshots ([`snapshot`]) put a state blob and a memory image in a directory.
 pub mod format;
 pub mod snapshot;
-pub mod sparse;
 
 use serde::{Deserialize, Serialize};
 

@@ -2,7 +2,7 @@
 //! (guest RAM, regions concatenated in address order, as a sparse file).
 //!
 //! Both directions cost in proportion to the data, not to RAM: writing reads only pages the
-//! guest may have touched ([`sparse`](super::sparse)) and leaves zero pages as holes; restoring
+//! guest may have touched ([`guest_ram::untouched`]) and leaves zero pages as holes; restoring
 //! maps `memory.bin` privately and lazily, so a page is read when the guest first touches it.
 //! A VM restored that way reads its memory file for as long as it runs: replace a snapshot
 //! (files are written aside and renamed into place, so that is safe), never edit it in place.
@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
+use migrator::guest_ram;
+
 use super::format::{self, FormatError};
-use super::sparse;
 use super::VmState;
 use crate::vstate::memory::{self, Backing, GuestMemory, MemoryError};
 
@@ -104,8 +105,12 @@ fn write_memory(file: &File, path: &Path, mem: &GuestMemory) -> Result<u64, Snap
     let mut buf = vec![0u8; CHUNK];
     let mut written = 0u64;
     let mut file_offset = 0u64;
-    for (index, region) in mem.iter().enumerate() {
-        let data = sparse::pages_with_data(mem, index);
+    for region in mem.iter() {
+        let pages = (region.len() / PAGE as u64) as usize;
+        let data: Vec<bool> = match guest_ram::untouched(mem, region.start_addr().0, pages) {
+            Some(untouched) => untouched.iter().map(|&u| !u).collect(),
+            None => vec![true; pages],
+        };
         for (first, count) in runs(&data, CHUNK / PAGE) {
             let len = count * PAGE;
             let gpa = region.start_addr().0 + (first * PAGE) as u64;
@@ -199,7 +204,7 @@ pub fn load_memory(dir: &Path, mem: &GuestMemory) -> Result<(), SnapshotError> {
     let mut file_offset = 0u64;
     for region in mem.iter() {
         let mut data = vec![false; (region.len() / PAGE as u64) as usize];
-        sparse::mark_file_data(&file, file_offset, region.len(), &mut data)
+        guest_ram::mark_file_data(&file, file_offset, region.len(), &mut data)
             .map_err(read_err(&path))?;
         for (first, count) in runs(&data, CHUNK / PAGE) {
             let len = count * PAGE;

@@ -4,6 +4,7 @@ use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::dirty_log::{self, DirtyLogMode};
 use super::memory::GuestMemory;
 
 /// Where KVM puts the three pages VT-x needs for real-mode TSS emulation: just below the BIOS
@@ -37,13 +38,36 @@ pub enum VmError {
 pub struct Vm {
     pub kvm: Kvm,
     pub fd: VmFd,
+    dirty_mode: DirtyLogMode,
 }
 
 impl Vm {
     pub fn new() -> Result<Self, VmError> {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let fd = kvm.create_vm().map_err(VmError::Create)?;
-        Ok(Self { kvm, fd })
+        let dirty_mode = dirty_log::enable_manual(&fd);
+        Ok(Self {
+            kvm,
+            fd,
+            dirty_mode,
+        })
+    }
+
+    /// Whether reading the dirty log leaves it set until [`Vm::clear_dirty_log`].
+    pub fn dirty_log_mode(&self) -> DirtyLogMode {
+        self.dirty_mode
+    }
+
+    /// Clears `bitmap`'s pages (from `first_page`, `pages` of them) in slot `slot`'s log.
+    pub fn clear_dirty_log(
+        &self,
+        slot: u32,
+        first_page: u64,
+        pages: u32,
+        bitmap: &[u64],
+    ) -> Result<(), VmError> {
+        dirty_log::clear(&self.fd, slot, first_page, pages, bitmap)
+            .map_err(|source| VmError::DirtyLog { slot, source })
     }
 
     /// Registers every region of `mem` as a KVM slot (slot i = region i), with dirty logging
@@ -77,7 +101,8 @@ impl Vm {
         Ok(())
     }
 
-    /// KVM's dirty log of memory slot `slot`, one bit per page; reading clears it.
+    /// KVM's dirty log of memory slot `slot`, one bit per page; reading clears it unless the
+    /// log is in manual mode.
     pub fn dirty_log(&self, slot: u32, size: u64) -> Result<Vec<u64>, VmError> {
         self.fd
             .get_dirty_log(slot, size as usize)
