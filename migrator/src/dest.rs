@@ -1,18 +1,22 @@
-//! The receiving side. The destination accepts one connection, authenticates it, learns the
-//! machine's shape, fills guest memory, takes the VM state, and only runs the VM after the
-//! source commits:
+//! The receiving side. The destination waits for its authenticated source
+//! ([`transport::accept`]), learns the machine's shape, fills guest memory, takes the VM
+//! state, and only runs the VM after the source commits:
 //!
-//! - Any failure before `Commit` arrives (bad frame, wrong key, the source vanishing, a
-//!   timeout) ends the destination with an error; it never ran the guest.
+//! - Connections that fail authentication are refused and do not end the wait (see
+//!   [`crate::transport`]).
+//! - Once the source is in, any failure before `Commit` arrives (bad frame, tampered bytes,
+//!   the source vanishing, a timeout) ends the destination with an error; it never ran the
+//!   guest.
 //! - After `Commit` the destination runs the VM and acknowledges with `Running`. If that
 //!   acknowledgement is lost, the source stays paused: still only one copy runs.
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
-use crate::handshake::{self, HandshakeError, Key};
+use crate::identity::{Identity, PublicKey};
+use crate::transport::{self, SecureStream, TransportError};
 use crate::wire::{self, Message, Tag, WireError, PAGE_SIZE};
 use crate::GuestMemory;
 
@@ -22,10 +26,8 @@ const READ_BUFFER: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DestError {
-    #[error("cannot accept the migration connection")]
-    Accept(#[source] std::io::Error),
-    #[error("handshake with the source failed")]
-    Handshake(#[from] HandshakeError),
+    #[error("no migration arrived")]
+    Transport(#[from] TransportError),
     #[error("the migration stream broke")]
     Wire(#[from] WireError),
     #[error("the source sent pages [{gpa:#x}, +{len:#x}) outside guest RAM")]
@@ -53,22 +55,31 @@ pub struct Received {
 
 /// An authenticated incoming migration.
 pub struct Incoming {
-    input: BufReader<TcpStream>,
+    input: BufReader<SecureStream>,
     pub ram_bytes: u64,
     pub machine: Vec<u8>,
     pub received: Received,
     pub started: Instant,
 }
 
-/// Waits for one source on `listener`, authenticates it and reads the machine description.
-pub fn accept(listener: &TcpListener, key: &Key) -> Result<Incoming, DestError> {
-    let (mut stream, peer) = listener.accept().map_err(DestError::Accept)?;
+/// Waits on `listener` until `deadline` (`deadline_secs` from the start, for messages) for
+/// the source holding `peer`'s key, and reads the machine description.
+pub fn accept(
+    listener: &TcpListener,
+    identity: &Identity,
+    peer: PublicKey,
+    deadline: Instant,
+    deadline_secs: u64,
+) -> Result<Incoming, DestError> {
+    let mut lanes =
+        transport::accept(listener, identity, peer, deadline, deadline_secs)?.into_iter();
     let started = Instant::now();
-    tracing::info!(%peer, "incoming migration");
-    stream.set_nodelay(true)?;
+    let Some(stream) = lanes.next() else {
+        return Err(DestError::OutOfOrder(Tag::Hello));
+    };
+    tracing::info!(peer = %stream.peer_addr(), "incoming migration");
     stream.set_read_timeout(Some(IDLE_TIMEOUT))?;
     stream.set_write_timeout(Some(IDLE_TIMEOUT))?;
-    handshake::accept(&mut stream, key)?;
     let mut input = BufReader::with_capacity(READ_BUFFER, stream);
     let Message::Machine { ram_bytes, blob } =
         wire::expect(&mut input, Tag::Machine, "the machine")?

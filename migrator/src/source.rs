@@ -15,21 +15,20 @@
 //!    If the acknowledgement never comes, the outcome is unknown: the source VM stays paused
 //!    (it is never resumed on a guess) and the status is `unknown`.
 use std::io::{BufWriter, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::dirty::DirtyBitmap;
 use crate::guest_ram;
-use crate::handshake::{self, HandshakeError, Key};
+use crate::identity::{Identity, IdentityError, PublicKey};
 use crate::params::{MigrateParams, OnTimeout, ParamsError};
 use crate::stats::{DowntimeParts, Progress, RoundStats, Stats, Status};
+use crate::transport::{self, SecureStream, TransportError};
 use crate::wire::{self, Message, Tag, WireError, MAX_PAGES_PER_FRAME, PAGE_SIZE};
 use crate::{vmm_bitmap, MigratableVm, VmError};
 
-/// How long to wait for the destination to connect, apply the state, or resume.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for the destination to apply the state, or resume.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 /// A write that makes no progress for this long means the destination is gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -44,13 +43,10 @@ const THROTTLE_MAX: u8 = 99;
 pub enum SourceError {
     #[error("invalid migration request")]
     Params(#[from] ParamsError),
-    #[error("cannot reach the destination {addr}")]
-    Connect {
-        addr: String,
-        source: std::io::Error,
-    },
-    #[error("handshake with the destination failed")]
-    Handshake(#[from] HandshakeError),
+    #[error("cannot use this host's identity")]
+    Identity(#[from] IdentityError),
+    #[error("cannot open the migration connection")]
+    Transport(#[from] TransportError),
     #[error("the migration stream broke")]
     Wire(#[from] WireError),
     #[error("the VM failed during migration: {0}")]
@@ -84,7 +80,7 @@ fn is_zero(page: &[u8]) -> bool {
 /// Memory sending for one connection.
 struct Sender<'a, V: MigratableVm> {
     vm: &'a V,
-    out: BufWriter<TcpStream>,
+    out: BufWriter<SecureStream>,
     staging: Vec<u8>,
     stats: Stats,
     started: Instant,
@@ -337,20 +333,18 @@ pub fn migrate<V: MigratableVm>(
     stats
 }
 
-fn connect(params: &MigrateParams) -> Result<TcpStream, SourceError> {
-    let addr = params.address()?;
-    let connect_err = |source| SourceError::Connect {
-        addr: addr.to_string(),
-        source,
-    };
-    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
-    for a in addr.to_socket_addrs().map_err(connect_err)? {
-        match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
-            Ok(s) => return Ok(s),
-            Err(e) => last = e,
-        }
+/// Opens the migration's authenticated connections to the destination.
+fn connect(params: &MigrateParams) -> Result<Vec<SecureStream>, SourceError> {
+    let identity = Identity::load(&params.identity)?;
+    let peer = PublicKey::from_hex(&params.peer)?;
+    let lanes = u16::try_from(params.connections)
+        .map_err(|_| ParamsError::Connections(params.connections))?;
+    let streams = transport::open(params.address()?, &identity, peer, lanes)?;
+    for s in &streams {
+        s.set_write_timeout(Some(WRITE_TIMEOUT))?;
+        s.set_read_timeout(Some(REPLY_TIMEOUT))?;
     }
-    Err(connect_err(last))
+    Ok(streams)
 }
 
 fn run<V: MigratableVm>(
@@ -362,12 +356,10 @@ fn run<V: MigratableVm>(
 ) -> Result<(), SourceError> {
     stats.status = Status::Failed;
     params.validate()?;
-    let key = Key::from_hex(&params.key)?;
-    let mut stream = connect(params)?;
-    stream.set_nodelay(true)?;
-    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
-    stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
-    handshake::connect(&mut stream, &key)?;
+    let mut lanes = connect(params)?.into_iter();
+    let Some(mut stream) = lanes.next() else {
+        return Err(ParamsError::Connections(0).into());
+    };
     let ram: u64 = vm.memory().iter().map(|r| r.len()).sum();
     wire::send(
         &mut stream,

@@ -6,6 +6,7 @@ pub mod bench_files;
 pub mod bench_limits;
 pub mod bench_migration;
 pub mod bench_peers;
+pub mod host_keys;
 pub mod machine;
 pub mod netns;
 pub mod process;
