@@ -41,7 +41,7 @@ pub enum TlsSetupError {
 
 /// The peer presented a certificate for another key than the one it was expected to hold.
 #[derive(Debug, thiserror::Error)]
-#[error("the peer presented the key {presented}, but {expected} was expected")]
+#[error("it presented the key {presented}, but {expected} was expected")]
 pub struct WrongPeerKey {
     presented: String,
     expected: PublicKey,

@@ -50,6 +50,8 @@ pub enum TransportError {
         peer: SocketAddr,
         source: std::io::Error,
     },
+    #[error("{peer} is not the expected host: {why}")]
+    WrongPeer { peer: SocketAddr, why: String },
     #[error("the destination refused this host ({alert}); was it started with --peer {ours}?")]
     Refused { alert: String, ours: String },
     #[error("the destination refused the migration: {0}")]
@@ -92,6 +94,15 @@ pub struct SecureStream {
     // Cells so the timeouts can change through a shared reference (e.g. `BufWriter::get_ref`).
     read_timeout: Cell<Option<Duration>>,
     write_timeout: Cell<Option<Duration>>,
+    /// The first I/O error: after it the connection is dead, and every later call fails at
+    /// once instead of waiting out another timeout (e.g. flushing a buffer on the way out).
+    failed: Option<(std::io::ErrorKind, String)>,
+}
+
+impl std::fmt::Debug for SecureStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecureStream({})", self.peer)
+    }
 }
 
 macro_rules! both {
@@ -152,6 +163,7 @@ impl SecureStream {
             peer: tcp_peer,
             read_timeout: Cell::new(None),
             write_timeout: Cell::new(None),
+            failed: None,
         };
         // Socket options on a fresh connected socket only fail if it is already broken; the
         // handshake then reports that.
@@ -184,17 +196,44 @@ impl SecureStream {
     }
 }
 
+impl SecureStream {
+    /// Fails at once if the connection already failed.
+    fn check(&self) -> std::io::Result<()> {
+        match &self.failed {
+            None => Ok(()),
+            Some((kind, why)) => Err(std::io::Error::new(*kind, why.clone())),
+        }
+    }
+
+    /// Remembers the first error (but not an interrupted call, which may be retried).
+    fn note<T>(&mut self, r: std::io::Result<T>, limit: Option<Duration>) -> std::io::Result<T> {
+        r.map_err(|e| {
+            let e = timeout_error(e, limit);
+            if e.kind() != std::io::ErrorKind::Interrupted && self.failed.is_none() {
+                self.failed = Some((e.kind(), format!("the connection failed earlier: {e}")));
+            }
+            e
+        })
+    }
+}
+
 impl Read for SecureStream {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.check()?;
         let limit = self.read_timeout.get();
-        both!(self, s => s.read(buf)).map_err(|e| timeout_error(e, limit))
+        let r = both!(self, s => s.read(buf));
+        self.note(r, limit)
     }
 }
 
 impl BufRead for SecureStream {
     fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        self.check()?;
         let limit = self.read_timeout.get();
-        both!(self, s => s.fill_buf()).map_err(|e| timeout_error(e, limit))
+        // Two steps, so the buffer is borrowed only after the error bookkeeping.
+        let r = both!(self, s => s.fill_buf().map(|b| b.len()));
+        self.note(r, limit)?;
+        both!(self, s => s.fill_buf())
     }
 
     fn consume(&mut self, amt: usize) {
@@ -203,15 +242,44 @@ impl BufRead for SecureStream {
 }
 
 impl Write for SecureStream {
+    /// Encrypts what fits in the TLS send buffer and writes it out. Unlike rustls'
+    /// `Stream`, a blocked write never turns into a wait for incoming data: a stalled peer
+    /// costs one write timeout, not a write and a read timeout.
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.check()?;
         let limit = self.write_timeout.get();
-        both!(self, s => s.write(buf)).map_err(|e| timeout_error(e, limit))
+        let r = both!(self, s => {
+            send_pending(&mut s.conn, &mut s.sock)
+                .and_then(|()| s.conn.writer().write(buf))
+                .and_then(|n| send_pending(&mut s.conn, &mut s.sock).map(|()| n))
+        });
+        self.note(r, limit)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
+        self.check()?;
         let limit = self.write_timeout.get();
-        both!(self, s => s.flush()).map_err(|e| timeout_error(e, limit))
+        let r = both!(self, s => {
+            s.conn
+                .writer()
+                .flush()
+                .and_then(|()| send_pending(&mut s.conn, &mut s.sock))
+        });
+        self.note(r, limit)
     }
+}
+
+/// Writes every encrypted record waiting in `conn` to `sock`.
+fn send_pending<S: rustls::SideData>(
+    conn: &mut rustls::ConnectionCommon<S>,
+    sock: &mut TcpStream,
+) -> std::io::Result<()> {
+    while conn.wants_write() {
+        if conn.write_tls(sock)? == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+    }
+    Ok(())
 }
 
 impl ReadVolatile for SecureStream {
@@ -286,6 +354,23 @@ fn refused(e: WireError, identity: &Identity) -> TransportError {
     TransportError::Wire(e)
 }
 
+/// Makes a failed handshake say what went wrong in words: above all, a peer that holds
+/// another key than the one expected.
+fn handshake_error(peer: SocketAddr, source: std::io::Error) -> TransportError {
+    let inner = source
+        .get_ref()
+        .and_then(|i| i.downcast_ref::<rustls::Error>());
+    if let Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) = inner {
+        if let Some(wrong) = other.0.downcast_ref::<tls::WrongPeerKey>() {
+            return TransportError::WrongPeer {
+                peer,
+                why: wrong.to_string(),
+            };
+        }
+    }
+    TransportError::Handshake { peer, source }
+}
+
 /// One TLS connection to `addr`, authenticated both ways, before any migration message.
 pub fn connect(
     addr: &str,
@@ -323,8 +408,7 @@ fn connect_with(addr: &str, cfg: &Arc<ClientConfig>) -> Result<SecureStream, Tra
         peer,
         HANDSHAKE_TIMEOUT,
     );
-    s.handshake()
-        .map_err(|source| TransportError::Handshake { peer, source })?;
+    s.handshake().map_err(|e| handshake_error(peer, e))?;
     Ok(s)
 }
 
@@ -350,7 +434,7 @@ fn greet(
         peer,
         HANDSHAKE_TIMEOUT,
     );
-    s.handshake().map_err(handshake_err)?;
+    s.handshake().map_err(|e| handshake_error(peer, e))?;
     let Message::Hello {
         version,
         session,
@@ -460,12 +544,8 @@ pub fn accept(
     let pending = Arc::new(AtomicUsize::new(0));
     let mut session: Option<Session> = None;
     loop {
-        while let Ok((from, result)) = rx.try_recv() {
-            let admitted = match result {
-                Ok(g) => Session::admit(&mut session, g),
-                Err(e) => Err(chain(&e)),
-            };
-            match admitted {
+        while let Ok((from, greeted)) = rx.try_recv() {
+            match Session::admit(&mut session, greeted) {
                 Ok(()) => tracing::info!(peer = %from, "incoming migration peer authenticated"),
                 Err(why) => {
                     tracing::warn!(peer = %from, "refused a migration connection: {why}")
@@ -501,7 +581,17 @@ pub fn accept(
                     .spawn(move || {
                         let r = greet(tcp, from, cfg);
                         count.fetch_sub(1, Ordering::SeqCst);
-                        let _ = tx.send((from, r));
+                        // Logged here, so a refusal is reported even after the wait is over.
+                        match r {
+                            Ok(g) => {
+                                let _ = tx.send((from, g));
+                            }
+                            Err(e) => tracing::warn!(
+                                peer = %from,
+                                "refused a migration connection: {}",
+                                chain(&e)
+                            ),
+                        }
                     });
                 if let Err(e) = spawned {
                     pending.fetch_sub(1, Ordering::SeqCst);

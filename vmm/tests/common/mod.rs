@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod hosts;
+pub mod pair;
 pub mod tls_proxy;
 
 use std::io::{BufRead, BufReader, Read};

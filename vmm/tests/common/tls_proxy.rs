@@ -192,7 +192,9 @@ fn pump(mut from: TcpStream, mut to: TcpStream, dir: Dir, conn: usize, sh: &Shar
     if let Some(r) = held.take() {
         forward(r, &mut to, dir, conn, true, sh);
     }
-    let _ = to.shutdown(Shutdown::Write);
+    // One side is gone: so is the connection, as with a real path.
+    let _ = to.shutdown(Shutdown::Both);
+    let _ = from.shutdown(Shutdown::Both);
 }
 
 /// Applies the rule to one record and forwards it; false once the connection is done.
