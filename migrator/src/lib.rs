@@ -10,6 +10,7 @@ pub mod dest;
 pub mod dirty;
 pub mod guest_ram;
 pub mod identity;
+pub mod lanes;
 pub mod params;
 pub mod source;
 pub mod stats;

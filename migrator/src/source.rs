@@ -22,6 +22,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use crate::dirty::DirtyBitmap;
 use crate::guest_ram;
 use crate::identity::{Identity, IdentityError, PublicKey};
+use crate::lanes::ExtraLanes;
 use crate::params::{MigrateParams, OnTimeout, ParamsError};
 use crate::stats::{DowntimeParts, Progress, RoundStats, Stats, Status};
 use crate::transport::{self, SecureStream, TransportError};
@@ -81,6 +82,8 @@ fn is_zero(page: &[u8]) -> bool {
 struct Sender<'a, V: MigratableVm> {
     vm: &'a V,
     out: BufWriter<SecureStream>,
+    /// Memory lanes beyond `out` (see [`crate::lanes`]).
+    extra: ExtraLanes,
     staging: Vec<u8>,
     stats: Stats,
     started: Instant,
@@ -132,14 +135,11 @@ impl<V: MigratableVm> Sender<'_, V> {
                 if zero {
                     self.stats.ram.duplicate += n;
                     if !first_pass {
-                        let frame = wire::encode(&Message::Zero { gpa: at, pages: n });
-                        self.out.write_all(&frame)?;
-                        bytes += frame.len() as u64;
+                        bytes += self.extra.zero(&mut self.out, at, n)?;
                     }
                 } else {
-                    self.out.write_all(&wire::pages_header(at, n))?;
-                    self.out.write_all(&self.staging[i * page..j * page])?;
-                    bytes += 16 + n * PAGE_SIZE;
+                    let data = &self.staging[i * page..j * page];
+                    bytes += self.extra.pages(&mut self.out, at, data)?;
                     pages_sent += n;
                 }
                 i = j;
@@ -292,6 +292,9 @@ fn prepare_switchover<V: MigratableVm>(
     }
     let (pages, bytes) = s.send_maps(&maps, false)?;
     s.out.flush()?;
+    // Every page is on its way before the state: the destination applies the state only
+    // after each lane has ended.
+    s.extra.finish()?;
     let final_pages = ms(t0.elapsed());
     s.stats.rounds.push(RoundStats {
         round: s.stats.rounds.len() as u32,
@@ -376,6 +379,7 @@ fn run<V: MigratableVm>(
     let mut s = Sender {
         vm,
         out: BufWriter::with_capacity(SEND_BUFFER, stream),
+        extra: ExtraLanes::new(lanes)?,
         staging: vec![0u8; (MAX_PAGES_PER_FRAME * PAGE_SIZE) as usize],
         stats: Stats::default(),
         started,

@@ -71,10 +71,10 @@ fn loopback_16mib_one_vcpu() {
 }
 
 #[test]
-fn loopback_16mib_two_vcpus() {
+fn loopback_16mib_two_vcpus_two_connections() {
     let _serial = serial();
     if kvm_available() {
-        loopback(16, 2, 1);
+        loopback(16, 2, 2);
     }
 }
 
@@ -87,10 +87,10 @@ fn loopback_256mib_one_vcpu() {
 }
 
 #[test]
-fn loopback_256mib_two_vcpus() {
+fn loopback_256mib_two_vcpus_two_connections() {
     let _serial = serial();
     if kvm_available() {
-        loopback(256, 2, 1);
+        loopback(256, 2, 2);
     }
 }
 
