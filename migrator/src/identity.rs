@@ -63,6 +63,11 @@ impl Identity {
         }
     }
 
+    /// The identity of an existing key.
+    pub fn from_signing_key(key: SigningKey) -> Self {
+        Self { key }
+    }
+
     /// Writes the identity to a new file at `path` (mode 0600); an existing file is an error.
     pub fn save(&self, path: &Path) -> Result<(), IdentityError> {
         let write_err = |source| IdentityError::Write {
