@@ -30,7 +30,8 @@ fn migrates_between_two_namespace_hosts() {
     dst.wait_stderr("waiting for an incoming migration", LIMIT);
 
     let mut src_cmd = a.command(vmm_bin());
-    let cmdline = "workload=dirty wss=64 report-ms=100 exit-after-ms=6000";
+    // Long enough to finish migrating on a loaded machine before the guest ends its run.
+    let cmdline = "workload=dirty wss=64 report-ms=100 exit-after-ms=15000";
     src_cmd.args(bench_args(192, 2, cmdline, Some(&sock)));
     let mut src = Vmm::spawn_command(src_cmd);
     let seen = src.wait_line(LIMIT, |l| field(l, "gen").is_some_and(|g| g >= 2));
