@@ -1,6 +1,7 @@
-//! Live migration for Laundromat VMs: an authenticated, versioned, length-framed protocol
-//! ([`wire`], [`handshake`]), the iterative dirty-page pre-copy engine ([`source`]) and its
-//! receiving end ([`dest`]), with QEMU-style statistics ([`stats`]).
+//! Live migration for Laundromat VMs: host identities ([`identity`]), mutual TLS between them
+//! ([`tls`], [`transport`]), a versioned, length-framed protocol inside it ([`wire`]), the
+//! iterative dirty-page pre-copy engine ([`source`]) and its receiving end ([`dest`]), with
+//! QEMU-style statistics ([`stats`]).
 //!
 //! The engine does not know the VMM: it drives any VM through [`MigratableVm`], which the
 //! `vmm` crate implements. That keeps this crate below the VMM, so the `vmm` binary can serve
@@ -9,10 +10,13 @@ pub mod convergence;
 pub mod dest;
 pub mod dirty;
 pub mod guest_ram;
-pub mod handshake;
+pub mod identity;
+pub mod lanes;
 pub mod params;
 pub mod source;
 pub mod stats;
+pub mod tls;
+pub mod transport;
 pub mod wire;
 
 use vm_memory::bitmap::AtomicBitmap;

@@ -1,7 +1,10 @@
 //! What a migration request may tune.
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::wire::MAX_LANES;
 
 /// What to do when pre-copy runs out of time.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,8 +32,10 @@ pub enum Compression {
 pub struct MigrateParams {
     /// `tcp://HOST:PORT` of the destination.
     pub url: String,
-    /// Hex shared key.
-    pub key: String,
+    /// This host's identity file (see [`crate::identity`]), read by the VMM that migrates.
+    pub identity: PathBuf,
+    /// The destination's public key, hex: the only host this migration will talk to.
+    pub peer: String,
     /// Downtime target: a ceiling, not a goal (see [`crate::convergence`]).
     #[serde(default = "default_downtime_ms")]
     pub downtime_ms: u64,
@@ -45,8 +50,8 @@ pub struct MigrateParams {
     /// Throttle vCPUs while the dirty rate outruns the link.
     #[serde(default)]
     pub auto_converge: bool,
-    /// TCP connections to use. Only 1 is implemented: on the 2-core development machines the
-    /// transfer is CPU-bound, so more streams have nothing to run on (see README).
+    /// TLS connections to use: memory is spread over all of them; state and control go on
+    /// the first.
     #[serde(default = "default_connections")]
     pub connections: u32,
     /// Only `none` is implemented: guest RAM is mostly incompressible or zero (and zero pages
@@ -77,17 +82,22 @@ pub enum ParamsError {
     BadDowntime,
     #[error("the timeout must be at least 1 s")]
     BadTimeout,
-    #[error("{0} connections requested, but this version migrates over exactly one")]
+    #[error("{0} connections requested; use 1 to {max}", max = MAX_LANES)]
     Connections(u32),
     #[error("{0:?} compression is not implemented; use none")]
     Compression(Compression),
 }
 
 impl MigrateParams {
-    pub fn new(url: impl Into<String>, key: impl Into<String>) -> Self {
+    pub fn new(
+        url: impl Into<String>,
+        identity: impl Into<PathBuf>,
+        peer: impl Into<String>,
+    ) -> Self {
         Self {
             url: url.into(),
-            key: key.into(),
+            identity: identity.into(),
+            peer: peer.into(),
             downtime_ms: default_downtime_ms(),
             max_rounds: default_max_rounds(),
             timeout_s: default_timeout_s(),
@@ -117,7 +127,7 @@ impl MigrateParams {
         if self.timeout_s == 0 {
             return Err(ParamsError::BadTimeout);
         }
-        if self.connections != 1 {
+        if self.connections == 0 || self.connections > u32::from(MAX_LANES) {
             return Err(ParamsError::Connections(self.connections));
         }
         if self.compress != Compression::None {
@@ -142,11 +152,11 @@ mod tests {
     #[test]
     fn urls_are_checked() {
         assert_eq!(
-            MigrateParams::new("tcp://10.0.0.2:4444", "k").address(),
+            MigrateParams::new("tcp://10.0.0.2:4444", "id", "k").address(),
             Ok("10.0.0.2:4444")
         );
         assert_eq!(
-            MigrateParams::new("tcp://[::1]:4444", "k").address(),
+            MigrateParams::new("tcp://[::1]:4444", "id", "k").address(),
             Ok("[::1]:4444")
         );
         for bad in [
@@ -156,15 +166,20 @@ mod tests {
             "tcp://h:99999",
             "udp://h:1",
         ] {
-            assert!(MigrateParams::new(bad, "k").validate().is_err(), "{bad}");
+            assert!(
+                MigrateParams::new(bad, "id", "k").validate().is_err(),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn unimplemented_options_are_refused_by_name() {
-        let mut p = MigrateParams::new("tcp://h:1", "k");
-        p.connections = 2;
-        assert_eq!(p.validate(), Err(ParamsError::Connections(2)));
+        let mut p = MigrateParams::new("tcp://h:1", "id", "k");
+        p.connections = 0;
+        assert_eq!(p.validate(), Err(ParamsError::Connections(0)));
+        p.connections = 17;
+        assert_eq!(p.validate(), Err(ParamsError::Connections(17)));
         p.connections = 1;
         p.compress = Compression::Zstd;
         assert!(p
@@ -176,12 +191,13 @@ mod tests {
 
     #[test]
     fn defaults_follow_qemu() {
-        let p: MigrateParams = serde_json::from_str(r#"{"url":"tcp://h:1","key":"00"}"#).unwrap();
+        let p: MigrateParams =
+            serde_json::from_str(r#"{"url":"tcp://h:1","identity":"/id","peer":"00"}"#).unwrap();
         assert_eq!(p.downtime_ms, 300);
         assert_eq!(p.on_timeout, OnTimeout::Cancel);
-        assert!(
-            serde_json::from_str::<MigrateParams>(r#"{"url":"tcp://h:1","key":"00","x":1}"#)
-                .is_err()
-        );
+        assert!(serde_json::from_str::<MigrateParams>(
+            r#"{"url":"tcp://h:1","identity":"/id","peer":"00","x":1}"#
+        )
+        .is_err());
     }
 }

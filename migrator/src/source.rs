@@ -14,7 +14,6 @@
 //!    If the acknowledgement never comes, the outcome is unknown: the source VM stays paused
 //!    (it is never resumed on a guess) and the status is `unknown`.
 use std::io::{BufWriter, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
@@ -22,14 +21,15 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use crate::convergence::{self, Limits, Observation, StopReason};
 use crate::dirty::DirtyBitmap;
 use crate::guest_ram;
-use crate::handshake::{self, HandshakeError, Key};
+use crate::identity::{Identity, IdentityError, PublicKey};
+use crate::lanes::ExtraLanes;
 use crate::params::{MigrateParams, OnTimeout, ParamsError};
 use crate::stats::{DowntimeParts, Progress, RoundStats, Stats, Status};
+use crate::transport::{self, SecureStream, TransportError};
 use crate::wire::{self, Message, Tag, WireError, MAX_PAGES_PER_FRAME, PAGE_SIZE};
 use crate::{vmm_bitmap, MigratableVm, VmError};
 
-/// How long to wait for the destination to connect, apply the state, or resume.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for the destination to apply the state, or resume.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 /// A write that makes no progress for this long means the destination is gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -46,13 +46,10 @@ const THROTTLE_MAX: u8 = 99;
 pub enum SourceError {
     #[error("invalid migration request")]
     Params(#[from] ParamsError),
-    #[error("cannot reach the destination {addr}")]
-    Connect {
-        addr: String,
-        source: std::io::Error,
-    },
-    #[error("handshake with the destination failed")]
-    Handshake(#[from] HandshakeError),
+    #[error("cannot use this host's identity")]
+    Identity(#[from] IdentityError),
+    #[error("cannot open the migration connection")]
+    Transport(#[from] TransportError),
     #[error("the migration stream broke")]
     Wire(#[from] WireError),
     #[error("the VM failed during migration: {0}")]
@@ -86,7 +83,9 @@ fn is_zero(page: &[u8]) -> bool {
 /// Memory sending for one connection.
 struct Sender<'a, V: MigratableVm> {
     vm: &'a V,
-    out: BufWriter<TcpStream>,
+    out: BufWriter<SecureStream>,
+    /// Memory lanes beyond `out` (see [`crate::lanes`]).
+    extra: ExtraLanes,
     staging: Vec<u8>,
     stats: Stats,
     started: Instant,
@@ -145,14 +144,11 @@ impl<V: MigratableVm> Sender<'_, V> {
                 if zero {
                     self.stats.ram.duplicate += n;
                     if !first_pass {
-                        let frame = wire::encode(&Message::Zero { gpa: at, pages: n });
-                        self.out.write_all(&frame)?;
-                        bytes += frame.len() as u64;
+                        bytes += self.extra.zero(&mut self.out, at, n)?;
                     }
                 } else {
-                    self.out.write_all(&wire::pages_header(at, n))?;
-                    self.out.write_all(&self.staging[i * page..j * page])?;
-                    bytes += 16 + n * PAGE_SIZE;
+                    let data = &self.staging[i * page..j * page];
+                    bytes += self.extra.pages(&mut self.out, at, data)?;
                     pages_sent += n;
                 }
                 i = j;
@@ -348,6 +344,9 @@ fn prepare_switchover<V: MigratableVm>(
     }
     let (pages, bytes) = s.send_maps(&maps, false)?;
     s.out.flush()?;
+    // Every page is on its way before the state: the destination applies the state only
+    // after each lane has ended.
+    s.extra.finish()?;
     let final_pages = ms(t0.elapsed());
     s.stats.rounds.push(RoundStats {
         round: s.stats.rounds.len() as u32,
@@ -389,20 +388,18 @@ pub fn migrate<V: MigratableVm>(
     stats
 }
 
-fn connect(params: &MigrateParams) -> Result<TcpStream, SourceError> {
-    let addr = params.address()?;
-    let connect_err = |source| SourceError::Connect {
-        addr: addr.to_string(),
-        source,
-    };
-    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
-    for a in addr.to_socket_addrs().map_err(connect_err)? {
-        match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
-            Ok(s) => return Ok(s),
-            Err(e) => last = e,
-        }
+/// Opens the migration's authenticated connections to the destination.
+fn connect(params: &MigrateParams) -> Result<Vec<SecureStream>, SourceError> {
+    let identity = Identity::load(&params.identity)?;
+    let peer = PublicKey::from_hex(&params.peer)?;
+    let lanes = u16::try_from(params.connections)
+        .map_err(|_| ParamsError::Connections(params.connections))?;
+    let streams = transport::open(params.address()?, &identity, peer, lanes)?;
+    for s in &streams {
+        s.set_write_timeout(Some(WRITE_TIMEOUT))?;
+        s.set_read_timeout(Some(REPLY_TIMEOUT))?;
     }
-    Err(connect_err(last))
+    Ok(streams)
 }
 
 fn run<V: MigratableVm>(
@@ -414,12 +411,10 @@ fn run<V: MigratableVm>(
 ) -> Result<(), SourceError> {
     stats.status = Status::Failed;
     params.validate()?;
-    let key = Key::from_hex(&params.key)?;
-    let mut stream = connect(params)?;
-    stream.set_nodelay(true)?;
-    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
-    stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
-    handshake::connect(&mut stream, &key)?;
+    let mut lanes = connect(params)?.into_iter();
+    let Some(mut stream) = lanes.next() else {
+        return Err(ParamsError::Connections(0).into());
+    };
     let ram: u64 = vm.memory().iter().map(|r| r.len()).sum();
     wire::send(
         &mut stream,
@@ -436,6 +431,7 @@ fn run<V: MigratableVm>(
     let mut s = Sender {
         vm,
         out: BufWriter::with_capacity(SEND_BUFFER, stream),
+        extra: ExtraLanes::new(lanes)?,
         staging: vec![0u8; (MAX_PAGES_PER_FRAME * PAGE_SIZE) as usize],
         stats: Stats::default(),
         started,

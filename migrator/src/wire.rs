@@ -1,4 +1,5 @@
-//! The migration wire protocol: length-framed messages over one TCP stream.
+//! The migration wire protocol: length-framed messages inside the TLS channel
+//! ([`crate::transport`]), on one or more connections ("lanes").
 //!
 //! ```text
 //! frame   = tag u8 | 3 reserved bytes (zero) | payload length u32 LE | payload
@@ -11,8 +12,9 @@ use std::io::{Read, Write};
 
 /// Identifies the protocol in the first message.
 pub const MAGIC: [u8; 8] = *b"LNDRMIGR";
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The protocol version this build speaks. Version 2 runs inside mutual TLS and may use
+/// several connections; version 1 (a shared-key handshake, plaintext) is gone.
+pub const PROTOCOL_VERSION: u32 = 2;
 pub const PAGE_SIZE: u64 = 4096;
 /// Most pages in one `Pages` frame (8 MiB).
 pub const MAX_PAGES_PER_FRAME: u64 = 2048;
@@ -20,16 +22,18 @@ pub const MAX_PAGES_PER_FRAME: u64 = 2048;
 pub const MAX_MACHINE: u32 = 64 << 10;
 pub const MAX_STATE: u32 = 64 << 20;
 pub const MAX_ABORT: u32 = 4096;
-pub const NONCE_LEN: usize = 32;
-pub const MAC_LEN: usize = 32;
+/// Random identifier of one migration, so extra connections join the right one.
+pub const SESSION_LEN: usize = 16;
+/// Most connections one migration may use.
+pub const MAX_LANES: u16 = 16;
 pub const HEADER_LEN: usize = 8;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Tag {
     Hello = 1,
-    Challenge = 2,
-    Auth = 3,
+    Welcome = 2,
+    // 3 was `Auth` in version 1.
     Machine = 4,
     Pages = 5,
     Zero = 6,
@@ -39,14 +43,15 @@ pub enum Tag {
     Commit = 10,
     Running = 11,
     Abort = 12,
+    LaneEnd = 13,
 }
 
 impl Tag {
     fn from_u8(v: u8) -> Option<Self> {
         use Tag::*;
         [
-            Hello, Challenge, Auth, Machine, Pages, Zero, RoundEnd, State, Ready, Commit, Running,
-            Abort,
+            Hello, Welcome, Machine, Pages, Zero, RoundEnd, State, Ready, Commit, Running, Abort,
+            LaneEnd,
         ]
         .into_iter()
         .find(|t| *t as u8 == v)
@@ -74,17 +79,16 @@ pub enum WireError {
 /// A decoded message. `Pages` carries only its header: `len` bytes of page data follow.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
+    /// The first message on every connection: lane `lane` of `lanes` for migration `session`.
     Hello {
         version: u32,
-        nonce: [u8; NONCE_LEN],
+        session: [u8; SESSION_LEN],
+        lane: u16,
+        lanes: u16,
     },
-    Challenge {
+    /// The destination's answer to an accepted `Hello`.
+    Welcome {
         version: u32,
-        nonce: [u8; NONCE_LEN],
-        mac: [u8; MAC_LEN],
-    },
-    Auth {
-        mac: [u8; MAC_LEN],
     },
     /// The machine description (opaque to the protocol) and its RAM size in bytes.
     Machine {
@@ -108,14 +112,15 @@ pub enum Message {
     Commit,
     Running,
     Abort(String),
+    /// The last message on an extra lane: every page it carried has been sent.
+    LaneEnd,
 }
 
 impl Message {
     pub fn tag(&self) -> Tag {
         match self {
             Message::Hello { .. } => Tag::Hello,
-            Message::Challenge { .. } => Tag::Challenge,
-            Message::Auth { .. } => Tag::Auth,
+            Message::Welcome { .. } => Tag::Welcome,
             Message::Machine { .. } => Tag::Machine,
             Message::Pages { .. } => Tag::Pages,
             Message::Zero { .. } => Tag::Zero,
@@ -125,6 +130,7 @@ impl Message {
             Message::Commit => Tag::Commit,
             Message::Running => Tag::Running,
             Message::Abort(_) => Tag::Abort,
+            Message::LaneEnd => Tag::LaneEnd,
         }
     }
 }
@@ -148,21 +154,19 @@ pub fn pages_header(gpa: u64, pages: u64) -> [u8; HEADER_LEN + 8] {
 pub fn encode(msg: &Message) -> Vec<u8> {
     let mut payload = Vec::new();
     match msg {
-        Message::Hello { version, nonce } => {
+        Message::Hello {
+            version,
+            session,
+            lane,
+            lanes,
+        } => {
             payload.extend_from_slice(&MAGIC);
             payload.extend_from_slice(&version.to_le_bytes());
-            payload.extend_from_slice(nonce);
+            payload.extend_from_slice(session);
+            payload.extend_from_slice(&lane.to_le_bytes());
+            payload.extend_from_slice(&lanes.to_le_bytes());
         }
-        Message::Challenge {
-            version,
-            nonce,
-            mac,
-        } => {
-            payload.extend_from_slice(&version.to_le_bytes());
-            payload.extend_from_slice(nonce);
-            payload.extend_from_slice(mac);
-        }
-        Message::Auth { mac } => payload.extend_from_slice(mac),
+        Message::Welcome { version } => payload.extend_from_slice(&version.to_le_bytes()),
         Message::Machine { ram_bytes, blob } => {
             payload.extend_from_slice(&ram_bytes.to_le_bytes());
             payload.extend_from_slice(blob);
@@ -174,7 +178,7 @@ pub fn encode(msg: &Message) -> Vec<u8> {
         }
         Message::RoundEnd { round } => payload.extend_from_slice(&round.to_le_bytes()),
         Message::State(s) => payload.extend_from_slice(s),
-        Message::Ready | Message::Commit | Message::Running => {}
+        Message::Ready | Message::Commit | Message::Running | Message::LaneEnd => {}
         Message::Abort(why) => {
             let b = why.as_bytes();
             payload.extend_from_slice(&b[..b.len().min(MAX_ABORT as usize)]);
@@ -228,6 +232,10 @@ fn array<const N: usize>(b: &[u8]) -> [u8; N] {
     a
 }
 
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes(array(&b[at..at + 2]))
+}
+
 fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(array(&b[at..at + 4]))
 }
@@ -247,9 +255,8 @@ pub fn recv<R: Read>(r: &mut R) -> Result<Message, WireError> {
     let len = u32_at(&h, 4);
     // Check the length for the tag before reading (or allocating) anything.
     match tag {
-        Tag::Hello => exact(tag, len, (8 + 4 + NONCE_LEN) as u32)?,
-        Tag::Challenge => exact(tag, len, (4 + NONCE_LEN + MAC_LEN) as u32)?,
-        Tag::Auth => exact(tag, len, MAC_LEN as u32)?,
+        Tag::Hello => exact(tag, len, (8 + 4 + SESSION_LEN + 4) as u32)?,
+        Tag::Welcome => exact(tag, len, 4)?,
         Tag::Machine => {
             at_most(tag, len, 8 + MAX_MACHINE)?;
             if len < 8 {
@@ -270,7 +277,7 @@ pub fn recv<R: Read>(r: &mut R) -> Result<Message, WireError> {
         Tag::Zero => exact(tag, len, 16)?,
         Tag::RoundEnd => exact(tag, len, 4)?,
         Tag::State => at_most(tag, len, MAX_STATE)?,
-        Tag::Ready | Tag::Commit | Tag::Running => exact(tag, len, 0)?,
+        Tag::Ready | Tag::Commit | Tag::Running | Tag::LaneEnd => exact(tag, len, 0)?,
         Tag::Abort => at_most(tag, len, MAX_ABORT)?,
     }
     let payload_len = if tag == Tag::Pages { 8 } else { len as usize };
@@ -283,15 +290,14 @@ pub fn recv<R: Read>(r: &mut R) -> Result<Message, WireError> {
             }
             Message::Hello {
                 version: u32_at(&p, 8),
-                nonce: array(&p[12..]),
+                session: array(&p[12..]),
+                lane: u16_at(&p, 12 + SESSION_LEN),
+                lanes: u16_at(&p, 14 + SESSION_LEN),
             }
         }
-        Tag::Challenge => Message::Challenge {
+        Tag::Welcome => Message::Welcome {
             version: u32_at(&p, 0),
-            nonce: array(&p[4..]),
-            mac: array(&p[4 + NONCE_LEN..]),
         },
-        Tag::Auth => Message::Auth { mac: array(&p) },
         Tag::Machine => Message::Machine {
             ram_bytes: u64_at(&p, 0),
             blob: p[8..].to_vec(),
@@ -315,6 +321,7 @@ pub fn recv<R: Read>(r: &mut R) -> Result<Message, WireError> {
         Tag::Commit => Message::Commit,
         Tag::Running => Message::Running,
         Tag::Abort => Message::Abort(String::from_utf8_lossy(&p).into_owned()),
+        Tag::LaneEnd => Message::LaneEnd,
     })
 }
 
@@ -357,14 +364,11 @@ mod tests {
         vec![
             Message::Hello {
                 version: PROTOCOL_VERSION,
-                nonce: [7; NONCE_LEN],
+                session: [7; SESSION_LEN],
+                lane: 1,
+                lanes: 2,
             },
-            Message::Challenge {
-                version: 1,
-                nonce: [1; NONCE_LEN],
-                mac: [2; MAC_LEN],
-            },
-            Message::Auth { mac: [3; MAC_LEN] },
+            Message::Welcome { version: 2 },
             Message::Machine {
                 ram_bytes: 1 << 30,
                 blob: b"machine".to_vec(),
@@ -379,6 +383,7 @@ mod tests {
             Message::Commit,
             Message::Running,
             Message::Abort("no".into()),
+            Message::LaneEnd,
         ]
     }
 

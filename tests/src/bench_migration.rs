@@ -274,14 +274,14 @@ mod tests {
 
     #[test]
     fn a_failed_migration_still_parses() {
-        let failed = r#"{"cpu-throttle-percentage":0,"downtime-ms":0.0,"error":"handshake with the destination failed: the peer does not hold the migration key","ok":false,"ram":{"total":0},"rounds":[],"status":"failed","total-time-ms":2.4}"#;
+        let failed = r#"{"cpu-throttle-percentage":0,"downtime-ms":0.0,"error":"cannot open the migration connection: the destination refused this host (TLS alert BadCertificate)","ok":false,"ram":{"total":0},"rounds":[],"status":"failed","total-time-ms":2.4}"#;
         let (progress, stats) = parse_ctl_output(failed).expect("parses");
         assert!(progress.is_empty() && !stats.ok);
         assert_eq!(stats.status, "failed");
         assert!(stats
             .error
             .as_deref()
-            .is_some_and(|e| e.contains("migration key")));
+            .is_some_and(|e| e.contains("refused this host")));
         assert_eq!(
             StopReason::infer(&stats, &progress, 300.0, 30),
             StopReason::None

@@ -8,6 +8,7 @@ pub mod bench_limits;
 pub mod bench_migration;
 pub mod bench_peers;
 pub mod bench_restore;
+pub mod host_keys;
 pub mod http_client;
 pub mod machine;
 pub mod netns;

@@ -2,11 +2,12 @@
 //! it turns an incoming migration into a VM.
 use std::io::Write;
 use std::net::TcpListener;
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use migrator::dest::{self, DestError};
-use migrator::handshake::{HandshakeError, Key};
+use migrator::identity::{Identity, IdentityError, PublicKey};
 use migrator::{MigratableVm, VmError};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
@@ -84,8 +85,8 @@ impl MigratableVm for Source {
 pub enum IncomingError {
     #[error("--incoming takes tcp://ADDR:PORT, not {0:?}")]
     BadUrl(String),
-    #[error("invalid migration key")]
-    Key(#[from] HandshakeError),
+    #[error("cannot use the host identity or the peer key")]
+    Identity(#[from] IdentityError),
     #[error("cannot listen on {addr}")]
     Listen {
         addr: String,
@@ -105,17 +106,30 @@ pub enum IncomingError {
     Build(#[from] BuildError),
 }
 
-/// Listens on `url`, receives one VM and returns it built but not yet running, with the
-/// connection on which to acknowledge. Nothing runs until the source commits.
+/// Who the destination is and whom it accepts.
+pub struct IncomingAuth<'a> {
+    /// This host's identity file.
+    pub identity: &'a Path,
+    /// The source's public key, hex.
+    pub peer: &'a str,
+    /// How long to wait for the source to connect and authenticate.
+    pub timeout: Duration,
+}
+
+/// Listens on `url` for the source `auth` names, receives one VM and returns it built but not
+/// yet running, with the connection on which to acknowledge. Nothing runs until the source
+/// commits. Connections that fail authentication are refused without ending the wait.
 pub fn receive(
     url: &str,
-    key_hex: &str,
+    auth: &IncomingAuth<'_>,
     backing: &Backing,
     net: &[NetConfig],
     started: Instant,
     console: Box<dyn Write + Send>,
 ) -> Result<(BuiltVm, dest::Incoming), IncomingError> {
-    let key = Key::from_hex(key_hex)?;
+    let identity = Identity::load(auth.identity)?;
+    let peer = PublicKey::from_hex(auth.peer)?;
+    let deadline = Instant::now() + auth.timeout;
     let addr = url
         .strip_prefix("tcp://")
         .ok_or_else(|| IncomingError::BadUrl(url.into()))?;
@@ -123,8 +137,8 @@ pub fn receive(
         addr: addr.into(),
         source,
     })?;
-    tracing::info!(addr, "waiting for an incoming migration");
-    let mut incoming = dest::accept(&listener, &key)?;
+    tracing::info!(addr, peer = %peer, "waiting for an incoming migration");
+    let mut incoming = dest::accept(&listener, &identity, peer, deadline, auth.timeout.as_secs())?;
     match receive_vm(&mut incoming, backing, net, started, console) {
         Ok(vm) => Ok((vm, incoming)),
         Err(e) => {

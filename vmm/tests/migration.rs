@@ -1,95 +1,24 @@
 //! Live migration between two `vmm` processes, and what happens when things go wrong: a peer
-//! dying mid-stream, the connection cut on either side of the commit, a wrong key, a wrong
-//! protocol version and malformed streams. Also snapshot round trips.
+//! dying mid-stream, the connection cut on either side of the commit (over one connection and
+//! over two), a wrong protocol version and malformed streams from an authenticated source.
+//! Also snapshot round trips. Attacks on the transport are in `migration_security.rs`.
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::io::Write;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use common::hosts::Hosts;
+use common::pair::*;
+use common::tls_proxy::{self, Action, Dir};
 use common::*;
-use migrator::wire::{self, Message, Tag};
+use migrator::transport::SecureStream;
+use migrator::wire::{self, Message};
 use vmm::api::{client, protocol::Request};
 
-const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
-const LIMIT: Duration = Duration::from_secs(60);
-
-struct Pair {
-    _dir: tempfile::TempDir,
-    src_sock: PathBuf,
-    dst_sock: PathBuf,
-    src: Vmm,
-    dst: Vmm,
-    port: u16,
-}
-
-/// A dirtying bench guest on the source and an `--incoming` destination, both on loopback.
-fn pair(wss: u32, vcpus: u8, extra_cmdline: &str) -> Pair {
-    let dir = tempfile::tempdir().unwrap();
-    let src_sock = dir.path().join("src.sock");
-    let dst_sock = dir.path().join("dst.sock");
-    let port = free_port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let dst = Vmm::spawn(&[
-        "run",
-        "--incoming",
-        &url,
-        "--migration-key",
-        KEY,
-        "--api-sock",
-        dst_sock.to_str().unwrap(),
-    ]);
-    dst.wait_stderr("waiting for an incoming migration", LIMIT);
-    let cmdline = format!("workload=dirty wss={wss} report-ms=100 {extra_cmdline}");
-    let src = Vmm::spawn(&bench_args(
-        u64::from(wss) + 64,
-        vcpus,
-        &cmdline,
-        Some(&src_sock),
-    ));
-    // Let the guest touch its whole working set at least once.
-    src.wait_line(LIMIT, |l| field(l, "gen").is_some_and(|g| g >= 2));
-    Pair {
-        _dir: dir,
-        src_sock,
-        dst_sock,
-        src,
-        dst,
-        port,
-    }
-}
-
-fn migrate(sock: &Path, port: u16, key: &str, extra: &[(&str, &str)]) -> serde_json::Value {
-    let mut params = migrator::MigrateParams::new(format!("tcp://127.0.0.1:{port}"), key);
-    for (k, v) in extra {
-        match *k {
-            "max_rounds" => params.max_rounds = v.parse().unwrap(),
-            "downtime_ms" => params.downtime_ms = v.parse().unwrap(),
-            "timeout_s" => params.timeout_s = v.parse().unwrap(),
-            other => panic!("unknown parameter {other}"),
-        }
-    }
-    client::call_streaming(sock, &Request::Migrate(params), LIMIT, &mut |_| {})
-        .expect("migrate call")
-}
-
-fn status(sock: &Path) -> serde_json::Value {
-    client::call(sock, &Request::Status {}, Duration::from_secs(10)).expect("status")
-}
-
-/// Highest `gen=` and every `errors=` among `lines`.
-fn gens(lines: &[String]) -> (Option<u64>, Vec<u64>) {
-    let g = lines.iter().filter_map(|l| field(l, "gen")).max();
-    let e = lines.iter().filter_map(|l| field(l, "errors")).collect();
-    (g, e)
-}
-
-fn loopback(wss: u32, vcpus: u8) {
+fn loopback(wss: u32, vcpus: u8, lanes: u32) {
     let mut p = pair(wss, vcpus, "");
-    let stats = migrate(&p.src_sock, p.port, KEY, &[]);
+    let stats = migrate(&p, p.port, lanes);
     assert_eq!(
         stats["status"],
         "completed",
@@ -137,15 +66,15 @@ fn loopback(wss: u32, vcpus: u8) {
 fn loopback_16mib_one_vcpu() {
     let _serial = serial();
     if kvm_available() {
-        loopback(16, 1);
+        loopback(16, 1, 1);
     }
 }
 
 #[test]
-fn loopback_16mib_two_vcpus() {
+fn loopback_16mib_two_vcpus_two_connections() {
     let _serial = serial();
     if kvm_available() {
-        loopback(16, 2);
+        loopback(16, 2, 2);
     }
 }
 
@@ -153,29 +82,37 @@ fn loopback_16mib_two_vcpus() {
 fn loopback_256mib_one_vcpu() {
     let _serial = serial();
     if kvm_available() {
-        loopback(256, 1);
+        loopback(256, 1, 1);
     }
 }
 
 #[test]
-fn loopback_256mib_two_vcpus() {
+fn loopback_256mib_two_vcpus_two_connections() {
     let _serial = serial();
     if kvm_available() {
-        loopback(256, 2);
+        loopback(256, 2, 2);
     }
 }
 
-#[test]
-fn destination_killed_mid_precopy_leaves_the_source_running() {
-    let _serial = serial();
-    if !kvm_available() {
-        return;
-    }
+/// A proxy that moves source-to-destination bytes at 20 MB/s, so pre-copy lasts long enough
+/// for a test to break it in the middle.
+fn slow_proxy(dst_port: u16) -> u16 {
+    let opts = tls_proxy::Options {
+        up_rate: Some(20 << 20),
+        ..Default::default()
+    };
+    tls_proxy::start(dst_port, opts, |_| Action::Forward).port
+}
+
+fn destination_killed_mid_precopy(lanes: u32) {
     let mut p = pair(128, 2, "");
     // At 20 MB/s the first pass alone takes seconds.
-    let proxy = slow_proxy(p.port, 20 << 20);
-    let sock = p.src_sock.clone();
-    let t = std::thread::spawn(move || migrate(&sock, proxy, KEY, &[]));
+    let proxy = slow_proxy(p.port);
+    let (sock, mut params) = (p.src_sock.clone(), p.hosts.params(url(proxy)));
+    params.connections = lanes;
+    let t = std::thread::spawn(move || {
+        client::call_streaming(&sock, &Request::Migrate(params), LIMIT, &mut |_| {}).unwrap()
+    });
     p.dst.wait_stderr("incoming migration peer", LIMIT);
     std::thread::sleep(Duration::from_millis(1000));
     p.dst.child.kill().unwrap();
@@ -194,16 +131,27 @@ fn destination_killed_mid_precopy_leaves_the_source_running() {
 }
 
 #[test]
-fn source_killed_mid_precopy_never_runs_the_guest_on_the_destination() {
+fn destination_killed_mid_precopy_leaves_the_source_running() {
     let _serial = serial();
-    if !kvm_available() {
-        return;
+    if kvm_available() {
+        destination_killed_mid_precopy(1);
     }
+}
+
+#[test]
+fn destination_killed_mid_precopy_over_two_connections_leaves_the_source_running() {
+    let _serial = serial();
+    if kvm_available() {
+        destination_killed_mid_precopy(2);
+    }
+}
+
+fn source_killed_mid_precopy(lanes: u32) {
     let mut p = pair(128, 2, "");
-    let proxy = slow_proxy(p.port, 20 << 20);
-    let sock = p.src_sock.clone();
+    let proxy = slow_proxy(p.port);
+    let (sock, mut params) = (p.src_sock.clone(), p.hosts.params(url(proxy)));
+    params.connections = lanes;
     let _t = std::thread::spawn(move || {
-        let params = migrator::MigrateParams::new(format!("tcp://127.0.0.1:{proxy}"), KEY);
         let _ = client::call_streaming(&sock, &Request::Migrate(params), LIMIT, &mut |_| {});
     });
     p.dst.wait_stderr("incoming migration peer", LIMIT);
@@ -223,43 +171,23 @@ fn source_killed_mid_precopy_never_runs_the_guest_on_the_destination() {
     );
 }
 
-/// A TCP proxy that moves source-to-destination bytes at `bytes_per_sec`, so pre-copy lasts
-/// long enough for a test to break it in the middle.
-fn slow_proxy(dst_port: u16, bytes_per_sec: u64) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let Ok((src, _)) = listener.accept() else {
-            return;
-        };
-        let Ok(dst) = TcpStream::connect(("127.0.0.1", dst_port)) else {
-            return;
-        };
-        let (mut src_r, mut dst_w) = (src.try_clone().unwrap(), dst.try_clone().unwrap());
-        let (mut dst_r, mut src_w) = (dst, src);
-        std::thread::spawn(move || {
-            let _ = std::io::copy(&mut dst_r, &mut src_w);
-            let _ = src_w.shutdown(Shutdown::Both);
-        });
-        let mut buf = vec![0u8; 64 * 1024];
-        let pause = Duration::from_secs_f64(buf.len() as f64 / bytes_per_sec as f64);
-        loop {
-            match src_r.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if dst_w.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                    std::thread::sleep(pause);
-                }
-            }
-        }
-        let _ = dst_w.shutdown(Shutdown::Both);
-    });
-    port
+#[test]
+fn source_killed_mid_precopy_never_runs_the_guest_on_the_destination() {
+    let _serial = serial();
+    if kvm_available() {
+        source_killed_mid_precopy(1);
+    }
 }
 
-/// Where a [`CuttingProxy`] breaks the connection.
+#[test]
+fn source_killed_mid_precopy_over_two_connections_never_runs_the_guest_on_the_destination() {
+    let _serial = serial();
+    if kvm_available() {
+        source_killed_mid_precopy(2);
+    }
+}
+
+/// Where a cutting proxy breaks the connections.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Cut {
     /// After the state reaches the destination, before its `Ready` reaches the source.
@@ -268,72 +196,30 @@ enum Cut {
     AfterCommit,
 }
 
-/// A TCP proxy that understands the migration framing just enough to cut at a chosen point.
-fn cutting_proxy(dst_port: u16, cut: Cut) -> (u16, Arc<AtomicBool>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let cut_done = Arc::new(AtomicBool::new(false));
-    let flag = cut_done.clone();
-    std::thread::spawn(move || {
-        let (mut src, _) = listener.accept().unwrap();
-        let mut dst = TcpStream::connect(("127.0.0.1", dst_port)).unwrap();
-        let (mut src_r, mut dst_w) = (src.try_clone().unwrap(), dst.try_clone().unwrap());
-        let up_cut = flag.clone();
-        // Source -> destination: forward frame by frame.
-        let up = std::thread::spawn(move || loop {
-            let mut h = [0u8; wire::HEADER_LEN];
-            if src_r.read_exact(&mut h).is_err() {
-                break;
-            }
-            let len = u32::from_le_bytes([h[4], h[5], h[6], h[7]]) as usize;
-            let mut body = vec![0u8; len];
-            if src_r.read_exact(&mut body).is_err() {
-                break;
-            }
-            if dst_w
-                .write_all(&h)
-                .and_then(|_| dst_w.write_all(&body))
-                .is_err()
-            {
-                break;
-            }
-            if h[0] == Tag::Commit as u8 && cut == Cut::AfterCommit {
-                up_cut.store(true, Ordering::SeqCst);
-                break;
-            }
-        });
-        // Destination -> source: forward frames until the cut point.
-        while let Ok(msg) = wire::recv(&mut dst) {
-            let cut_here = matches!(
-                (&msg, cut),
-                (Message::Ready, Cut::BeforeCommit) | (Message::Running, Cut::AfterCommit)
-            );
-            if cut_here {
-                flag.store(true, Ordering::SeqCst);
-                break;
-            }
-            if src.write_all(&wire::encode(&msg)).is_err() {
-                break;
-            }
+/// A proxy that cuts every connection at a chosen point of the switchover. It cannot read
+/// the encrypted stream, but the shape of the exchange gives the point away: once pages have
+/// flowed, the destination's first record on the first connection is `Ready` and its second
+/// is `Running` (its `Welcome` came before any page).
+fn cutting_proxy(dst_port: u16, cut: Cut) -> tls_proxy::Proxy {
+    let replies = std::sync::atomic::AtomicUsize::new(0);
+    tls_proxy::start(dst_port, tls_proxy::Options::default(), move |r| {
+        if r.dir != Dir::Down || r.conn != 0 || r.up_bytes < 4 << 20 {
+            return Action::Forward;
         }
-        let _ = src.shutdown(Shutdown::Both);
-        let _ = dst.shutdown(Shutdown::Both);
-        let _ = up.join();
-    });
-    (port, cut_done)
+        let n = replies.fetch_add(1, Ordering::SeqCst);
+        match (cut, n) {
+            (Cut::BeforeCommit, 0) | (Cut::AfterCommit, 1) => Action::Cut,
+            _ => Action::Forward,
+        }
+    })
 }
 
-#[test]
-fn connection_cut_before_commit_keeps_the_source_and_never_runs_the_destination() {
-    let _serial = serial();
-    if !kvm_available() {
-        return;
-    }
+fn cut_before_commit(lanes: u32) {
     let mut p = pair(32, 1, "");
-    let (proxy, cut) = cutting_proxy(p.port, Cut::BeforeCommit);
-    let stats = migrate(&p.src_sock, proxy, KEY, &[]);
+    let proxy = cutting_proxy(p.port, Cut::BeforeCommit);
+    let stats = migrate(&p, proxy.port, lanes);
     assert!(
-        cut.load(Ordering::SeqCst),
+        proxy.cut.load(Ordering::SeqCst),
         "the proxy never reached its cut point: {stats}"
     );
     assert_eq!(stats["status"], "failed", "{stats}");
@@ -351,16 +237,27 @@ fn connection_cut_before_commit_keeps_the_source_and_never_runs_the_destination(
 }
 
 #[test]
-fn connection_cut_after_commit_runs_exactly_one_copy() {
+fn connection_cut_before_commit_keeps_the_source_and_never_runs_the_destination() {
     let _serial = serial();
-    if !kvm_available() {
-        return;
+    if kvm_available() {
+        cut_before_commit(1);
     }
+}
+
+#[test]
+fn two_connections_cut_before_commit_keep_the_source_and_never_run_the_destination() {
+    let _serial = serial();
+    if kvm_available() {
+        cut_before_commit(2);
+    }
+}
+
+fn cut_after_commit(lanes: u32) {
     let mut p = pair(32, 1, "");
-    let (proxy, cut) = cutting_proxy(p.port, Cut::AfterCommit);
-    let stats = migrate(&p.src_sock, proxy, KEY, &[]);
+    let proxy = cutting_proxy(p.port, Cut::AfterCommit);
+    let stats = migrate(&p, proxy.port, lanes);
     assert!(
-        cut.load(Ordering::SeqCst),
+        proxy.cut.load(Ordering::SeqCst),
         "the proxy never reached its cut point: {stats}"
     );
     // The source cannot know whether the destination took over: it stays paused.
@@ -384,41 +281,41 @@ fn connection_cut_after_commit_runs_exactly_one_copy() {
 }
 
 #[test]
-fn a_wrong_key_is_rejected_and_the_source_keeps_running() {
+fn connection_cut_after_commit_runs_exactly_one_copy() {
     let _serial = serial();
-    if !kvm_available() {
-        return;
+    if kvm_available() {
+        cut_after_commit(1);
     }
-    let mut p = pair(16, 1, "");
-    let wrong = "ff".repeat(32);
-    let stats = migrate(&p.src_sock, p.port, &wrong, &[]);
-    assert_eq!(stats["status"], "failed", "{stats}");
-    assert!(stats["error"].as_str().unwrap().contains("key"), "{stats}");
-    assert_eq!(p.dst.wait_exit(LIMIT), Some(1));
-    assert!(p.dst.stderr().contains("handshake"), "{}", p.dst.stderr());
-    assert_eq!(status(&p.src_sock)["state"], "running");
 }
 
-/// A destination alone, for feeding it hand-made streams.
-fn destination() -> (Vmm, u16, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
+#[test]
+fn two_connections_cut_after_commit_run_exactly_one_copy() {
+    let _serial = serial();
+    if kvm_available() {
+        cut_after_commit(2);
+    }
+}
+
+/// A destination alone, for feeding it hand-made streams from an authenticated source.
+fn destination() -> (Vmm, u16, Hosts) {
     let port = free_port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let dst = Vmm::spawn(&["run", "--incoming", &url, "--migration-key", KEY]);
+    let hosts = Hosts::new();
+    let dst = Vmm::spawn(&hosts.incoming_args(&url(port)));
     dst.wait_stderr("waiting for an incoming migration", LIMIT);
-    (dst, port, dir)
+    (dst, port, hosts)
 }
 
-fn authenticated(port: u16) -> TcpStream {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let key = migrator::handshake::Key::from_hex(KEY).unwrap();
-    migrator::handshake::connect(&mut s, &key).unwrap();
-    s
+/// The source's authenticated first connection, welcomed by the destination.
+fn authenticated(port: u16, hosts: &Hosts) -> SecureStream {
+    let peer = migrator::identity::PublicKey::from_hex(&hosts.dst_pub).unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let mut lanes = migrator::transport::open(&addr, &hosts.src(), peer, 1).unwrap();
+    lanes.remove(0)
 }
 
 /// An authenticated stream that has described a `mem_mib` bench machine.
-fn with_machine(port: u16, mem_mib: u64) -> TcpStream {
-    let mut s = authenticated(port);
+fn with_machine(port: u16, hosts: &Hosts, mem_mib: u64) -> SecureStream {
+    let mut s = authenticated(port, hosts);
     let machine =
         format!(r#"{{"boot":"bench","mem_mib":{mem_mib},"vcpus":1,"cmdline":"","irqchip":false}}"#);
     let msg = Message::Machine {
@@ -441,39 +338,32 @@ fn expect_rejection(mut dst: Vmm, needle: &str) {
 }
 
 #[test]
-fn an_unknown_protocol_version_is_rejected() {
+fn an_unknown_protocol_version_is_refused_and_the_destination_keeps_waiting() {
     let _serial = serial();
     if !kvm_available() {
         return;
     }
-    let (dst, port, _d) = destination();
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    wire::send(
-        &mut s,
-        &Message::Hello {
-            version: 7,
-            nonce: [0; wire::NONCE_LEN],
-        },
-    )
-    .unwrap();
+    let (mut dst, port, hosts) = destination();
+    let peer = migrator::identity::PublicKey::from_hex(&hosts.dst_pub).unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let mut s = migrator::transport::connect(&addr, &hosts.src(), peer).unwrap();
+    let hello = Message::Hello {
+        version: 7,
+        session: [0; wire::SESSION_LEN],
+        lane: 0,
+        lanes: 1,
+    };
+    wire::send(&mut s, &hello).unwrap();
     let reply = wire::recv(&mut s).unwrap();
     assert!(
         matches!(reply, Message::Abort(ref why) if why.contains("version 7")),
         "{reply:?}"
     );
-    expect_rejection(dst, "version 7");
-}
-
-#[test]
-fn garbage_instead_of_a_migration_stream_is_rejected() {
-    let _serial = serial();
-    if !kvm_available() {
-        return;
-    }
-    let (dst, port, _d) = destination();
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    expect_rejection(dst, "handshake");
+    dst.wait_stderr("version 7", LIMIT);
+    assert!(dst.is_running(), "{}", dst.stderr());
+    // The right source still gets in.
+    let _s = with_machine(port, &hosts, 99_999_999);
+    expect_rejection(dst, "more than this host");
 }
 
 #[test]
@@ -482,10 +372,12 @@ fn a_truncated_stream_is_rejected() {
     if !kvm_available() {
         return;
     }
-    let (dst, port, _d) = destination();
-    let mut s = with_machine(port, 16);
+    let (dst, port, hosts) = destination();
+    let mut s = with_machine(port, &hosts, 16);
     s.write_all(&wire::pages_header(0x10_0000, 4)).unwrap();
     s.write_all(&[0xaa; 5000]).unwrap();
+    s.flush().unwrap();
+    s.close();
     drop(s);
     expect_rejection(dst, "closed");
 }
@@ -496,10 +388,11 @@ fn pages_outside_guest_ram_are_rejected() {
     if !kvm_available() {
         return;
     }
-    let (dst, port, _d) = destination();
-    let mut s = with_machine(port, 16);
+    let (dst, port, hosts) = destination();
+    let mut s = with_machine(port, &hosts, 16);
     s.write_all(&wire::pages_header(16 << 20, 1)).unwrap();
     s.write_all(&[0xaa; 4096]).unwrap();
+    s.flush().unwrap();
     expect_rejection(dst, "outside guest RAM");
 }
 
@@ -509,8 +402,8 @@ fn a_corrupt_state_is_rejected() {
     if !kvm_available() {
         return;
     }
-    let (dst, port, _d) = destination();
-    let mut s = with_machine(port, 16);
+    let (dst, port, hosts) = destination();
+    let mut s = with_machine(port, &hosts, 16);
     wire::send(
         &mut s,
         &Message::State(b"LNDRVMST not really a state".to_vec()),
@@ -525,8 +418,8 @@ fn an_absurd_machine_is_rejected_before_allocating() {
     if !kvm_available() {
         return;
     }
-    let (dst, port, _d) = destination();
-    let _s = with_machine(port, 99_999_999);
+    let (dst, port, hosts) = destination();
+    let _s = with_machine(port, &hosts, 99_999_999);
     expect_rejection(dst, "more than this host");
 }
 

@@ -4,11 +4,11 @@ mod common;
 
 use std::time::Duration;
 
+use common::hosts::Hosts;
 use common::*;
 use laundromat_tests::netns::TestNetwork;
 use vmm::api::{client, protocol::Request};
 
-const KEY: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
 const LIMIT: Duration = Duration::from_secs(60);
 
 #[test]
@@ -24,17 +24,19 @@ fn migrates_between_two_namespace_hosts() {
     let url = format!("tcp://{}:4444", b.addr());
 
     let mut dst_cmd = b.command(vmm_bin());
-    dst_cmd.args(["run", "--incoming", &url, "--migration-key", KEY]);
+    let hosts = Hosts::new();
+    dst_cmd.args(hosts.incoming_args(&url));
     let mut dst = Vmm::spawn_command(dst_cmd);
     dst.wait_stderr("waiting for an incoming migration", LIMIT);
 
     let mut src_cmd = a.command(vmm_bin());
-    let cmdline = "workload=dirty wss=64 report-ms=100 exit-after-ms=6000";
+    // Long enough to finish migrating on a loaded machine before the guest ends its run.
+    let cmdline = "workload=dirty wss=64 report-ms=100 exit-after-ms=15000";
     src_cmd.args(bench_args(192, 2, cmdline, Some(&sock)));
     let mut src = Vmm::spawn_command(src_cmd);
     let seen = src.wait_line(LIMIT, |l| field(l, "gen").is_some_and(|g| g >= 2));
 
-    let params = migrator::MigrateParams::new(url, KEY);
+    let params = hosts.params(url);
     let stats = client::call_streaming(
         &sock,
         &Request::Migrate(params),

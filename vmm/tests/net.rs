@@ -13,7 +13,6 @@ use laundromat_tests::http_client::{fnv1a, Client};
 use laundromat_tests::netns::{Host, TestNetwork};
 use vmm::api::{client, protocol::Request};
 
-const KEY: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
 const LIMIT: Duration = Duration::from_secs(60);
 const TAP: &str = "vmtap0";
 const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 100);
@@ -130,7 +129,8 @@ fn migrates_under_load_between_hosts_keeping_its_ip_its_count_and_its_uploads() 
     let url = format!("tcp://{}:4444", b.addr());
 
     let mut dst_cmd = b.command(vmm_bin());
-    dst_cmd.args(["run", "--incoming", &url, "--migration-key", KEY]);
+    let hosts = common::hosts::Hosts::new();
+    dst_cmd.args(hosts.incoming_args(&url));
     dst_cmd.args(["--net", &format!("tap={TAP}")]);
     let mut dst = Vmm::spawn_command(dst_cmd);
     dst.wait_stderr("waiting for an incoming migration", LIMIT);
@@ -166,7 +166,7 @@ fn migrates_under_load_between_hosts_keeping_its_ip_its_count_and_its_uploads() 
     };
     std::thread::sleep(Duration::from_millis(300));
 
-    let params = migrator::MigrateParams::new(url, KEY);
+    let params = hosts.params(url);
     let stats = client::call_streaming(
         &sock,
         &Request::Migrate(params),

@@ -12,7 +12,6 @@ use std::time::Duration;
 use common::*;
 use vmm::api::{client, protocol::Request};
 
-const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 const LIMIT: Duration = Duration::from_secs(60);
 const SMALL_MIB: u64 = 256;
 const LARGE_MIB: u64 = 2048;
@@ -21,22 +20,10 @@ const LARGE_MIB: u64 = 2048;
 const NOISE_FLOOR_MS: f64 = 5.0;
 
 /// `vmm run --incoming` arguments for a destination on loopback `port`.
-fn incoming_args(port: u16, sock: &Path) -> Vec<String> {
-    [
-        "run",
-        "--incoming",
-        &format!("tcp://127.0.0.1:{port}"),
-        "--migration-key",
-        KEY,
-        "--api-sock",
-        &sock.display().to_string(),
-    ]
-    .map(String::from)
-    .to_vec()
-}
-
-fn migrate_params(port: u16) -> migrator::MigrateParams {
-    migrator::MigrateParams::new(format!("tcp://127.0.0.1:{port}"), KEY)
+fn incoming_args(hosts: &hosts::Hosts, port: u16, sock: &Path) -> Vec<String> {
+    let mut args = hosts.incoming_args(&format!("tcp://127.0.0.1:{port}"));
+    args.extend(["--api-sock".into(), sock.display().to_string()]);
+    args
 }
 
 /// Resident memory of process `pid` in bytes.
@@ -77,7 +64,8 @@ fn migrate_idle(mem: u64) -> Migrated {
     let dir = tempfile::tempdir().unwrap();
     let (src_sock, dst_sock) = (dir.path().join("src.sock"), dir.path().join("dst.sock"));
     let port = free_port();
-    let mut dst = Vmm::spawn(&incoming_args(port, &dst_sock));
+    let hosts = hosts::Hosts::new();
+    let mut dst = Vmm::spawn(&incoming_args(&hosts, port, &dst_sock));
     dst.wait_stderr("waiting for an incoming migration", LIMIT);
     let mut src = Vmm::spawn(&bench_args(
         mem,
@@ -89,7 +77,7 @@ fn migrate_idle(mem: u64) -> Migrated {
     let src_rss = rss(src.child.id());
     let stats = client::call_streaming(
         &src_sock,
-        &Request::Migrate(migrate_params(port)),
+        &Request::Migrate(hosts.params(format!("tcp://127.0.0.1:{port}"))),
         LIMIT,
         &mut |_| {},
     )

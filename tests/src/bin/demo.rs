@@ -4,8 +4,7 @@
 
 use std::{
     fmt::Display,
-    fs::{self, File},
-    io::{self, Read},
+    fs, io,
     net::SocketAddrV4,
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
@@ -18,6 +17,7 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use laundromat_tests::{
+    host_keys::HostKeys,
     netns::{self, Host, TestNetwork, BRIDGE, SUBNET},
     process::{command_line, BoundedChild, ProcessError},
     workspace::{Image, Workspace},
@@ -249,12 +249,15 @@ fn migrate_and_check(
     let (host_a, host_b) = (host(HOST_A)?, host(HOST_B)?);
     let scratch = Scratch::create()?;
     let api_sock = scratch.0.join("host-a.sock");
-    let key = random_key()?;
+    // Each host gets its identity; each side is told the other's public key.
+    let keys = HostKeys::create(vmm, &scratch.0)?;
     let dest_addr = SocketAddrV4::new(host_b.addr(), PORT);
     let url = format!("tcp://{dest_addr}");
 
     let mut dest_command = vmm_in(host_b, vmm);
-    dest_command.args(["run", "--incoming", &url, "--migration-key", &key]);
+    dest_command
+        .args(["run", "--incoming", &url])
+        .args(keys.incoming_args());
     let dest = Watched::spawn(HOST_B, &mut dest_command, out)?;
 
     let mut source_command = vmm_in(host_a, vmm);
@@ -273,7 +276,8 @@ fn migrate_and_check(
     migrate_command
         .arg("ctl")
         .arg(&api_sock)
-        .args(["migrate", &url, "--migration-key", &key])
+        .args(["migrate", &url])
+        .args(keys.migrate_args())
         .args(["--downtime-ms", &args.downtime_ms.to_string()])
         .args(["--timeout-s", &MIGRATE_TIMEOUT_S.to_string()]);
 
@@ -372,15 +376,6 @@ fn vmm_in(host: &Host, vmm: &Path) -> Command {
     command.args(["--pdeathsig", "KILL"]).arg(vmm);
     command.env("VMM_LOG", "warn").process_group(0);
     command
-}
-
-/// A fresh 128-bit migration key, as hex.
-fn random_key() -> Result<String> {
-    let mut bytes = [0; 16];
-    File::open("/dev/urandom")
-        .and_then(|mut random| random.read_exact(&mut bytes))
-        .context("cannot read /dev/urandom for a migration key")?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// A private directory for the control socket, removed when dropped.

@@ -18,6 +18,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use laundromat_tests::{
     bench_migration::{parse_ctl_output, OurStats},
+    host_keys::HostKeys,
     netns::{self, Host, TestNetwork},
     packet_series::{self, Bin, Event},
     plot::{self, Line, Mark, Panel},
@@ -25,7 +26,6 @@ use laundromat_tests::{
     workspace::{Image, Workspace},
 };
 
-const KEY: &str = "687474706572662d62656e63682d6b6579";
 const TAP: &str = "vmtap0";
 const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 100);
 const BIN_S: f64 = 0.1;
@@ -229,14 +229,22 @@ impl Migration {
     }
 }
 
-fn migrate(vmm: PathBuf, sock: PathBuf, url: String, at: f64, origin: f64) -> Result<Migration> {
+fn migrate(
+    vmm: PathBuf,
+    sock: PathBuf,
+    url: String,
+    keys: Vec<String>,
+    at: f64,
+    origin: f64,
+) -> Result<Migration> {
     let wait = (origin + at - epoch_now()).max(0.0);
     thread::sleep(Duration::from_secs_f64(wait));
     let start = epoch_now();
     let out = Command::new(vmm)
         .arg("ctl")
         .arg(&sock)
-        .args(["migrate", &url, "--migration-key", KEY])
+        .args(["migrate", &url])
+        .args(&keys)
         .output()?;
     let end = epoch_now();
     let (_, stats) = parse_ctl_output(&String::from_utf8_lossy(&out.stdout))?;
@@ -275,22 +283,19 @@ fn run_rate(
     println!("rate {rate} req/s: guest, migrating host-a -> host-b");
     let sock = scratch.join("src.sock");
     let url = format!("tcp://{}:4444", b.addr());
+    // Fresh identities per run: `vmm keygen` never overwrites a key file.
+    let key_dir = tempfile::tempdir_in(scratch)?;
+    let keys = HostKeys::create(&ws.vmm()?, key_dir.path())?;
     let mut dst = b.command(ws.vmm()?);
-    dst.args([
-        "run",
-        "--incoming",
-        &url,
-        "--migration-key",
-        KEY,
-        "--net",
-        &format!("tap={TAP}"),
-    ]);
+    dst.args(["run", "--incoming", &url])
+        .args(keys.incoming_args())
+        .args(["--net", &format!("tap={TAP}")]);
     let dst = BoundedChild::spawn("destination", &mut dst)?;
     thread::sleep(Duration::from_millis(300));
     let src = boot_guest(ws, a, args, n + 1, Some(&sock))?;
     let (vmm, at) = (ws.vmm()?, args.migrate_at);
     let (moving, migration) = load(client, guest, args, rate, scratch, move |origin| {
-        migrate(vmm, sock, url, at, origin)
+        migrate(vmm, sock, url, keys.migrate_args(), at, origin)
     })?;
     drop(src);
     drop(dst);

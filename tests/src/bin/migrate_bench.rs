@@ -23,6 +23,7 @@ use laundromat_tests::{
         free_port, parse_ctl_output, DowntimeParts, Integrity, OurStats, StopReason,
     },
     bench_peers::{find_qemu, require_kvm, QEMU_MICROVM},
+    host_keys::HostKeys,
     machine::Machine,
     netns,
     process::{command_line, BoundedChild},
@@ -33,8 +34,6 @@ use laundromat_tests::{
 use serde::Serialize;
 use serde_json::{json, Value};
 
-/// The shared migration key both ends of our migrations get (hex, at least 16 bytes).
-const KEY: &str = "6d6967726174652d62656e63682d6b6579";
 /// pvh-dirty's first dot, after 2^20 page writes: it has rewritten its whole working set (at
 /// most 4000 MiB) with a non-zero pass counter, so it is dirtying in its steady state. Both
 /// VMMs migrate from that point. (Its pass 0 writes zeros, which look like untouched memory.)
@@ -357,13 +356,15 @@ fn run(args: Args) -> Result<()> {
             std::env::temp_dir()
         }
     });
+    let scratch = ScratchDir::new(&tmp_dir, "migrate-bench")?;
     let mut bench = Bench {
         vmm: workspace.vmm()?,
         qemu,
         qemu_machine: args.qemu_machine.clone(),
         pvh: workspace.image(Image::PvhDirty)?,
         bench: workspace.image(Image::Bench)?,
-        scratch: ScratchDir::new(&tmp_dir, "migrate-bench")?,
+        keys: HostKeys::create(&workspace.vmm()?, scratch.path())?,
+        scratch,
         timeout: Duration::from_secs(args.timeout_secs),
         qemu_converge: Duration::from_secs(args.qemu_converge_secs),
         next_id: 0,
@@ -371,14 +372,13 @@ fn run(args: Args) -> Result<()> {
     let loadavg_start = loadavg();
     let idle_runs = if args.quick { 1 } else { args.runs };
 
-    let auth = ["--migration-key".to_owned(), KEY.to_owned()];
     let idle_untouched = bench_idle::run_all(&IdleSetup {
         vmm: &bench.vmm,
         bench_image: &bench.bench,
         scratch: bench.scratch.path(),
         timeout: bench.timeout,
-        dest_args: &auth,
-        source_args: &auth,
+        dest_args: &bench.keys.incoming_args(),
+        source_args: &bench.keys.migrate_args(),
     });
     if args.idle_untouched_only {
         match args.json {
@@ -497,6 +497,8 @@ struct Bench {
     scratch: ScratchDir,
     timeout: Duration,
     qemu_converge: Duration,
+    /// The identities our source and destination authenticate each other with.
+    keys: HostKeys,
     /// Numbers the sockets, so no two children ever share one.
     next_id: u32,
 }
@@ -649,7 +651,8 @@ impl Bench {
             self.scratch_file("ours-dest", "sock"),
         );
         let mut dest = self.vmm_command();
-        dest.args(["run", "--incoming", &url, "--migration-key", KEY])
+        dest.args(["run", "--incoming", &url])
+            .args(self.keys.incoming_args())
             .arg("--api-sock")
             .arg(&dest_sock);
         if let Some(file) = dest_mem_file {
@@ -659,7 +662,8 @@ impl Bench {
         let mut ctl = self.vmm_command();
         ctl.arg("ctl")
             .arg(&source_sock)
-            .args(["migrate", &url, "--migration-key", KEY])
+            .args(["migrate", &url])
+            .args(self.keys.migrate_args())
             .args(options.ctl_args());
         migration.commands = [&dest, &source, &ctl].map(command_line).to_vec();
 

@@ -29,6 +29,13 @@ struct Cli {
 enum Command {
     /// Boot a VM; the guest console goes to stdout, a bench guest's exit code is ours.
     Run(RunArgs),
+    /// Create a host identity (an ed25519 key pair) in FILE, readable only by its owner, and
+    /// print its public key in hex: the key other hosts pass to --peer. FILE is PKCS#8 PEM
+    /// and is never overwritten.
+    Keygen {
+        /// Where to write the new identity.
+        file: PathBuf,
+    },
     /// Send one command to a running VM's control socket and print the JSON response.
     Ctl {
         /// The VM's control socket (its --api-sock).
@@ -53,9 +60,12 @@ enum CtlCommand {
     Migrate {
         /// The destination, tcp://HOST:PORT.
         url: String,
-        /// The shared key (hex, at least 16 bytes) the destination was started with.
+        /// This host's identity file (`vmm keygen`), read by the migrating VMM.
         #[arg(long)]
-        migration_key: String,
+        identity: PathBuf,
+        /// The destination host's public key (hex): the only host this VM may move to.
+        #[arg(long)]
+        peer: String,
         /// Switch over once the rest fits in this much downtime at the measured bandwidth.
         #[arg(long, default_value_t = 300)]
         downtime_ms: u64,
@@ -71,7 +81,8 @@ enum CtlCommand {
         /// Throttle vCPUs while the guest dirties memory faster than the link moves it.
         #[arg(long)]
         auto_converge: bool,
-        /// TCP connections (only 1 is implemented).
+        /// Encrypted connections to spread memory over (1 to 16); state and control use the
+        /// first.
         #[arg(long, default_value_t = 1)]
         connections: u32,
         /// Page compression (only none is implemented).
@@ -105,7 +116,8 @@ impl CtlCommand {
         match self {
             CtlCommand::Migrate {
                 url,
-                migration_key,
+                identity,
+                peer,
                 downtime_ms,
                 max_rounds,
                 timeout_s,
@@ -115,7 +127,9 @@ impl CtlCommand {
                 compress,
             } => Request::Migrate(migrator::MigrateParams {
                 url,
-                key: migration_key,
+                // The VMM may run in another directory: send an absolute path.
+                identity: std::path::absolute(&identity).unwrap_or(identity),
+                peer,
                 downtime_ms,
                 max_rounds,
                 timeout_s,
@@ -177,12 +191,23 @@ struct RunArgs {
     #[arg(long, conflicts_with_all = ["kernel", "initrd", "incoming"])]
     restore: Option<PathBuf>,
     /// Receive a live migration on tcp://ADDR:PORT instead of booting a kernel; the VM runs
-    /// here once the source commits.
-    #[arg(long, conflicts_with_all = ["kernel", "initrd"], requires = "migration_key")]
+    /// here once the source commits. Only the source holding --peer's key gets in; other
+    /// connections are refused and logged, and the wait goes on.
+    #[arg(
+        long,
+        conflicts_with_all = ["kernel", "initrd"],
+        requires_all = ["identity", "peer"]
+    )]
     incoming: Option<String>,
-    /// The shared migration key (hex, at least 16 bytes) for --incoming.
-    #[arg(long)]
-    migration_key: Option<String>,
+    /// This host's identity file (`vmm keygen`), for --incoming.
+    #[arg(long, requires = "incoming")]
+    identity: Option<PathBuf>,
+    /// The source host's public key (hex), for --incoming: the only host accepted.
+    #[arg(long, requires = "incoming")]
+    peer: Option<String>,
+    /// How long --incoming waits for its source to connect and authenticate.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    incoming_timeout: u64,
     /// A virtio-net device on the host tap NAME (repeatable, one device each). MAC is the
     /// guest's address (random if omitted). With --incoming or --restore, give one per saved
     /// device; the saved MAC is kept and, if MAC is given, must match.
@@ -270,9 +295,13 @@ fn finish(vm: &BuiltVm) -> ExitCode {
 
 /// Receives a VM, waits for the source's commit, then runs it like any other.
 fn incoming(args: &RunArgs, url: &str, started: Instant) -> ExitCode {
-    let key = args.migration_key.as_deref().unwrap_or_default();
+    let auth = migration::IncomingAuth {
+        identity: args.identity.as_deref().unwrap_or(std::path::Path::new("")),
+        peer: args.peer.as_deref().unwrap_or_default(),
+        timeout: Duration::from_secs(args.incoming_timeout),
+    };
     let console = Box::new(std::io::stdout());
-    let received = migration::receive(url, key, &backing(args), &args.net, started, console);
+    let received = migration::receive(url, &auth, &backing(args), &args.net, started, console);
     let (mut vm, mut conn) = match received {
         Ok(v) => v,
         Err(e) => return fail(&e),
@@ -374,6 +403,20 @@ fn ctl(socket: PathBuf, command: CtlCommand) -> ExitCode {
     }
 }
 
+fn keygen(file: &std::path::Path) -> ExitCode {
+    let identity = migrator::identity::Identity::generate();
+    match identity.save(file) {
+        Ok(()) => {
+            println!("{}", identity.public());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vmm keygen: {}", error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -386,5 +429,6 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Run(args) => run(args),
         Command::Ctl { socket, command } => ctl(socket, command),
+        Command::Keygen { file } => keygen(&file),
     }
 }

@@ -2,6 +2,10 @@
 //! guest with a time bound, and the KVM-required policy.
 #![allow(dead_code)]
 
+pub mod hosts;
+pub mod pair;
+pub mod tls_proxy;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
