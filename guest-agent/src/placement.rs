@@ -33,8 +33,8 @@ pub struct PlacementState {
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct Limits {
-    /// No agent may end a pass above this multiple of the mean load.
-    pub balance: f64,
+    /// No agent may end a pass above this percentage of the mean load.
+    pub balance_percent: u64,
     /// At most this many objects leave per pass.
     pub budget: usize,
     /// A move must gain at least this much co-access weight.
@@ -46,12 +46,18 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            balance: 1.15,
+            balance_percent: 115,
             budget: 64,
             min_gain: 2,
             cooldown: 3,
         }
     }
+}
+
+/// The most objects one agent may hold: `balance_percent` of the mean, rounded up.
+pub fn balance_cap(total: u64, agents: usize, limits: &Limits) -> u64 {
+    let agents = (agents as u64).max(1);
+    (total * limits.balance_percent).div_ceil(agents * 100)
 }
 
 /// The moves one pass makes at agent `me`, best first.
@@ -90,9 +96,7 @@ pub fn plan(
         }
     }
     candidates.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    let total: u64 = loads.values().sum();
-    let mean = total as f64 / loads.len().max(1) as f64;
-    let cap = (mean * limits.balance).ceil() as u64;
+    let cap = balance_cap(loads.values().sum(), loads.len(), limits);
     let mut loads = loads.clone();
     let mut moves = Vec::new();
     for (_, object, to) in candidates {
@@ -319,7 +323,7 @@ mod tests {
             let initial: Vec<u64> = swarm.agents.iter().map(|a| a.objects() as u64).collect();
             let total: u64 = initial.iter().sum();
             let limits = Limits::default();
-            let cap = (total as f64 / 3.0 * limits.balance).ceil() as u64;
+            let cap = balance_cap(total, 3, &limits);
             let probe = Rng::new(seed ^ 2);
             let random = hops_per_request(&mut swarm, &groups, &mut probe.clone(), 3);
             for _ in 0..4 {
