@@ -1,0 +1,308 @@
+//! agent-bench: the timeline workload on three `guest-agentd` processes on loopback, in four
+//! modes: data shipping, moving continuations, continuations after placement, and ship-or-fetch
+//! after placement. Prints bytes and hops per request, p50/p99 latency, requests per second, the
+//! hops and bytes per round while placement converges, and each target's verdict.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use guest_agent::timeline::Params;
+use guest_agent::{Policy, Stats};
+use guest_agentd::api::{Client, Request, Response};
+
+#[derive(Parser)]
+#[command(about = "The guest agent's timeline benchmark (four modes, placement convergence)")]
+struct Args {
+    /// A reduced run (under a minute) that still prints every mode and verdict.
+    #[arg(long)]
+    quick: bool,
+    /// Users in the data set.
+    #[arg(long, default_value_t = 300)]
+    users: u32,
+    /// Timeline requests measured per mode.
+    #[arg(long, default_value_t = 1500)]
+    requests: u64,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: u64,
+    /// Placement rounds (requests, then one pass per agent in turn).
+    #[arg(long, default_value_t = 8)]
+    rounds: u32,
+}
+
+struct Cluster {
+    dir: PathBuf,
+    addrs: Vec<SocketAddr>,
+    children: Vec<Child>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn daemon_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    exe.with_file_name("guest-agentd")
+}
+
+fn start(params: Params) -> Result<Cluster, String> {
+    let dir = std::env::temp_dir().join(format!("agent-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let mut addrs = Vec::new();
+    for _ in 0..params.agents {
+        let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        addrs.push(listener.local_addr().map_err(|e| e.to_string())?);
+    }
+    let mut cluster = Cluster {
+        dir: dir.clone(),
+        addrs: addrs.clone(),
+        children: Vec::new(),
+    };
+    for id in 0..params.agents {
+        let peers: BTreeMap<String, String> = (0..params.agents)
+            .filter(|&p| p != id)
+            .map(|p| (p.to_string(), addrs[usize::from(p)].to_string()))
+            .collect();
+        let config = serde_json::json!({
+            "id": id, "listen": addrs[usize::from(id)].to_string(),
+            "data_dir": dir.join(format!("agent{id}")), "peers": peers, "timeline": params,
+        });
+        let path = dir.join(format!("agent{id}.json"));
+        std::fs::write(&path, config.to_string()).map_err(|e| e.to_string())?;
+        let child = Command::new(daemon_binary())
+            .args(["run", "--config"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", daemon_binary().display()))?;
+        cluster.children.push(child);
+    }
+    for &addr in &addrs {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Client::connect(addr, Duration::from_secs(1)).is_err() {
+            if Instant::now() > deadline {
+                return Err(format!("the agent at {addr} did not come up"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(cluster)
+}
+
+fn call(addr: SocketAddr, request: &Request) -> Result<Response, String> {
+    let mut client = Client::connect(addr, Duration::from_secs(10)).map_err(|e| e.to_string())?;
+    client.call(request).map_err(|e| e.to_string())
+}
+
+fn totals(cluster: &Cluster) -> Result<(Stats, u64), String> {
+    let mut sum = Stats::default();
+    let mut moved = 0;
+    for &addr in &cluster.addrs {
+        match call(addr, &Request::Stats)? {
+            Response::Stats {
+                stats, moved: m, ..
+            } => {
+                sum.add(&stats);
+                moved += m;
+            }
+            other => return Err(format!("unexpected answer to stats: {other:?}")),
+        }
+    }
+    Ok((sum, moved))
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Figures {
+    bytes: f64,
+    hops: f64,
+    fetches: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    rps: f64,
+}
+
+static KEYS: AtomicU64 = AtomicU64::new(1);
+
+/// Runs `requests` timeline reads from `concurrency` closed-loop clients, each entering at a
+/// random agent (a load balancer that knows nothing of placement).
+fn measure(
+    cluster: &Cluster,
+    params: Params,
+    requests: u64,
+    concurrency: u64,
+) -> Result<Figures, String> {
+    let (before, _) = totals(cluster)?;
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|w| {
+            let (addrs, next) = (cluster.addrs.clone(), Arc::clone(&next));
+            std::thread::spawn(move || -> Result<Vec<Duration>, String> {
+                let mut clients: Vec<Client> = addrs
+                    .iter()
+                    .map(|&a| {
+                        Client::connect(a, Duration::from_secs(10)).map_err(|e| e.to_string())
+                    })
+                    .collect::<Result<_, _>>()?;
+                let mut rng = guest_agent::sim::Rng::new(w * 7919 + KEYS.load(Ordering::Relaxed));
+                let mut latencies = Vec::new();
+                while next.fetch_add(1, Ordering::Relaxed) < requests {
+                    let at = rng.below(addrs.len() as u64) as usize;
+                    let user = rng.below(u64::from(params.users)) as u32;
+                    let key = KEYS.fetch_add(1, Ordering::Relaxed);
+                    let t = Instant::now();
+                    let request = Request::Timeline {
+                        user,
+                        limit: 10,
+                        key,
+                    };
+                    let future = match clients[at].call(&request).map_err(|e| e.to_string())? {
+                        Response::Submitted { future } => future,
+                        other => return Err(format!("submit: {other:?}")),
+                    };
+                    loop {
+                        match clients[at]
+                            .call(&Request::Result { future })
+                            .map_err(|e| e.to_string())?
+                        {
+                            Response::Done { .. } => break,
+                            Response::Pending => std::thread::sleep(Duration::from_micros(200)),
+                            other => return Err(format!("{future}: {other:?}")),
+                        }
+                    }
+                    latencies.push(t.elapsed());
+                }
+                Ok(latencies)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for worker in workers {
+        latencies.extend(
+            worker
+                .join()
+                .map_err(|_| "a client thread panicked".to_string())??,
+        );
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    // Let trailing acknowledgements settle before reading the counters.
+    std::thread::sleep(Duration::from_millis(100));
+    let (after, _) = totals(cluster)?;
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    let n = requests as f64;
+    Ok(Figures {
+        bytes: (after.request_bytes() - before.request_bytes()) as f64 / n,
+        hops: (after.task_hops_at_completion - before.task_hops_at_completion) as f64 / n,
+        fetches: (after.fetches - before.fetches) as f64 / n,
+        p50_ms: pct(0.50).as_secs_f64() * 1e3,
+        p99_ms: pct(0.99).as_secs_f64() * 1e3,
+        rps: n / elapsed,
+    })
+}
+
+fn set_policy(cluster: &Cluster, policy: Policy) -> Result<(), String> {
+    for &addr in &cluster.addrs {
+        call(addr, &Request::SetPolicy { policy })?;
+    }
+    Ok(())
+}
+
+fn print_row(name: &str, f: &Figures) {
+    println!(
+        "{name:<34} {:>10.0} {:>8.2} {:>8.2} {:>9.2} {:>9.2} {:>9.0}",
+        f.bytes, f.hops, f.fetches, f.p50_ms, f.p99_ms, f.rps
+    );
+}
+
+fn verdict(name: &str, value: f64, target: f64) {
+    let met = if value >= target { "MET" } else { "MISSED" };
+    println!("target: {name}: {value:.2}x (target >= {target}x): {met}");
+}
+
+fn main() -> std::process::ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("agent-bench: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(mut args: Args) -> Result<(), String> {
+    if args.quick {
+        args.requests = args.requests.min(300);
+        args.rounds = args.rounds.min(5);
+    }
+    let params = Params {
+        users: args.users,
+        ..Params::default()
+    };
+    let cluster = start(params)?;
+    let per_round = (args.requests / 2).max(50);
+    println!(
+        "timeline: {} users over {} agents, {} follows on average, {} requests per mode, {} in flight",
+        params.users, params.agents, params.follows, args.requests, args.concurrency
+    );
+    println!(
+        "{:<34} {:>10} {:>8} {:>8} {:>9} {:>9} {:>9}",
+        "mode", "bytes/req", "hops/req", "fetch/req", "p50 ms", "p99 ms", "req/s"
+    );
+    set_policy(&cluster, Policy::Fetch)?;
+    let shipping = measure(&cluster, params, args.requests, args.concurrency)?;
+    print_row("1 data shipping (random placement)", &shipping);
+    set_policy(&cluster, Policy::Move)?;
+    let moving = measure(&cluster, params, args.requests, args.concurrency)?;
+    print_row("2 continuations (random placement)", &moving);
+
+    println!("placement converging (round: hops/req, bytes/req, objects moved so far):");
+    for round in 0..args.rounds {
+        let f = measure(&cluster, params, per_round, args.concurrency)?;
+        for &addr in &cluster.addrs {
+            call(addr, &Request::Place)?;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let (_, moved) = totals(&cluster)?;
+        println!(
+            "  round {round}: {:.2} hops, {:.0} bytes, {moved} moved",
+            f.hops, f.bytes
+        );
+    }
+    let placed = measure(&cluster, params, args.requests, args.concurrency)?;
+    print_row("3 continuations after placement", &placed);
+    set_policy(&cluster, Policy::ShipOrFetch)?;
+    let mixed = measure(&cluster, params, args.requests, args.concurrency)?;
+    print_row("4 ship-or-fetch after placement", &mixed);
+
+    verdict(
+        "mode 3 moves fewer bytes than mode 1",
+        shipping.bytes / placed.bytes.max(1.0),
+        10.0,
+    );
+    verdict(
+        "placement cuts hops (mode 2 / mode 3)",
+        moving.hops / placed.hops.max(0.01),
+        2.0,
+    );
+    verdict(
+        "placement raises throughput (mode 3 / mode 2)",
+        placed.rps / moving.rps.max(0.01),
+        2.0,
+    );
+    Ok(())
+}
