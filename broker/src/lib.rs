@@ -7,6 +7,7 @@
 //! - [`idempotency`], [`service`]: one path for every request that moves money.
 //! - [`http`], [`server`]: the axum service; [`client`]: a signing client.
 //! - [`check`]: the invariants, proved from the rows.
+//! - [`scratch_pg`]: a throwaway PostgreSQL cluster for the tests and the benchmark.
 
 pub mod check;
 pub mod client;
@@ -20,6 +21,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod ops;
 pub mod rules;
+pub mod scratch_pg;
 pub mod server;
 pub mod service;
 pub mod store;

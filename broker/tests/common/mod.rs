@@ -82,7 +82,13 @@ pub async fn fresh_database(backend: Backend) -> (String, Option<TempDir>) {
             let dir = TempDir::new("broker-sqlite");
             (Db::default_url(&dir.0), Some(dir))
         }
-        Backend::Postgres => (pg::cluster().fresh_database().await, None),
+        Backend::Postgres => (
+            pg::cluster()
+                .fresh_database()
+                .await
+                .expect("create a database"),
+            None,
+        ),
     }
 }
 
