@@ -174,15 +174,13 @@ fn check_token(id: &str, facts: &TokenFacts, violations: &mut Vec<String>) {
         unredeemed * i128::from(facts.price)
     };
     let escrow = facts.escrow.map(i128::from);
-    if facts.price > 0 || escrow.is_some() {
-        if escrow.unwrap_or(0) != expected {
-            violations.push(format!(
-                "escrow: token {id} holds {} in escrow, but its {unredeemed} unredeemed links at {} make {expected}{}",
-                escrow.unwrap_or(0),
-                facts.price,
-                if facts.refunded { " (refunded: 0)" } else { "" }
-            ));
-        }
+    if (facts.price > 0 || escrow.is_some()) && escrow.unwrap_or(0) != expected {
+        violations.push(format!(
+            "escrow: token {id} holds {} in escrow, but its {unredeemed} unredeemed links at {} make {expected}{}",
+            escrow.unwrap_or(0),
+            facts.price,
+            if facts.refunded { " (refunded: 0)" } else { "" }
+        ));
     }
 }
 

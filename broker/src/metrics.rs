@@ -4,10 +4,13 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 
+/// (operation, status) -> (count, seconds).
+type Counters = BTreeMap<(&'static str, u16), (u64, f64)>;
+
 /// Requests by operation and status, and the time spent on them.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(&'static str, u16), (u64, f64)>>,
+    requests: Mutex<Counters>,
 }
 
 impl Metrics {
