@@ -1,0 +1,29 @@
+//! Laundromat's broker: tenant accounts, the host registry, token sales with escrow, token
+//! leases, redemption and refunds, on a double-entry ledger in SQLite or PostgreSQL.
+//!
+//! - [`db`]: the database and its write transactions; [`ledger`]: accounts and transfers;
+//!   [`store`]: rows to values.
+//! - [`rules`]: the lease and settlement rules, pure; [`ops`]: the operations on the ledger.
+//! - [`idempotency`], [`service`]: one path for every request that moves money.
+//! - [`http`], [`server`]: the axum service; [`client`]: a signing client.
+//! - [`check`]: the invariants, proved from the rows.
+//! - [`scratch_pg`]: a throwaway PostgreSQL cluster for the tests and the benchmark.
+
+pub mod check;
+pub mod client;
+pub mod clock;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod idempotency;
+pub mod keys;
+pub mod ledger;
+pub mod metrics;
+pub mod ops;
+pub mod rules;
+pub mod scratch_pg;
+pub mod server;
+pub mod service;
+pub mod store;
+
+pub use laundromat_api as api;

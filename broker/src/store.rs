@@ -1,0 +1,251 @@
+//! Rows to values and back: registered tenants and hosts, and a token with its lease book.
+
+use std::str::FromStr;
+
+use laundromat_api::types::{LeaseRange, TokenState};
+use sqlx::{AnyConnection, Row};
+use token::{hex, HostId, Link, TokenId, VerifyingKey};
+
+use crate::db::{from_db, to_db};
+use crate::error::ServiceError;
+use crate::ledger;
+use crate::rules::{LeaseBook, Pending, Range};
+
+pub fn key_hex(key: &VerifyingKey) -> String {
+    hex::encode(key.as_bytes())
+}
+
+fn parse<T: FromStr>(text: &str, what: &'static str) -> Result<T, ServiceError> {
+    text.parse().map_err(|_| ServiceError::Corrupt(what))
+}
+
+pub fn parse_key(text: &str) -> Result<VerifyingKey, ServiceError> {
+    let bytes: [u8; 32] = hex::decode_array(text).map_err(|_| ServiceError::Corrupt("key"))?;
+    VerifyingKey::from_bytes(&bytes).map_err(|_| ServiceError::Corrupt("key"))
+}
+
+pub async fn tenant_exists(
+    conn: &mut AnyConnection,
+    key: &VerifyingKey,
+) -> Result<bool, sqlx::Error> {
+    let found: Option<String> =
+        sqlx::query_scalar("SELECT tenant_key FROM tenants WHERE tenant_key = $1")
+            .bind(key_hex(key))
+            .fetch_optional(conn)
+            .await?;
+    Ok(found.is_some())
+}
+
+/// A registered host: (id, key, cluster).
+pub type HostRow = (HostId, VerifyingKey, token::ClusterId);
+
+fn host_row(row: &sqlx::any::AnyRow) -> Result<HostRow, ServiceError> {
+    Ok((
+        parse(row.try_get::<String, _>(0)?.as_str(), "host id")?,
+        parse_key(&row.try_get::<String, _>(1)?)?,
+        parse(row.try_get::<String, _>(2)?.as_str(), "cluster id")?,
+    ))
+}
+
+pub async fn host_by_key(
+    conn: &mut AnyConnection,
+    key: &VerifyingKey,
+) -> Result<Option<HostRow>, ServiceError> {
+    let row = sqlx::query("SELECT host_id, host_key, cluster_id FROM hosts WHERE host_key = $1")
+        .bind(key_hex(key))
+        .fetch_optional(conn)
+        .await?;
+    row.as_ref().map(host_row).transpose()
+}
+
+pub async fn host_by_id(
+    conn: &mut AnyConnection,
+    id: &HostId,
+) -> Result<Option<HostRow>, ServiceError> {
+    let row = sqlx::query("SELECT host_id, host_key, cluster_id FROM hosts WHERE host_id = $1")
+        .bind(id.to_string())
+        .fetch_optional(conn)
+        .await?;
+    row.as_ref().map(host_row).transpose()
+}
+
+pub async fn hosts(conn: &mut AnyConnection) -> Result<Vec<HostRow>, ServiceError> {
+    let rows = sqlx::query("SELECT host_id, host_key, cluster_id FROM hosts ORDER BY host_id")
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(host_row).collect()
+}
+
+/// A token as the ledger keeps it.
+#[derive(Debug, Clone)]
+pub struct TokenRow {
+    pub book: LeaseBook,
+    pub tenant_key: VerifyingKey,
+    pub expiry: u64,
+}
+
+/// Loads a token and its lease book. With `lock`, first bumps the token's `lock_version`,
+/// which serializes this transaction with every other one on the token (see [`crate::db`]).
+pub async fn load_token(
+    conn: &mut AnyConnection,
+    id: &TokenId,
+    lock: bool,
+) -> Result<TokenRow, ServiceError> {
+    let id_text = id.to_string();
+    if lock {
+        sqlx::query("UPDATE tokens SET lock_version = lock_version + 1 WHERE token_id = $1")
+            .bind(&id_text)
+            .execute(&mut *conn)
+            .await?;
+    }
+    let row = sqlx::query(
+        "SELECT tenant_key, chain_root, chain_length, price_per_link, expiry, refunded, \
+         handover_to, handover_index, handover_link FROM tokens WHERE token_id = $1",
+    )
+    .bind(&id_text)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| ServiceError::NotFound(format!("token {id}")))?;
+    let handover = match row.try_get::<Option<String>, _>(6)? {
+        Some(to) => Some(Pending {
+            to: parse(&to, "handover host")?,
+            index: from_db(row.try_get::<Option<i64>, _>(7)?.unwrap_or(0)),
+            link: parse(
+                &row.try_get::<Option<String>, _>(8)?.unwrap_or_default(),
+                "handover link",
+            )?,
+        }),
+        None => None,
+    };
+    let ranges = sqlx::query(
+        "SELECT host_id, start_index, end_index, redeemed_index, redeemed_link \
+         FROM lease_ranges WHERE token_id = $1 ORDER BY seq",
+    )
+    .bind(&id_text)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(Range {
+            host: parse(&r.try_get::<String, _>(0)?, "range host")?,
+            start: from_db(r.try_get(1)?),
+            end: r.try_get::<Option<i64>, _>(2)?.map(from_db),
+            redeemed: from_db(r.try_get(3)?),
+            redeemed_link: parse(&r.try_get::<String, _>(4)?, "range link")?,
+        })
+    })
+    .collect::<Result<Vec<_>, ServiceError>>()?;
+    Ok(TokenRow {
+        tenant_key: parse_key(&row.try_get::<String, _>(0)?)?,
+        expiry: from_db(row.try_get(4)?),
+        book: LeaseBook {
+            token_id: *id,
+            chain_root: parse::<Link>(&row.try_get::<String, _>(1)?, "chain root")?,
+            chain_length: from_db(row.try_get(2)?),
+            price_per_link: from_db(row.try_get(3)?),
+            refunded: row.try_get::<i64, _>(5)? != 0,
+            handover,
+            ranges,
+        },
+    })
+}
+
+fn db_int(value: u64) -> i64 {
+    // Chain indexes are at most 2^32, far inside i64.
+    to_db(value).unwrap_or(i64::MAX)
+}
+
+/// Writes back what an operation changed in a token's book, compared with `before`.
+pub async fn save_book(
+    conn: &mut AnyConnection,
+    before: &LeaseBook,
+    after: &LeaseBook,
+) -> Result<(), ServiceError> {
+    let id = after.token_id.to_string();
+    for (seq, range) in after.ranges.iter().enumerate() {
+        let end = range.end.map(db_int);
+        match before.ranges.get(seq) {
+            Some(old) if old == range => {}
+            Some(_) => {
+                sqlx::query(
+                    "UPDATE lease_ranges SET end_index = $1, redeemed_index = $2, redeemed_link = $3 \
+                     WHERE token_id = $4 AND seq = $5",
+                )
+                .bind(end)
+                .bind(db_int(range.redeemed))
+                .bind(range.redeemed_link.to_string())
+                .bind(&id)
+                .bind(db_int(seq as u64))
+                .execute(&mut *conn)
+                .await?;
+            }
+            None => {
+                sqlx::query(
+                    "INSERT INTO lease_ranges (token_id, seq, host_id, start_index, end_index, \
+                     redeemed_index, redeemed_link) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(&id)
+                .bind(db_int(seq as u64))
+                .bind(range.host.to_string())
+                .bind(db_int(range.start))
+                .bind(end)
+                .bind(db_int(range.redeemed))
+                .bind(range.redeemed_link.to_string())
+                .execute(&mut *conn)
+                .await?;
+            }
+        }
+    }
+    if before.refunded != after.refunded
+        || before.handover != after.handover
+        || before.holder() != after.holder()
+    {
+        sqlx::query(
+            "UPDATE tokens SET refunded = $1, lease_holder = $2, handover_to = $3, \
+             handover_index = $4, handover_link = $5 WHERE token_id = $6",
+        )
+        .bind(i64::from(after.refunded))
+        .bind(after.holder().map(|h| h.to_string()))
+        .bind(after.handover.map(|p| p.to.to_string()))
+        .bind(after.handover.map(|p| db_int(p.index)))
+        .bind(after.handover.map(|p| p.link.to_string()))
+        .bind(&id)
+        .execute(conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The public view of a token.
+pub async fn token_state(
+    conn: &mut AnyConnection,
+    row: &TokenRow,
+) -> Result<TokenState, ServiceError> {
+    let book = &row.book;
+    let escrow = ledger::balance(conn, &ledger::escrow_account(&book.token_id))
+        .await?
+        .unwrap_or(0);
+    Ok(TokenState {
+        token_id: book.token_id,
+        tenant_key: row.tenant_key,
+        chain_length: book.chain_length,
+        price_per_link: book.price_per_link,
+        expiry: row.expiry,
+        holder: book.holder(),
+        handover_to: book.handover.map(|p| p.to),
+        highest_redeemed: book.highest_redeemed(),
+        redeemed_links: book.redeemed_links(),
+        escrow,
+        refunded: book.refunded,
+        ranges: book
+            .ranges
+            .iter()
+            .map(|r| LeaseRange {
+                host_id: r.host,
+                start: r.start,
+                end: r.end,
+                redeemed: r.redeemed,
+            })
+            .collect(),
+    })
+}
