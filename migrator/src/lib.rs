@@ -13,6 +13,7 @@ pub mod guest_ram;
 pub mod identity;
 pub mod lanes;
 pub mod params;
+mod secure_stream;
 pub mod source;
 pub mod stats;
 pub mod tls;

@@ -2,7 +2,7 @@
 //! several RAM sizes, then restored again and again. What a snapshot costs (pause, bytes on
 //! disk) and how long a restore takes to reach a running guest must follow the data, not the
 //! RAM size. Firecracker's figure, restore to running at 128 MiB in 12–14 ms, comes from
-//! /work/shared/PEERS.md; this harness does not build Firecracker.
+//! `../shared/PEERS.md`; this harness does not build Firecracker.
 
 use std::{
     io::{BufRead, BufReader},
