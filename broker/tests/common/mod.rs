@@ -312,3 +312,26 @@ pub async fn buy(
         .expect("buy token");
     (chain, purchase)
 }
+
+/// The status and code of a refusal, or a panic if the request succeeded.
+pub fn refused<T: std::fmt::Debug>(
+    result: Result<T, broker::client::ClientError>,
+) -> (u16, String) {
+    match result {
+        Err(broker::client::ClientError::Refused { status, body }) => (status, body.code),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+pub async fn balance(tenant: &Client) -> u64 {
+    let account: laundromat_api::types::Account = tenant
+        .get_signed(laundromat_api::paths::ACCOUNT)
+        .await
+        .unwrap();
+    account.balance
+}
+
+pub async fn assert_invariants(broker: &TestBroker) {
+    let report = broker.check().await;
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+}
