@@ -7,7 +7,6 @@ use std::time::Duration;
 use common::hosts::Hosts;
 use common::*;
 use laundromat_tests::netns::TestNetwork;
-use vmm::api::{client, protocol::Request};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -37,20 +36,7 @@ fn migrates_between_two_namespace_hosts() {
     let seen = src.wait_line(LIMIT, |l| field(l, "gen").is_some_and(|g| g >= 2));
 
     let params = hosts.params(url);
-    let stats = client::call_streaming(
-        &sock,
-        &Request::Migrate(params),
-        Duration::from_secs(120),
-        &mut |_| {},
-    )
-    .expect("migrate");
-    assert_eq!(
-        stats["status"],
-        "completed",
-        "{stats}\n{}\n{}",
-        src.stderr(),
-        dst.stderr()
-    );
+    let stats = pair::migrate_completed(&sock, params, &src, &dst, Duration::from_secs(120));
     assert!(stats["downtime-ms"].as_f64().unwrap() > 0.0);
     assert!(stats["ram"]["transferred"].as_u64().unwrap() >= 64 << 20);
     assert_eq!(src.wait_exit(LIMIT), Some(0), "{}", src.stderr());

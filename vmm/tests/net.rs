@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use laundromat_tests::http_client::{fnv1a, Client};
 use laundromat_tests::netns::{Host, TestNetwork};
-use vmm::api::{client, protocol::Request};
 
 const LIMIT: Duration = Duration::from_secs(60);
 const TAP: &str = "vmtap0";
@@ -167,20 +166,7 @@ fn migrates_under_load_between_hosts_keeping_its_ip_its_count_and_its_uploads() 
     std::thread::sleep(Duration::from_millis(300));
 
     let params = hosts.params(url);
-    let stats = client::call_streaming(
-        &sock,
-        &Request::Migrate(params),
-        Duration::from_secs(120),
-        &mut |_| {},
-    )
-    .expect("migrate");
-    assert_eq!(
-        stats["status"],
-        "completed",
-        "{stats}\n{}\n{}",
-        src.stderr(),
-        dst.stderr()
-    );
+    pair::migrate_completed(&sock, params, &src, &dst, Duration::from_secs(120));
     assert_eq!(src.wait_exit(LIMIT), Some(0), "{}", src.stderr());
     dst.wait_stderr("announced the guest's MAC", LIMIT);
 

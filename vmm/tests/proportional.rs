@@ -75,20 +75,8 @@ fn migrate_idle(mem: u64) -> Migrated {
     ));
     src.wait_line(LIMIT, |l| field(l, "gen").is_some());
     let src_rss = rss(src.child.id());
-    let stats = client::call_streaming(
-        &src_sock,
-        &Request::Migrate(hosts.params(format!("tcp://127.0.0.1:{port}"))),
-        LIMIT,
-        &mut |_| {},
-    )
-    .expect("migrate call");
-    assert_eq!(
-        stats["status"],
-        "completed",
-        "{stats}\nsrc:\n{}\ndst:\n{}",
-        src.stderr(),
-        dst.stderr()
-    );
+    let params = hosts.params(format!("tcp://127.0.0.1:{port}"));
+    let stats = pair::migrate_completed(&src_sock, params, &src, &dst, LIMIT);
     assert_eq!(src.wait_exit(LIMIT), Some(0), "{}", src.stderr());
     // The guest runs on the destination: it keeps reporting.
     dst.wait_line(LIMIT, |l| field(l, "gen").is_some());

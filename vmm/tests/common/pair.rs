@@ -72,3 +72,24 @@ pub fn gens(lines: &[String]) -> (Option<u64>, Vec<u64>) {
 pub fn url(port: u16) -> String {
     format!("tcp://127.0.0.1:{port}")
 }
+
+/// Migrates the VM behind `src_sock` with `params` and checks that it completed, showing both
+/// sides' logs if not. Returns the statistics.
+pub fn migrate_completed(
+    src_sock: &Path,
+    params: migrator::MigrateParams,
+    src: &Vmm,
+    dst: &Vmm,
+    limit: Duration,
+) -> serde_json::Value {
+    let stats = client::call_streaming(src_sock, &Request::Migrate(params), limit, &mut |_| {})
+        .expect("migrate call");
+    assert_eq!(
+        stats["status"],
+        "completed",
+        "{stats}\nsrc:\n{}\ndst:\n{}",
+        src.stderr(),
+        dst.stderr()
+    );
+    stats
+}
