@@ -13,6 +13,7 @@ pub mod controller;
 pub mod devices;
 pub mod migration;
 pub mod persist;
+pub mod sandbox;
 pub mod vstate;
 
 /// Process exit code when the guest crashes (triple fault, emulation failure, …).

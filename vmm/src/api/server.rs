@@ -204,6 +204,9 @@ pub fn start(path: &Path, vm: Arc<VmController>) -> Result<ApiServer, ServerErro
     std::thread::Builder::new()
         .name("api".into())
         .spawn(move || {
+            // Connections inherit this filter: they pause, save and migrate the VM.
+            use crate::sandbox::seccomp;
+            seccomp::install_or_exit(seccomp::ThreadKind::Control);
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
                 let vm = vm.clone();

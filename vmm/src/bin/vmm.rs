@@ -11,6 +11,7 @@ use vmm::config::{BootMode, VmConfig};
 use vmm::devices::virtio::net::{announce, NetConfig};
 use vmm::migration;
 use vmm::persist::snapshot;
+use vmm::sandbox::seccomp;
 use vmm::vstate::memory::Backing;
 use vmm::vstate::run_control::StopReason;
 
@@ -213,6 +214,16 @@ struct RunArgs {
     /// device; the saved MAC is kept and, if MAC is given, must match.
     #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
     net: Vec<NetConfig>,
+    /// Per-thread seccomp filters. `off` is for debugging only: a guest that breaks the
+    /// device emulation could then make any system call.
+    #[arg(long, value_enum, default_value_t = SeccompArg::On)]
+    seccomp: SeccompArg,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SeccompArg {
+    On,
+    Off,
 }
 
 /// Prints a fatal error and returns the VMM-error exit code.
@@ -267,6 +278,7 @@ fn run_to_end(mut vm: BuiltVm, api_sock: Option<&PathBuf>, paused: bool) -> Exit
     if let Err(e) = vm.start(paused) {
         return fail(&e);
     }
+    seccomp::install_or_exit(seccomp::ThreadKind::Control);
     finish(&vm)
 }
 
@@ -325,6 +337,7 @@ fn incoming(args: &RunArgs, url: &str, started: Instant) -> ExitCode {
     if let Err(e) = vm.start(false) {
         return fail(&e);
     }
+    seccomp::install_or_exit(seccomp::ThreadKind::Control);
     conn.running();
     // Bridges still send the guest's frames to the old host: tell them where it is now.
     for net in vm.controller.devices().net() {
@@ -369,6 +382,14 @@ fn check_mac_list(
 
 fn run(args: RunArgs) -> ExitCode {
     let started = Instant::now();
+    if args.seccomp == SeccompArg::Off {
+        tracing::warn!(
+            "SECCOMP IS OFF (--seccomp off): for debugging only; a guest that escapes into this \
+             process may make any system call"
+        );
+    } else if let Err(e) = seccomp::enable() {
+        return fail(&e);
+    }
     if let Some(url) = &args.incoming {
         return incoming(&args, url, started);
     }

@@ -47,7 +47,11 @@ impl EventLoop {
         }
         let thread = std::thread::Builder::new()
             .name("devices".into())
-            .spawn(move || run(&epoll, stop_fd, &routes, &devices))
+            .spawn(move || {
+                use crate::sandbox::seccomp;
+                seccomp::install_or_exit(seccomp::ThreadKind::Devices);
+                run(&epoll, stop_fd, &routes, &devices)
+            })
             .map_err(EventLoopError::Thread)?;
         Ok(Self {
             stop,

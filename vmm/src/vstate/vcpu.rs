@@ -194,7 +194,10 @@ pub fn spawn(vcpu: SharedVcpu, ctx: VcpuThreadContext) -> Result<JoinHandle<()>,
     let index = lock(&vcpu).index;
     std::thread::Builder::new()
         .name(format!("vcpu{index}"))
-        .spawn(move || run_loop(&vcpu, &ctx))
+        .spawn(move || {
+            crate::sandbox::seccomp::install_or_exit(crate::sandbox::seccomp::ThreadKind::Vcpu);
+            run_loop(&vcpu, &ctx)
+        })
         .map_err(|source| VcpuError::Thread { index, source })
 }
 
