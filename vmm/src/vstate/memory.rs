@@ -48,16 +48,21 @@ pub enum Backing {
 }
 
 fn open_backing_file(path: &Path, size: u64) -> Result<File, MemoryError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(|source| MemoryError::OpenFile {
-            path: path.into(),
-            source,
-        })?;
+    // A jailed VM gets its memory file opened before privileges dropped.
+    let preopened = crate::sandbox::preopened::take_file(path);
+    let file = match preopened {
+        Some(file) => file,
+        None => OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|source| MemoryError::OpenFile {
+                path: path.into(),
+                source,
+            })?,
+    };
     let len = file
         .metadata()
         .map_err(|source| MemoryError::OpenFile {

@@ -42,6 +42,10 @@ impl Tap {
         if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
             return Err(TapError::Name(name.into()));
         }
+        // A jailed VM gets its taps opened before privileges dropped.
+        if let Some(file) = crate::sandbox::preopened::take_tap(name) {
+            return Ok(Self::from_file(file, name));
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -76,6 +80,11 @@ impl Tap {
             file,
             name: name.into(),
         }
+    }
+
+    /// The open tap itself (the jail hands it to the VM it starts).
+    pub fn into_file(self) -> File {
+        self.file
     }
 
     pub fn name(&self) -> &str {

@@ -1,0 +1,143 @@
+//! One cgroup per jailed VM, with a memory ceiling, a CPU weight and a process limit.
+//!
+//! cgroup v2 when its memory controller is available (`/sys/fs/cgroup/laundromat/<id>`),
+//! otherwise the v1 `memory`, `pids` and `cpu` hierarchies (`/sys/fs/cgroup/<ctl>/laundromat/
+//! <id>`), as on hosts that still mount v1 for those controllers.
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::JailError;
+
+const ROOT: &str = "/sys/fs/cgroup";
+const PARENT: &str = "laundromat";
+
+/// The limits one VM gets.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub memory_bytes: u64,
+    /// Relative CPU share, 1 to 10000 (v2 `cpu.weight`; v1 `cpu.shares` scaled to match).
+    pub cpu_weight: u32,
+    pub pids: u32,
+}
+
+/// The VM's cgroup directories (one on v2, one per controller on v1).
+#[derive(Debug)]
+pub struct Cgroup {
+    dirs: Vec<PathBuf>,
+}
+
+fn v2_has_memory() -> bool {
+    std::fs::read_to_string(Path::new(ROOT).join("cgroup.controllers"))
+        .is_ok_and(|c| c.split_whitespace().any(|w| w == "memory"))
+}
+
+/// The directories `id`'s cgroup uses on this host.
+pub fn dirs_for(id: &str) -> Vec<PathBuf> {
+    if v2_has_memory() {
+        vec![Path::new(ROOT).join(PARENT).join(id)]
+    } else {
+        ["memory", "pids", "cpu"]
+            .iter()
+            .map(|c| Path::new(ROOT).join(c).join(PARENT).join(id))
+            .collect()
+    }
+}
+
+fn write(path: &Path, value: &str) -> Result<(), JailError> {
+    std::fs::write(path, value).map_err(|source| JailError::Cgroup {
+        path: path.into(),
+        source,
+    })
+}
+
+fn mkdir(path: &Path) -> Result<(), JailError> {
+    std::fs::create_dir_all(path).map_err(|source| JailError::Cgroup {
+        path: path.into(),
+        source,
+    })
+}
+
+impl Cgroup {
+    /// Creates `id`'s cgroup with `limits`; a leftover of the same name is removed first.
+    pub fn create(id: &str, limits: Limits) -> Result<Self, JailError> {
+        remove(id);
+        let cg = Self { dirs: dirs_for(id) };
+        if v2_has_memory() {
+            let parent = Path::new(ROOT).join(PARENT);
+            mkdir(&parent)?;
+            // Delegate the controllers down to the VM's level (already-enabled is fine).
+            for dir in [Path::new(ROOT), parent.as_path()] {
+                let _ = write(&dir.join("cgroup.subtree_control"), "+memory +pids +cpu");
+            }
+            let dir = &cg.dirs[0];
+            mkdir(dir)?;
+            write(&dir.join("memory.max"), &limits.memory_bytes.to_string())?;
+            let _ = write(&dir.join("memory.swap.max"), "0");
+            write(&dir.join("pids.max"), &limits.pids.to_string())?;
+            write(&dir.join("cpu.weight"), &limits.cpu_weight.to_string())?;
+        } else {
+            for dir in &cg.dirs {
+                mkdir(dir)?;
+            }
+            let [mem, pids, cpu] = [&cg.dirs[0], &cg.dirs[1], &cg.dirs[2]];
+            write(
+                &mem.join("memory.limit_in_bytes"),
+                &limits.memory_bytes.to_string(),
+            )?;
+            write(&pids.join("pids.max"), &limits.pids.to_string())?;
+            // v1 shares default to 1024 where v2 weights default to 100.
+            let shares = u64::from(limits.cpu_weight) * 1024 / 100;
+            write(&cpu.join("cpu.shares"), &shares.max(2).to_string())?;
+        }
+        Ok(cg)
+    }
+
+    /// Moves the calling process into the cgroup (every hierarchy).
+    pub fn join_self(&self) -> Result<(), JailError> {
+        for dir in &self.dirs {
+            write(&dir.join("cgroup.procs"), "0")?;
+        }
+        Ok(())
+    }
+}
+
+/// How long removal retries while the VM's last tasks finish dying.
+const REMOVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Removes `id`'s cgroup directories; returns whether none is left. Processes still inside
+/// (a killed jail's VM) are killed first, since a cgroup with members cannot be removed.
+pub fn remove(id: &str) -> bool {
+    let dirs = dirs_for(id);
+    let deadline = Instant::now() + REMOVE_TIMEOUT;
+    loop {
+        for dir in dirs.iter().filter(|d| d.exists()) {
+            if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                for pid in procs
+                    .split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok())
+                {
+                    // SAFETY: sends a signal; no memory is involved.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+            let _ = std::fs::remove_dir(dir);
+        }
+        if dirs.iter().all(|d| !d.exists()) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(?dirs, "cannot remove the VM's cgroup");
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let Some(id) = self.dirs[0].file_name().and_then(|n| n.to_str()) else {
+            return;
+        };
+        remove(id);
+    }
+}
