@@ -170,6 +170,8 @@ impl Node<'_> {
             let answers = self.turn(inputs)?;
             if last_load.elapsed() >= Duration::from_millis(500) {
                 self.agent.report_load();
+                self.agent.share_pairs();
+                self.agent.share_directory();
                 last_load = Instant::now();
             }
             for (response, reply) in answers {

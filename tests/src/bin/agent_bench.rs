@@ -297,6 +297,12 @@ fn run(mut args: Args) -> Result<(), String> {
     let mixed = measure(&cluster, params, args.requests, args.concurrency)?;
     print_row("4 ship-or-fetch after placement", &mixed);
 
+    let community = params.community_hops();
+    println!(
+        "bound: with each community on one agent (an oracle), a read would take {community:.2} \
+         hops, {:.2}x fewer than random placement",
+        moving.hops / community
+    );
     verdict(
         "mode 3 moves fewer bytes than mode 1",
         shipping.bytes / placed.bytes.max(1.0),
