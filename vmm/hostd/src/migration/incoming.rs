@@ -270,8 +270,9 @@ async fn watch(host: Arc<Host>, vm: Arc<Vm>, process: Arc<VmmProcess>, migration
     confirm_handover(&host, &vm).await;
 }
 
-/// Confirms the lease handover, retrying while the broker cannot be reached (bounded; the
-/// periodic redemption tries again after that).
+/// Confirms the lease handover, retrying while the broker cannot be reached (bounded: after
+/// that the error is logged for the operator, and this host's claims for the VM are refused
+/// until the handover is confirmed).
 pub async fn confirm_handover(host: &Host, vm: &Vm) {
     for attempt in 0..10u32 {
         match host
