@@ -50,6 +50,8 @@ pub struct DowntimeParts {
     pub final_pages_ms: f64,
     /// Saving and sending the device and vCPU state, until the destination is ready.
     pub state_ms: f64,
+    /// Waiting, paused, for the orchestrator's commit (only with a hold before commit).
+    pub hold_ms: f64,
     /// Commit, destination resume, and its acknowledgement.
     pub resume_ms: f64,
 }

@@ -116,11 +116,22 @@ pub struct IncomingAuth<'a> {
     pub timeout: Duration,
 }
 
-/// Listens on `url` for the source `auth` names, receives one VM and returns it built but not
-/// yet running, with the connection on which to acknowledge. Nothing runs until the source
-/// commits. Connections that fail authentication are refused without ending the wait.
+/// Binds the migration port of `url` (`tcp://ADDR:PORT`).
+pub fn listen(url: &str) -> Result<TcpListener, IncomingError> {
+    let addr = url
+        .strip_prefix("tcp://")
+        .ok_or_else(|| IncomingError::BadUrl(url.into()))?;
+    TcpListener::bind(addr).map_err(|source| IncomingError::Listen {
+        addr: addr.into(),
+        source,
+    })
+}
+
+/// Waits on `listener` for the source `auth` names, receives one VM and returns it built but
+/// not yet running, with the connection on which to acknowledge. Nothing runs until the
+/// source commits. Connections that fail authentication are refused without ending the wait.
 pub fn receive(
-    url: &str,
+    listener: &TcpListener,
     auth: &IncomingAuth<'_>,
     backing: &Backing,
     net: &[NetConfig],
@@ -130,15 +141,11 @@ pub fn receive(
     let identity = Identity::load(auth.identity)?;
     let peer = PublicKey::from_hex(auth.peer)?;
     let deadline = Instant::now() + auth.timeout;
-    let addr = url
-        .strip_prefix("tcp://")
-        .ok_or_else(|| IncomingError::BadUrl(url.into()))?;
-    let listener = TcpListener::bind(addr).map_err(|source| IncomingError::Listen {
-        addr: addr.into(),
-        source,
-    })?;
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| "?".into(), |a| a.to_string());
     tracing::info!(addr, peer = %peer, "waiting for an incoming migration");
-    let mut incoming = dest::accept(&listener, &identity, peer, deadline, auth.timeout.as_secs())?;
+    let mut incoming = dest::accept(listener, &identity, peer, deadline, auth.timeout.as_secs())?;
     match receive_vm(&mut incoming, backing, net, started, console) {
         Ok(vm) => Ok((vm, incoming)),
         Err(e) => {

@@ -49,7 +49,7 @@ fn refuse(status: StatusCode, code: &'static str, message: impl Into<String>) ->
     ApiError::new(status, code, message)
 }
 
-fn token_refusal(error: VerifyError) -> ApiError {
+pub(crate) fn token_refusal(error: VerifyError) -> ApiError {
     use StatusCode as S;
     let (status, code) = match &error {
         VerifyError::Malformed(_) => (S::BAD_REQUEST, "malformed_token"),
@@ -198,35 +198,7 @@ async fn admit_inner(host: &Arc<Host>, request: AdmitRequest) -> Result<VmView, 
     let verifier = Verifier::new(&token, host.config.max_skip)
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let vm = vm_from_record(host, record, verifier, Phase::Starting);
-    {
-        let mut vms = host.vms();
-        if let Some(other) = vms.values().find(|v| v.token.token_id == token.token_id) {
-            return Err(refuse(
-                StatusCode::CONFLICT,
-                "token_running",
-                format!(
-                    "token {} already runs here as VM {}",
-                    token.token_id, other.id
-                ),
-            ));
-        }
-        let used_mem: u64 = vms.values().map(|v| v.memory_mib).sum();
-        let used_vcpus: u64 = vms.values().map(|v| v.vcpus).sum();
-        if used_mem + vm.memory_mib > host.config.memory_mib
-            || used_vcpus + vm.vcpus > host.config.vcpus
-        {
-            return Err(refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "insufficient_capacity",
-                format!(
-                    "this host has {} MiB and {} vCPUs free, not {memory_mib} MiB and {vcpus}",
-                    host.config.memory_mib.saturating_sub(used_mem),
-                    host.config.vcpus.saturating_sub(used_vcpus)
-                ),
-            ));
-        }
-        vms.insert(vm_id.clone(), vm.clone());
-    }
+    reserve(host, &vm)?;
     let unreserve = || {
         host.vms().remove(&vm_id);
     };
@@ -270,6 +242,44 @@ async fn admit_inner(host: &Arc<Host>, request: AdmitRequest) -> Result<VmView, 
             Err(error)
         }
     }
+}
+
+/// Checks that `vm`'s token does not run here and that its resources are free, and reserves
+/// them by entering it in the host's VMs, all under one lock.
+pub(crate) fn reserve(host: &Host, vm: &Arc<crate::host::Vm>) -> Result<(), ApiError> {
+    let mut vms = host.vms();
+    if let Some(other) = vms
+        .values()
+        .find(|v| v.token.token_id == vm.token.token_id || v.id == vm.id)
+    {
+        return Err(refuse(
+            StatusCode::CONFLICT,
+            "token_running",
+            format!(
+                "token {} already runs here as VM {}",
+                vm.token.token_id, other.id
+            ),
+        ));
+    }
+    let used_mem: u64 = vms.values().map(|v| v.memory_mib).sum();
+    let used_vcpus: u64 = vms.values().map(|v| v.vcpus).sum();
+    if used_mem + vm.memory_mib > host.config.memory_mib
+        || used_vcpus + vm.vcpus > host.config.vcpus
+    {
+        return Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "insufficient_capacity",
+            format!(
+                "this host has {} MiB and {} vCPUs free, not {} MiB and {}",
+                host.config.memory_mib.saturating_sub(used_mem),
+                host.config.vcpus.saturating_sub(used_vcpus),
+                vm.memory_mib,
+                vm.vcpus
+            ),
+        ));
+    }
+    vms.insert(vm.id.clone(), vm.clone());
+    Ok(())
 }
 
 /// Writes the record, starts `vmm`, records its process and starts supervising it.

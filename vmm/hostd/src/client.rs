@@ -163,6 +163,66 @@ impl HostdClient {
         Ok((response.bytes().await?.to_vec(), next))
     }
 
+    /// Sends a signed request whose answer streams JSON lines (migration, drain) and calls
+    /// `on_line` with each as it arrives; returns them all.
+    async fn stream_lines(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        key: &SigningKey,
+        on_line: &mut (dyn FnMut(&serde_json::Value) + Send),
+    ) -> Result<Vec<serde_json::Value>, ClientError> {
+        let mut request = self
+            .http
+            .post(self.url(path))
+            .header("content-type", "application/json");
+        for (name, value) in crate::auth::sign(key, "POST", path, &body, now_ms() / 1000) {
+            request = request.header(name, value);
+        }
+        let mut response = request.body(body).send().await?;
+        if !response.status().is_success() {
+            return answer::<Vec<serde_json::Value>>(response).await;
+        }
+        let (mut lines, mut pending) = (Vec::new(), Vec::new());
+        while let Some(chunk) = response.chunk().await? {
+            pending.extend_from_slice(&chunk);
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&line) {
+                    on_line(&value);
+                    lines.push(value);
+                }
+            }
+        }
+        Ok(lines)
+    }
+
+    /// Migrates a VM to host `to`, signed with `key` (the VM's tenant, or the operator); the
+    /// progress lines as they arrive, the last one `{"event": "result", "status": ...}`.
+    pub async fn migrate(
+        &self,
+        id: &str,
+        to: token::HostId,
+        key: &SigningKey,
+        on_line: &mut (dyn FnMut(&serde_json::Value) + Send),
+    ) -> Result<Vec<serde_json::Value>, ClientError> {
+        let body = serde_json::to_vec(&crate::migration::messages::MigrateRequest { to })
+            .unwrap_or_default();
+        self.stream_lines(&format!("/v1/vms/{id}/migrate"), body, key, on_line)
+            .await
+    }
+
+    /// Drains the host, signed with the operator's key; the progress lines, the last one
+    /// `{"event": "drained", ...}`.
+    pub async fn drain(
+        &self,
+        operator: &SigningKey,
+        on_line: &mut (dyn FnMut(&serde_json::Value) + Send),
+    ) -> Result<Vec<serde_json::Value>, ClientError> {
+        self.stream_lines("/v1/drain", b"{}".to_vec(), operator, on_line)
+            .await
+    }
+
     pub async fn metrics(&self) -> Result<String, ClientError> {
         Ok(self
             .http

@@ -6,6 +6,8 @@
 //!   (re-adopting `vmm` processes after a restart): what the host does.
 //! - [`host`]: its VMs and capacity. [`vmm_process`]: one `vmm`. [`record`]: what is on disk.
 //! - [`broker`]: the [`broker::BrokerClient`] trait and an in-process fake.
+//! - [`migration`]: moving a VM to another host (both sides) and draining; [`peer`]: the
+//!   signed requests between hosts.
 //! - [`http`]: the API; [`auth`]: tenant-signed requests; [`client`]: an HTTP client for it.
 
 pub mod admission;
@@ -22,7 +24,9 @@ pub mod identity;
 pub mod images;
 pub mod lifecycle;
 pub mod metrics;
+pub mod migration;
 pub mod payments;
+pub mod peer;
 pub mod record;
 pub mod recovery;
 pub mod vmm_process;

@@ -35,6 +35,18 @@ fn refusal(error: &LinkError) -> (StatusCode, &'static str) {
     }
 }
 
+/// The answer for a VM that is not here: "moved, retry at host B" if it migrated away.
+fn moved_or_not_found(host: &Host, vm_id: &str) -> ApiError {
+    match host.moved_to(vm_id) {
+        Some((to, url)) => ApiError::new(
+            StatusCode::CONFLICT,
+            "vm_moved",
+            format!("VM {vm_id} moved to host {to}; retry at {url}"),
+        ),
+        None => ApiError::not_found(vm_id),
+    }
+}
+
 pub async fn pay(host: &Host, vm_id: &str, payment: Payment) -> Result<PaymentReceipt, ApiError> {
     let result = pay_inner(host, vm_id, payment).await;
     host.metrics.inc(
@@ -48,11 +60,16 @@ pub async fn pay(host: &Host, vm_id: &str, payment: Payment) -> Result<PaymentRe
 }
 
 async fn pay_inner(host: &Host, vm_id: &str, payment: Payment) -> Result<PaymentReceipt, ApiError> {
-    let vm = host.vm(vm_id).ok_or_else(|| ApiError::not_found(vm_id))?;
+    let vm = host
+        .vm(vm_id)
+        .ok_or_else(|| moved_or_not_found(host, vm_id))?;
     let mut state = vm.state.lock().await;
-    // Checked under the lock: stopping takes it too, so no payment slips in after the final
-    // claim was made.
-    if vm.phase() != Phase::Running {
+    // Checked under the lock: stopping and the migration switchover take it too, so no
+    // payment slips in after the final claim was made.
+    if vm.phase() == Phase::Moved {
+        return Err(moved_or_not_found(host, vm_id));
+    }
+    if !matches!(vm.phase(), Phase::Running | Phase::Migrating) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "vm_not_running",

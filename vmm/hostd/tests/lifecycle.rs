@@ -74,11 +74,6 @@ async fn only_the_tenant_can_stop_or_read_its_vm() {
     );
 }
 
-/// Runs a future to completion from synchronous code inside a multi-threaded runtime.
-fn futures_block<F: std::future::Future>(future: F) -> F::Output {
-    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unpaid_vms_are_reclaimed_and_freed() {
     if !kvm_available() {

@@ -55,6 +55,15 @@ enum CtlCommand {
     Status,
     /// Stop the VM; the vmm process exits.
     Shutdown,
+    /// Let a migration started with --hold-before-commit switch over.
+    Commit,
+    /// Call a migration held before commit off: the VM resumes here, unchanged, and the
+    /// destination never runs it.
+    Cancel {
+        /// Why, for the migration's statistics and the logs.
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Live-migrate the VM to a `vmm run --incoming` on another host; prints one JSON line per
     /// pre-copy round, then the final statistics.
     Migrate {
@@ -88,6 +97,11 @@ enum CtlCommand {
         /// Page compression (only none is implemented).
         #[arg(long, value_enum, default_value_t = CompressArg::None)]
         compress: CompressArg,
+        /// Once the destination is ready, hold the switchover (the VM paused) for up to
+        /// SECONDS (1 to 30), printing a ready_to_commit event, until `vmm ctl SOCKET commit`
+        /// or `cancel`; no answer cancels and the VM resumes here.
+        #[arg(long, value_name = "SECONDS")]
+        hold_before_commit: Option<u64>,
     },
     /// Pause, write state and memory into DIR, then resume (or stop with --stop).
     Snapshot {
@@ -125,6 +139,7 @@ impl CtlCommand {
                 auto_converge,
                 connections,
                 compress,
+                hold_before_commit,
             } => Request::Migrate(migrator::MigrateParams {
                 url,
                 // The VMM may run in another directory: send an absolute path.
@@ -144,11 +159,14 @@ impl CtlCommand {
                     CompressArg::Zstd => migrator::Compression::Zstd,
                     CompressArg::Lz4 => migrator::Compression::Lz4,
                 },
+                hold_before_commit_s: hold_before_commit,
             }),
             CtlCommand::Pause => Request::Pause {},
             CtlCommand::Resume => Request::Resume {},
             CtlCommand::Status => Request::Status {},
             CtlCommand::Shutdown => Request::Shutdown {},
+            CtlCommand::Commit => Request::Commit {},
+            CtlCommand::Cancel { reason } => Request::Cancel { reason },
             CtlCommand::Snapshot { dir, stop } => {
                 // The VMM may run in another directory: send an absolute path.
                 let dir = std::path::absolute(&dir).unwrap_or(dir);
@@ -300,8 +318,29 @@ fn incoming(args: &RunArgs, url: &str, started: Instant) -> ExitCode {
         peer: args.peer.as_deref().unwrap_or_default(),
         timeout: Duration::from_secs(args.incoming_timeout),
     };
+    let listener = match migration::listen(url) {
+        Ok(l) => l,
+        Err(e) => return fail(&e),
+    };
+    // The control socket answers from now on (`status` says `incoming` until the VM runs),
+    // so whoever started this vmm knows the migration port is bound.
+    let (_api, served) = match &args.api_sock {
+        Some(path) => match server::start_incoming(path) {
+            Ok((api, served)) => (Some(api), Some(served)),
+            Err(e) => return fail(&e),
+        },
+        None => (None, None),
+    };
     let console = Box::new(std::io::stdout());
-    let received = migration::receive(url, &auth, &backing(args), &args.net, started, console);
+    let received = migration::receive(
+        &listener,
+        &auth,
+        &backing(args),
+        &args.net,
+        started,
+        console,
+    );
+    drop(listener);
     let (mut vm, mut conn) = match received {
         Ok(v) => v,
         Err(e) => return fail(&e),
@@ -311,19 +350,18 @@ fn incoming(args: &RunArgs, url: &str, started: Instant) -> ExitCode {
         eprintln!("vmm: error: {e}");
         return ExitCode::from(vmm::EXIT_VMM_ERROR as u8);
     }
-    let _api = match &args.api_sock {
-        Some(path) => match server::start(path, vm.controller.clone()) {
-            Ok(s) => Some(s),
-            Err(e) => return fail(&e),
-        },
-        None => None,
-    };
+    if let Some(served) = &served {
+        served.set_incoming_phase("ready");
+    }
     if let Err(e) = conn.ready_and_wait_for_commit() {
         // No commit: the source keeps (or takes back) the VM; this copy never runs.
         return fail(&e);
     }
     if let Err(e) = vm.start(false) {
         return fail(&e);
+    }
+    if let Some(served) = &served {
+        served.attach(vm.controller.clone());
     }
     conn.running();
     // Bridges still send the guest's frames to the old host: tell them where it is now.

@@ -11,7 +11,7 @@ pub mod types;
 use std::future::Future;
 use std::pin::Pin;
 
-use token::{HostId, SignedClaim, TokenId};
+use token::{ClusterId, HostId, SignedClaim, TokenId};
 
 pub use types::{BrokerError, BrokerKey, CapacityAdvert, Handover, HostRecord, Lease, Redeemed};
 
@@ -34,9 +34,28 @@ pub trait BrokerClient: Send + Sync + 'static {
         host_id: HostId,
     ) -> BoxFuture<'_, Result<Lease, BrokerError>>;
 
-    /// Moves a lease to the migration destination with the source's final claim, in one
-    /// broker transaction.
+    /// Prepares moving a lease to the migration destination, with the source's final claim
+    /// (checked now, paid at confirmation). The lease stays with the source, frozen, until
+    /// the destination confirms or either side cancels. Called by the source before `Commit`.
     fn hand_over_lease(&self, handover: Handover) -> BoxFuture<'_, Result<Lease, BrokerError>>;
+
+    /// The destination confirms a prepared handover once the VM runs there: in one broker
+    /// transaction the source is paid up to its final claim and the lease moves. Confirming
+    /// again once `host_id` holds the lease succeeds, so a retry after a lost answer is
+    /// harmless.
+    fn confirm_handover(
+        &self,
+        token_id: TokenId,
+        host_id: HostId,
+    ) -> BoxFuture<'_, Result<Lease, BrokerError>>;
+
+    /// Calls a prepared handover off (the source or the destination): the lease stays with
+    /// the source. Cancelling when nothing is prepared succeeds.
+    fn cancel_handover(
+        &self,
+        token_id: TokenId,
+        host_id: HostId,
+    ) -> BoxFuture<'_, Result<(), BrokerError>>;
 
     /// Gives the lease up when the VM ends here. Releasing a lease one does not hold fails
     /// with `NotLeaseHolder`.
@@ -51,4 +70,11 @@ pub trait BrokerClient: Send + Sync + 'static {
 
     /// Publishes this host's free capacity and price in the host directory.
     fn advertise(&self, advert: CapacityAdvert) -> BoxFuture<'_, Result<(), BrokerError>>;
+
+    /// The host directory of `cluster_id`: every registered host's latest advertisement
+    /// (drain picks destinations from it).
+    fn directory(
+        &self,
+        cluster_id: ClusterId,
+    ) -> BoxFuture<'_, Result<Vec<CapacityAdvert>, BrokerError>>;
 }

@@ -130,6 +130,36 @@ pub async fn pay(
     Ok(Json(crate::payments::pay(&host, &id, payment).await?))
 }
 
+/// The refusal for a request whose signature does not hold; `wrong_key` is the code when it
+/// is signed, but not by whom it must be.
+pub(crate) fn auth_refusal(e: crate::auth::AuthError, wrong_key: &'static str) -> ApiError {
+    let (status, code) = match e {
+        crate::auth::AuthError::Unsigned => (StatusCode::UNAUTHORIZED, "unsigned_request"),
+        crate::auth::AuthError::Malformed => (StatusCode::BAD_REQUEST, "malformed_signature"),
+        crate::auth::AuthError::Skew { .. } => (StatusCode::UNAUTHORIZED, "request_expired"),
+        crate::auth::AuthError::BadSignature => (StatusCode::FORBIDDEN, wrong_key),
+    };
+    ApiError::new(status, code, e.to_string())
+}
+
+/// Checks that a request is signed by `key`.
+fn signed_by(
+    key: &token::VerifyingKey,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), crate::auth::AuthError> {
+    crate::auth::verify(
+        key,
+        method.as_str(),
+        uri.path(),
+        body,
+        headers,
+        now_ms() / 1000,
+    )
+}
+
 /// Checks that a request about `vm` is signed by the VM's tenant.
 fn authorize(
     host: &Host,
@@ -140,23 +170,132 @@ fn authorize(
     body: &[u8],
 ) -> Result<(), ApiError> {
     let _ = host;
-    crate::auth::verify(
-        &vm.token.tenant_key,
-        method.as_str(),
-        uri.path(),
-        body,
-        headers,
-        now_ms() / 1000,
+    signed_by(&vm.token.tenant_key, method, uri, headers, body)
+        .map_err(|e| auth_refusal(e, "not_the_tenant"))
+}
+
+/// Checks that a request is signed by the operator (`--operator-key`).
+fn authorize_operator(
+    host: &Host,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), ApiError> {
+    let key = host.config.operator_key.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_the_operator",
+            "this host has no operator key (--operator-key)",
+        )
+    })?;
+    signed_by(&key, method, uri, headers, body).map_err(|e| auth_refusal(e, "not_the_operator"))
+}
+
+/// A JSON-lines answer that streams what `events` receives until every sender is gone.
+fn json_lines(events: tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>) -> Response {
+    (
+        [("content-type", "application/x-ndjson")],
+        Body::new(super::lines::JsonLines(events)),
     )
-    .map_err(|e| {
-        let (status, code) = match e {
-            crate::auth::AuthError::Unsigned => (StatusCode::UNAUTHORIZED, "unsigned_request"),
-            crate::auth::AuthError::Malformed => (StatusCode::BAD_REQUEST, "malformed_signature"),
-            crate::auth::AuthError::Skew { .. } => (StatusCode::UNAUTHORIZED, "request_expired"),
-            crate::auth::AuthError::BadSignature => (StatusCode::FORBIDDEN, "not_the_tenant"),
-        };
-        ApiError::new(status, code, e.to_string())
-    })
+        .into_response()
+}
+
+/// `POST /v1/vms/{id}/migrate`: signed by the VM's tenant or by the operator. Refusals come
+/// as an error answer; once the destination prepared, progress streams as JSON lines.
+pub async fn migrate(
+    State(host): HostState,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let vm = host.vm(&id).ok_or_else(|| ApiError::not_found(&id))?;
+    if let Err(tenant) = signed_by(&vm.token.tenant_key, &method, &uri, &headers, &body) {
+        let operator = host
+            .config
+            .operator_key
+            .map(|key| signed_by(&key, &method, &uri, &headers, &body));
+        if !matches!(operator, Some(Ok(()))) {
+            return Err(auth_refusal(tenant, "not_the_tenant"));
+        }
+    }
+    let request: crate::migration::messages::MigrateRequest = parse(&body)?;
+    let out = crate::migration::outgoing::begin(&host, vm, request.to).await?;
+    let (events, lines) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(crate::migration::outgoing::drive(host.clone(), out, events));
+    Ok(json_lines(lines))
+}
+
+/// `POST /v1/drain`: operator-signed; every VM to other hosts, progress as JSON lines.
+pub async fn drain(
+    State(host): HostState,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    authorize_operator(&host, &method, &uri, &headers, &body)?;
+    let (events, lines) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(crate::migration::drain::drain(host.clone(), events));
+    Ok(json_lines(lines))
+}
+
+/// `POST /v1/migrations`: a registered host asks this one to receive a VM.
+pub async fn prepare_incoming(
+    State(host): HostState,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<crate::migration::messages::Prepared>, ApiError> {
+    let source = crate::peer::authenticate(&host, &method, uri.path(), &headers, &body).await?;
+    let request = parse(&body)?;
+    Ok(Json(
+        crate::migration::incoming::prepare(&host, source, request).await?,
+    ))
+}
+
+/// `POST /v1/migrations/{id}/payment`: the source's final link at the switchover.
+pub async fn sync_payment(
+    State(host): HostState,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let source = crate::peer::authenticate(&host, &method, uri.path(), &headers, &body).await?;
+    let sync = parse(&body)?;
+    let index = crate::migration::incoming::sync_payment(&host, source.host_id, &id, sync).await?;
+    Ok(Json(serde_json::json!({ "index": index })))
+}
+
+/// `GET /v1/migrations/{id}`: how a migration from the asking host stands here.
+pub async fn incoming_outcome(
+    State(host): HostState,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Json<crate::migration::messages::OutcomeAnswer>, ApiError> {
+    let source = crate::peer::authenticate(&host, &method, uri.path(), &headers, b"").await?;
+    let outcome = crate::migration::incoming::outcome(&host, source.host_id, &id)?;
+    Ok(Json(crate::migration::messages::OutcomeAnswer { outcome }))
+}
+
+/// `DELETE /v1/migrations/{id}`: the source gave the migration up.
+pub async fn abort_incoming(
+    State(host): HostState,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let source = crate::peer::authenticate(&host, &method, uri.path(), &headers, b"").await?;
+    crate::migration::incoming::abort(&host, source.host_id, &id).await?;
+    Ok(Json(serde_json::json!({ "migration_id": id })))
 }
 
 pub async fn delete(
