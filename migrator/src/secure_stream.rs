@@ -80,6 +80,15 @@ impl SecureStream {
         Ok(())
     }
 
+    /// The TLS cipher suite the two sides agreed on, by its IANA name.
+    pub fn cipher_suite(&self) -> Option<String> {
+        let suite = match &self.conn {
+            Conn::Client(s) => s.conn.negotiated_cipher_suite(),
+            Conn::Server(s) => s.conn.negotiated_cipher_suite(),
+        };
+        suite.map(|s| format!("{:?}", s.suite()))
+    }
+
     /// A handle on the underlying socket, to shut it down from another thread.
     pub fn socket(&self) -> std::io::Result<TcpStream> {
         self.tcp().try_clone()

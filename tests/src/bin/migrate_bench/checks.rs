@@ -10,11 +10,16 @@ pub(super) struct MigrateOptions {
     /// `--timeout-s`, with `--on-timeout force` so the migration always ends.
     pub(super) timeout_s: Option<u64>,
     pub(super) auto_converge: bool,
+    /// `--connections`.
+    pub(super) connections: Option<u32>,
 }
 
 impl MigrateOptions {
     pub(super) fn ctl_args(self) -> Vec<String> {
         let mut args = Vec::new();
+        if let Some(connections) = self.connections {
+            args.extend(["--connections".into(), connections.to_string()]);
+        }
         if let Some(rounds) = self.max_rounds {
             args.extend(["--max-rounds".into(), rounds.to_string()]);
         }
