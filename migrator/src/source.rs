@@ -338,7 +338,9 @@ fn prepare_switchover<V: MigratableVm>(
     pending: &[(u64, DirtyBitmap)],
 ) -> Result<(f64, f64), SourceError> {
     let t0 = paused_at;
+    let synced = Instant::now();
     let mut maps = s.dirty_maps()?;
+    s.stats.downtime_parts.final_sync_ms = ms(synced.elapsed());
     for ((_, map), (_, left)) in maps.iter_mut().zip(pending) {
         map.merge(left);
     }
@@ -479,6 +481,7 @@ fn switch_over<V: MigratableVm>(
         s.stats.status = Status::Failed;
         return Err(vm_err(e));
     }
+    s.stats.downtime_parts.pause_ms = ms(paused_at.elapsed());
     let prepared = prepare_switchover(s, paused_at, &pending);
     let (final_pages_ms, state_ms) = match prepared {
         Ok(t) => t,
@@ -502,6 +505,7 @@ fn switch_over<V: MigratableVm>(
         final_pages_ms,
         state_ms,
         resume_ms: ms(t.elapsed()),
+        ..s.stats.downtime_parts
     };
     s.stats.ram.remaining = 0;
     Ok(())

@@ -54,6 +54,7 @@ pub(super) fn fill_ours(migration: &mut Migration, stats: &OurStats) {
     migration.dirty_pages_rate = stats.ram.dirty_pages_rate;
     migration.throttle_percent = u64::from(stats.cpu_throttle_percentage);
     migration.downtime_parts = Some(stats.downtime_parts.clone());
+    migration.final_pages = stats.rounds.last().map_or(0, |r| r.pages);
     migration.set_throughput();
 }
 

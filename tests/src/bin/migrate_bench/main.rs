@@ -215,6 +215,8 @@ struct Migration {
     stop: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     downtime_parts: Option<DowntimeParts>,
+    /// Ours: pages sent while paused (the final round).
+    final_pages: u64,
     /// What was checked after the switchover, and whether it passed.
     integrity: String,
     integrity_ok: Option<bool>,

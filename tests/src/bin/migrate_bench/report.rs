@@ -251,14 +251,7 @@ pub(super) fn print_report(report: &Report) {
         show(targets.throughput_vs_tls_streams),
         show(targets.tls_vs_tcp_streams)
     );
-    for m in report.idle.iter().filter(|m| m.vmm == Vmm::Ours) {
-        if let Some(parts) = &m.downtime_parts {
-            println!(
-                "  ours, run {}: downtime {:.1} ms = final pages {:.1} + state {:.1} + resume {:.1}",
-                m.run, m.downtime_ms, parts.final_pages_ms, parts.state_ms, parts.resume_ms
-            );
-        }
-    }
+    print_parts(&report.idle);
 
     println!();
     println!(
@@ -267,6 +260,7 @@ pub(super) fn print_report(report: &Report) {
         report.qemu_converge_secs
     );
     print_runs(&report.working_sets);
+    print_parts(&report.working_sets);
 
     println!();
     println!("Ratios ours / QEMU (below 1 is better for ours)");
@@ -411,6 +405,26 @@ pub(super) fn print_limits(limits: &Limits) {
         limits.memcpy_gbyte.min,
         limits.memcpy_gbyte.max
     );
+}
+
+/// Our downtime's parts, per run.
+pub(super) fn print_parts(runs: &[Migration]) {
+    for m in runs.iter().filter(|m| m.vmm == Vmm::Ours) {
+        if let Some(p) = &m.downtime_parts {
+            println!(
+                "  ours, {}: downtime {:.1} ms = final pages {:.1} (pause {:.1}, dirty log \
+                 {:.1}, {} pages sent) + state {:.1} + resume {:.1}",
+                row_label(m),
+                m.downtime_ms,
+                p.final_pages_ms,
+                p.pause_ms,
+                p.final_sync_ms,
+                m.final_pages,
+                p.state_ms,
+                p.resume_ms
+            );
+        }
+    }
 }
 
 pub(super) fn describe(m: &Migration) -> String {
