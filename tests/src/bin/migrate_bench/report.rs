@@ -412,7 +412,7 @@ pub(super) fn print_parts(runs: &[Migration]) {
     for m in runs.iter().filter(|m| m.vmm == Vmm::Ours) {
         if let Some(p) = &m.downtime_parts {
             println!(
-                "  ours, {}: downtime {:.1} ms = final pages {:.1} (pause {:.1}, dirty log \
+                "  {}: downtime {:.1} ms = final pages {:.1} (pause {:.1}, dirty log \
                  {:.1}, {} pages sent) + state {:.1} + resume {:.1}",
                 row_label(m),
                 m.downtime_ms,
