@@ -360,7 +360,9 @@ fn prepare_switchover<V: MigratableVm>(
     pending: &[(u64, DirtyBitmap)],
 ) -> Result<(f64, f64), SourceError> {
     let t0 = paused_at;
+    let synced = Instant::now();
     let mut maps = s.dirty_maps()?;
+    s.stats.downtime_parts.final_sync_ms = ms(synced.elapsed());
     for ((_, map), (_, left)) in maps.iter_mut().zip(pending) {
         map.merge(left);
     }
@@ -515,6 +517,7 @@ fn switch_over<V: MigratableVm>(
         s.stats.status = Status::Failed;
         return Err(vm_err(e));
     }
+    s.stats.downtime_parts.pause_ms = ms(paused_at.elapsed());
     let prepared = prepare_switchover(s, paused_at, &pending);
     let (final_pages_ms, state_ms) = match prepared {
         Ok(t) => t,
@@ -555,6 +558,7 @@ fn switch_over<V: MigratableVm>(
         state_ms,
         hold_ms,
         resume_ms: ms(t.elapsed()),
+        ..s.stats.downtime_parts
     };
     s.stats.ram.remaining = 0;
     Ok(())
