@@ -5,8 +5,10 @@
 //!   scheme the broker verifies.
 //! - Requests that move money or change a lease carry an `Idempotency-Key`, made once per
 //!   operation and reused by every retry of it, so that a retry after a timeout gets the
-//!   broker's stored answer instead of running twice. A redemption's key is derived from the
-//!   signed claim itself, so even a retry by a later settlement pass is the same request.
+//!   broker's stored answer instead of running twice. (Keys are not derived from the request:
+//!   the broker stores refusals too, so a claim refused as too far would stay refused. A
+//!   claim sent again under a new key is harmless: the broker credits only links above what
+//!   it already redeemed.)
 //! - Each attempt is bounded by a connect and a request timeout. Only transient failures
 //!   (unreachable, timeout, 408/429/5xx) are retried, with exponential backoff and jitter;
 //!   refusals are answers and come back at once as [`BrokerError`]s.
@@ -23,7 +25,6 @@ use laundromat_api::types::{
 use laundromat_api::{paths, signing, types};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use token::{HostId, SignedClaim, SigningKey, TokenId};
 
 use super::refusal::{is_transient, to_error, Subject};
@@ -325,8 +326,7 @@ impl HttpBroker {
     }
 
     /// Redeems one claim as it is; `None` when the broker says it lies too far above what it
-    /// verified. Its idempotency key is a digest of the signed claim: the same claim is the
-    /// same request, whenever it is sent.
+    /// verified.
     async fn redeem_once(
         &self,
         claim: &SignedClaim,
@@ -334,10 +334,7 @@ impl HttpBroker {
         let bytes = encode(&Redeem {
             claim: claim.clone(),
         })?;
-        let key = format!(
-            "redeem-{}",
-            token::hex::encode(&Sha256::digest(&bytes)[..16])
-        );
+        let key = new_key();
         let answer = self
             .send(
                 reqwest::Method::POST,
