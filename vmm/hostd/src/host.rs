@@ -142,6 +142,8 @@ pub struct Host {
     pub moved: Mutex<BTreeMap<String, (HostId, String)>>,
     /// Requests to other hosts.
     pub http: reqwest::Client,
+    /// Woken when a VM starts or ends, so the host directory learns of it at once.
+    pub capacity_changed: tokio::sync::Notify,
     broker_keys: Mutex<(BrokerKeys, Option<Instant>)>,
 }
 
@@ -170,6 +172,7 @@ impl Host {
             incoming: Mutex::new(BTreeMap::new()),
             moved: Mutex::new(BTreeMap::new()),
             http: reqwest::Client::new(),
+            capacity_changed: tokio::sync::Notify::new(),
             broker_keys: Mutex::new((BrokerKeys::new(), None)),
         }))
     }

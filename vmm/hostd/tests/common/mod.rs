@@ -2,6 +2,8 @@
 //! key, host and tokens, and the `hostd` binary as a child process killed on drop.
 #![allow(dead_code)]
 
+pub mod real_broker;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -228,11 +230,21 @@ impl Hostd {
             ..FakeState::default()
         };
         std::fs::write(&broker_path, serde_json::to_vec(&state).unwrap()).unwrap();
-        Self::launch(dir, broker_path, identity, free_tcp_port(), extra)
+        let broker = format!("file:{}", broker_path.display());
+        Self::launch(dir, &broker, broker_path, identity, free_tcp_port(), extra)
+    }
+
+    /// Starts hostd against the real broker at `broker_url` (`http://…`); the operator must
+    /// register `identity` there before hostd can take leases.
+    pub fn start_http(broker_url: &str, extra: &[&str]) -> Self {
+        let dir = tempdir();
+        let (identity, _) = HostIdentity::load_or_create(&prepare_data(&dir)).unwrap();
+        Self::launch(dir, broker_url, PathBuf::new(), identity, free_tcp_port(), extra)
     }
 
     fn launch(
         dir: tempfile::TempDir,
+        broker: &str,
         broker_path: PathBuf,
         identity: HostIdentity,
         port: u16,
@@ -242,7 +254,7 @@ impl Hostd {
         let url = format!("http://127.0.0.1:{port}");
         let mut args: Vec<String> = vec![
             "--broker".into(),
-            format!("file:{}", broker_path.display()),
+            broker.into(),
             "--listen".into(),
             format!("127.0.0.1:{port}"),
             "--data-dir".into(),
@@ -447,7 +459,7 @@ pub fn cluster(n: usize, extra: &[&str], tokens: &[&Bought]) -> Vec<Hostd> {
     let mut out: Vec<Hostd> = hosts
         .into_iter()
         .map(|(dir, identity, port)| {
-            Hostd::launch(dir, broker_path.clone(), identity, port, &extra)
+            Hostd::launch(dir, &format!("file:{}", broker_path.display()), broker_path.clone(), identity, port, &extra)
         })
         .collect();
     // The broker file's directory lives as long as the first hostd.
