@@ -16,6 +16,11 @@ pub fn irq(index: usize) -> u32 {
     5 + index as u32
 }
 
+/// How many virtio-mmio devices `cfg` has: the windows from index 0 up are theirs.
+pub fn device_count(cfg: &crate::config::VmConfig) -> usize {
+    cfg.net.len()
+}
+
 /// `cmdline` with the `virtio_mmio.device=` items that tell Linux where `count` devices are.
 pub fn linux_cmdline(cmdline: &str, count: usize) -> String {
     let mut out = cmdline.to_owned();
