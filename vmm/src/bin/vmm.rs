@@ -8,6 +8,7 @@ use vmm::api::server::error_chain;
 use vmm::api::{client, protocol::Request, server};
 use vmm::builder::{self, BuiltVm};
 use vmm::config::{BootMode, VmConfig};
+use vmm::devices::virtio::block::DiskConfig;
 use vmm::devices::virtio::net::{announce, NetConfig};
 use vmm::migration;
 use vmm::persist::snapshot;
@@ -213,6 +214,12 @@ struct RunArgs {
     /// device; the saved MAC is kept and, if MAC is given, must match.
     #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
     net: Vec<NetConfig>,
+    /// A virtio-blk device backed by the raw image FILE (repeatable, one device each, in the
+    /// MMIO windows after the network devices'; Linux names them /dev/vda, /dev/vdb, ...).
+    /// readonly=on opens the file read-only and tells the guest. The image does not migrate:
+    /// with --incoming or --restore, give one per saved disk, naming the same storage.
+    #[arg(long = "disk", value_name = "path=FILE[,readonly=on|off]")]
+    disk: Vec<DiskConfig>,
 }
 
 /// Prints a fatal error and returns the VMM-error exit code.
@@ -238,6 +245,7 @@ fn boot(args: &RunArgs, started: Instant) -> Result<BuiltVm, Box<dyn std::error:
             Some(mem),
             &backing(args),
             &args.net,
+            &args.disk,
             started,
             console,
         )?);
@@ -251,6 +259,7 @@ fn boot(args: &RunArgs, started: Instant) -> Result<BuiltVm, Box<dyn std::error:
         vcpus: args.vcpus,
         backing: backing(args),
         net: args.net.clone(),
+        disks: args.disk.clone(),
     };
     Ok(builder::build(&cfg, started, console)?)
 }
@@ -301,7 +310,15 @@ fn incoming(args: &RunArgs, url: &str, started: Instant) -> ExitCode {
         timeout: Duration::from_secs(args.incoming_timeout),
     };
     let console = Box::new(std::io::stdout());
-    let received = migration::receive(url, &auth, &backing(args), &args.net, started, console);
+    let received = migration::receive(
+        url,
+        &auth,
+        &backing(args),
+        &args.net,
+        &args.disk,
+        started,
+        console,
+    );
     let (mut vm, mut conn) = match received {
         Ok(v) => v,
         Err(e) => return fail(&e),
