@@ -107,3 +107,74 @@ fn a_bench_guest_writes_flushes_and_reads_back_and_a_restarted_vm_finds_the_data
         third.stdout
     );
 }
+
+#[test]
+fn a_snapshot_carries_the_disk_and_restores_only_onto_the_same_shape_of_disk() {
+    if !kvm_available() {
+        return;
+    }
+    use vmm::api::{client, protocol::Request};
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let disk_arg = format!("path={}", disk.display());
+    let sock = dir.path().join("a.sock");
+    let mut args = bench_args(64, 1, "workload=idle report-ms=100", Some(&sock));
+    args.extend(["--disk".to_string(), disk_arg.clone()]);
+    let mut vm = Vmm::spawn(&args);
+    vm.wait_line(LIMIT, |l| l.contains("gen="));
+    let snap = dir.path().join("snap");
+    let v = client::call(
+        &sock,
+        &Request::Snapshot {
+            dir: snap.clone(),
+            stop: true,
+        },
+        LIMIT,
+    )
+    .unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(vm.wait_exit(LIMIT), Some(0));
+    let snap = snap.to_str().unwrap();
+
+    let out = run_vmm(&["run", "--restore", snap], LIMIT);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("the saved VM has 1 disks, but 0 --disk options were given"),
+        "{}",
+        out.stderr
+    );
+    let small = dir.path().join("small.img");
+    std::fs::write(&small, vec![0u8; 4096]).unwrap();
+    let small_arg = format!("path={}", small.display());
+    let out = run_vmm(&["run", "--restore", snap, "--disk", &small_arg], LIMIT);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("the disk had 2048 sectors, this image has 8"),
+        "{}",
+        out.stderr
+    );
+
+    let sock2 = dir.path().join("b.sock");
+    let mut restored = Vmm::spawn(&[
+        "run",
+        "--restore",
+        snap,
+        "--disk",
+        &disk_arg,
+        "--api-sock",
+        sock2.to_str().unwrap(),
+    ]);
+    restored.wait_line(LIMIT, |l| l.contains("gen="));
+    let status = client::call(&sock2, &Request::Status {}, LIMIT).unwrap();
+    assert_eq!(
+        status["disks"].as_array().map(Vec::len),
+        Some(1),
+        "{status}"
+    );
+    let v = client::call(&sock2, &Request::Shutdown {}, LIMIT).unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(restored.wait_exit(LIMIT), Some(0));
+}
