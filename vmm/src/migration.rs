@@ -13,6 +13,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::builder::{self, BuildError, BuiltVm};
 use crate::controller::VmController;
+use crate::devices::virtio::block::DiskConfig;
 use crate::devices::virtio::net::NetConfig;
 use crate::persist::format::{self, FormatError};
 use crate::persist::MachineState;
@@ -135,6 +136,7 @@ pub fn receive(
     auth: &IncomingAuth<'_>,
     backing: &Backing,
     net: &[NetConfig],
+    disks: &[DiskConfig],
     started: Instant,
     console: Box<dyn Write + Send>,
 ) -> Result<(BuiltVm, dest::Incoming), IncomingError> {
@@ -146,7 +148,7 @@ pub fn receive(
         .map_or_else(|_| "?".into(), |a| a.to_string());
     tracing::info!(addr, peer = %peer, "waiting for an incoming migration");
     let mut incoming = dest::accept(listener, &identity, peer, deadline, auth.timeout.as_secs())?;
-    match receive_vm(&mut incoming, backing, net, started, console) {
+    match receive_vm(&mut incoming, backing, net, disks, started, console) {
         Ok(vm) => Ok((vm, incoming)),
         Err(e) => {
             incoming.abort(&crate::api::server::error_chain(&e));
@@ -159,6 +161,7 @@ fn receive_vm(
     incoming: &mut dest::Incoming,
     backing: &Backing,
     net: &[NetConfig],
+    disks: &[DiskConfig],
     started: Instant,
     console: Box<dyn Write + Send>,
 ) -> Result<BuiltVm, IncomingError> {
@@ -193,5 +196,5 @@ fn receive_vm(
             "the state describes another machine".into(),
         ));
     }
-    Ok(prepared.restore(&state, net, started, console)?)
+    Ok(prepared.restore(&state, net, disks, started, console)?)
 }

@@ -8,6 +8,7 @@ use vmm::api::server::error_chain;
 use vmm::api::{client, protocol::Request, server};
 use vmm::builder::{self, BuiltVm};
 use vmm::config::{BootMode, VmConfig};
+use vmm::devices::virtio::block::DiskConfig;
 use vmm::devices::virtio::net::{announce, NetConfig};
 use vmm::migration;
 use vmm::persist::snapshot;
@@ -231,6 +232,12 @@ struct RunArgs {
     /// device; the saved MAC is kept and, if MAC is given, must match.
     #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
     net: Vec<NetConfig>,
+    /// A virtio-blk device backed by the raw image FILE (repeatable, one device each, in the
+    /// MMIO windows after the network devices'; Linux names them /dev/vda, /dev/vdb, ...).
+    /// readonly=on opens the file read-only and tells the guest. The image does not migrate:
+    /// with --incoming or --restore, give one per saved disk, naming the same storage.
+    #[arg(long = "disk", value_name = "path=FILE[,readonly=on|off]")]
+    disk: Vec<DiskConfig>,
 }
 
 /// Prints a fatal error and returns the VMM-error exit code.
@@ -256,6 +263,7 @@ fn boot(args: &RunArgs, started: Instant) -> Result<BuiltVm, Box<dyn std::error:
             Some(mem),
             &backing(args),
             &args.net,
+            &args.disk,
             started,
             console,
         )?);
@@ -269,6 +277,7 @@ fn boot(args: &RunArgs, started: Instant) -> Result<BuiltVm, Box<dyn std::error:
         vcpus: args.vcpus,
         backing: backing(args),
         net: args.net.clone(),
+        disks: args.disk.clone(),
     };
     Ok(builder::build(&cfg, started, console)?)
 }
@@ -337,6 +346,7 @@ fn incoming(args: &RunArgs, url: &str, started: Instant) -> ExitCode {
         &auth,
         &backing(args),
         &args.net,
+        &args.disk,
         started,
         console,
     );
