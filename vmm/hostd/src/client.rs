@@ -3,6 +3,8 @@
 use serde::de::DeserializeOwned;
 use token::{Payment, SigningKey};
 
+use laundromat_api::hostd::Stopped;
+
 use crate::admission::AdmitRequest;
 use crate::host::{now_ms, VmView};
 use crate::http::error::ErrorBody;
@@ -122,11 +124,7 @@ impl HostdClient {
     }
 
     /// Stops a VM; signed with the tenant's key.
-    pub async fn stop(
-        &self,
-        id: &str,
-        tenant: &SigningKey,
-    ) -> Result<serde_json::Value, ClientError> {
+    pub async fn stop(&self, id: &str, tenant: &SigningKey) -> Result<Stopped, ClientError> {
         let path = format!("/v1/vms/{id}");
         let mut request = self.http.delete(self.url(&path));
         for (name, value) in crate::auth::sign(tenant, "DELETE", &path, b"", now_ms() / 1000) {

@@ -7,7 +7,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::{Deserialize, Serialize};
+use laundromat_api::hostd::{ImageStored, Stopped, CONSOLE_NEXT_HEADER, CONSOLE_START_HEADER};
+use serde::Deserialize;
 use token::Payment;
 
 use super::error::{chain, ApiError};
@@ -40,18 +41,7 @@ pub async fn metrics(State(host): HostState) -> impl IntoResponse {
     )
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct HostInfo {
-    pub host_id: String,
-    pub public_key: String,
-    pub cluster_id: String,
-    pub memory_mib: u64,
-    pub vcpus: u64,
-    pub free_memory_mib: u64,
-    pub free_vcpus: u64,
-    pub max_skip: u64,
-    pub grace_ms: u64,
-}
+pub use laundromat_api::hostd::HostInfo;
 
 pub async fn host_info(State(host): HostState) -> Json<HostInfo> {
     let (free_memory_mib, free_vcpus) = host.free_capacity();
@@ -77,7 +67,6 @@ pub async fn put_image(
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_digest", e.to_string()))?;
     let created = host.images.put(&digest, body).await.map_err(|e| {
         let (status, code) = match &e {
-            ImageError::BadDigest(_) => (StatusCode::BAD_REQUEST, "bad_digest"),
             ImageError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "image_too_large"),
             ImageError::DigestMismatch { .. } => (StatusCode::BAD_REQUEST, "digest_mismatch"),
             ImageError::NotFound(_) => (StatusCode::NOT_FOUND, "image_not_found"),
@@ -91,11 +80,7 @@ pub async fn put_image(
     } else {
         StatusCode::OK
     };
-    Ok((
-        status,
-        Json(serde_json::json!({ "sha256": digest.to_string() })),
-    )
-        .into_response())
+    Ok((status, Json(ImageStored { sha256: digest })).into_response())
 }
 
 pub async fn admit(State(host): HostState, body: Bytes) -> Result<Response, ApiError> {
@@ -166,14 +151,16 @@ pub async fn delete(
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Stopped>, ApiError> {
     let vm = host.vm(&id).ok_or_else(|| ApiError::not_found(&id))?;
     authorize(&host, &vm, &method, &uri, &headers, &body)?;
     let index = vm.state.lock().await.verifier.index();
     end_vm(&host, &vm, EndReason::Deleted).await;
-    Ok(Json(
-        serde_json::json!({ "vm_id": id, "state": "stopped", "paid_index": index }),
-    ))
+    Ok(Json(Stopped {
+        vm_id: id,
+        state: "stopped".into(),
+        paid_index: index,
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -203,8 +190,8 @@ pub async fn console(
     Ok((
         [
             ("content-type", "application/octet-stream".to_string()),
-            ("x-console-start", chunk.start.to_string()),
-            ("x-console-next", chunk.next.to_string()),
+            (CONSOLE_START_HEADER, chunk.start.to_string()),
+            (CONSOLE_NEXT_HEADER, chunk.next.to_string()),
         ],
         chunk.bytes,
     )

@@ -12,11 +12,11 @@ use hostd::broker::fake::FakeState;
 use hostd::broker::{BrokerKey, HostRecord};
 use hostd::client::HostdClient;
 use hostd::identity::HostIdentity;
+use laundromat_api::hostd::BootMode;
 use token::{
     BootToken, ClusterId, HostId, KeyId, Link, Payer, SignedToken, SigningKey, TokenId,
     TOKEN_VERSION,
 };
-use vmm::config::BootMode;
 
 pub const CLUSTER: ClusterId = ClusterId([0xc1; 16]);
 pub const IDLE: &str = "workload=idle report-ms=100";
