@@ -84,6 +84,12 @@ impl BlobDigest {
     }
 }
 
+impl AsRef<str> for BlobDigest {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
 impl TryFrom<String> for BlobDigest {
     type Error = BadDigest;
 

@@ -6,7 +6,8 @@
 //!   (re-adopting `vmm` processes after a restart): what the host does.
 //! - [`host`]: its VMs and capacity. [`vmm_process`]: one `vmm`. [`record`]: what is on disk.
 //! - [`broker`]: the [`broker::BrokerClient`] trait and an in-process fake.
-//! - [`http`]: the API; [`auth`]: tenant-signed requests; [`client`]: an HTTP client for it.
+//! - [`http`]: the API; [`auth`]: tenant-signed requests (the product's one signing scheme,
+//!   `laundromat_api::signing`); [`client`]: an HTTP client for it (from `laundromat-api`).
 
 pub mod admission;
 pub mod auth;

@@ -115,33 +115,24 @@ pub async fn pay(
     Ok(Json(crate::payments::pay(&host, &id, payment).await?))
 }
 
-/// Checks that a request about `vm` is signed by the VM's tenant.
+/// Checks that a request about `vm` is signed by the VM's tenant (path and query signed).
 fn authorize(
-    host: &Host,
     vm: &crate::host::Vm,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<(), ApiError> {
-    let _ = host;
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
     crate::auth::verify(
         &vm.token.tenant_key,
         method.as_str(),
-        uri.path(),
+        path,
         body,
         headers,
         now_ms() / 1000,
     )
-    .map_err(|e| {
-        let (status, code) = match e {
-            crate::auth::AuthError::Unsigned => (StatusCode::UNAUTHORIZED, "unsigned_request"),
-            crate::auth::AuthError::Malformed => (StatusCode::BAD_REQUEST, "malformed_signature"),
-            crate::auth::AuthError::Skew { .. } => (StatusCode::UNAUTHORIZED, "request_expired"),
-            crate::auth::AuthError::BadSignature => (StatusCode::FORBIDDEN, "not_the_tenant"),
-        };
-        ApiError::new(status, code, e.to_string())
-    })
+    .map_err(ApiError::from)
 }
 
 pub async fn delete(
@@ -153,7 +144,7 @@ pub async fn delete(
     body: Bytes,
 ) -> Result<Json<Stopped>, ApiError> {
     let vm = host.vm(&id).ok_or_else(|| ApiError::not_found(&id))?;
-    authorize(&host, &vm, &method, &uri, &headers, &body)?;
+    authorize(&vm, &method, &uri, &headers, &body)?;
     let index = vm.state.lock().await.verifier.index();
     end_vm(&host, &vm, EndReason::Deleted).await;
     Ok(Json(Stopped {
@@ -184,7 +175,7 @@ pub async fn console(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let vm = host.vm(&id).ok_or_else(|| ApiError::not_found(&id))?;
-    authorize(&host, &vm, &method, &uri, &headers, b"")?;
+    authorize(&vm, &method, &uri, &headers, b"")?;
     let max = query.max.unwrap_or(MAX_CONSOLE_READ).min(MAX_CONSOLE_READ);
     let chunk = vm.console.read_from(query.from, max);
     Ok((

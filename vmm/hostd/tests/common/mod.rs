@@ -351,10 +351,10 @@ impl Drop for Hostd {
     }
 }
 
-pub fn request(bought: &Bought, kernel: &str, cmdline: &str) -> AdmitRequest {
+pub fn request(bought: &Bought, kernel: impl AsRef<str>, cmdline: &str) -> AdmitRequest {
     AdmitRequest {
         token: bought.hex(),
-        kernel: kernel.to_string().try_into().unwrap(),
+        kernel: kernel.as_ref().to_string().try_into().unwrap(),
         initrd: None,
         cmdline: cmdline.into(),
         boot: BootMode::Bench,
