@@ -212,11 +212,10 @@ pub async fn run(json: bool, dir: &Path, args: &PayArgs) -> Result<(), CliError>
             file_token: token_id,
         });
     }
-    let period = chain
-        .file
-        .token
-        .as_ref()
-        .map_or(0, |signed| signed.token().link_period_ms);
+    let period = match &chain.file.token {
+        Some(signed) => signed.token().link_period_ms,
+        None => return Err(CliError::NotBought(chain.path.clone())),
+    };
     let interrupted = if args.follow {
         Some(interrupt_flag())
     } else {

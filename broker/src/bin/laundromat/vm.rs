@@ -126,12 +126,11 @@ pub fn known(dir: &Path, vm_id: &str) -> Result<Option<KnownVm>, CliError> {
 
 /// The host to ask about `vm`: `--host`, or the one it was injected into.
 pub fn host_of(dir: &Path, vm: &VmRef) -> Result<HostdClient, CliError> {
-    if let Some(host) = &vm.host {
-        return Ok(HostdClient::new(host.clone()));
-    }
-    match known(dir, &vm.vm)? {
-        Some(known) => Ok(HostdClient::new(known.host)),
-        None => Err(CliError::UnknownVm(vm.vm.clone())),
+    let known = known(dir, &vm.vm)?;
+    match (&vm.host, known) {
+        (Some(host), _) => Ok(HostdClient::new(host.clone())),
+        (None, Some(known)) => Ok(HostdClient::new(known.host)),
+        (None, None) => Err(CliError::UnknownVm(vm.vm.clone())),
     }
 }
 

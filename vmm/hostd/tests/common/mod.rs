@@ -66,10 +66,15 @@ pub fn bench_elf() -> Vec<u8> {
 
 /// The `vmm` binary next to `hostd` (the same target directory and profile).
 pub fn vmm_bin() -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_hostd")).with_file_name("vmm");
+    sibling_bin("vmm", "vmm")
+}
+
+/// Another package's binary `name` next to `hostd`: the same target directory and profile.
+pub fn sibling_bin(name: &str, package: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_hostd")).with_file_name(name);
     assert!(
         path.is_file(),
-        "{} is missing: build it with `cargo build --release -p vmm`",
+        "{} is missing: build it with `cargo build --release -p {package} --bin {name}`",
         path.display()
     );
     path
