@@ -50,6 +50,7 @@ pub struct InjectArgs {
     /// The kernel image (bench ELF, PVH ELF, bzImage or vmlinux).
     #[arg(long)]
     kernel: PathBuf,
+    /// An initrd; with the kernel and command line, part of the token's image digest.
     #[arg(long)]
     initrd: Option<PathBuf>,
     /// The kernel command line; it is part of the token's image digest.
