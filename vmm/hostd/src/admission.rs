@@ -11,39 +11,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
 use token::chain::verifier::Verifier;
 use token::signed_token::VerifyError;
 use token::SignedToken;
-use vmm::config::BootMode;
 
 use crate::broker::BrokerError;
 use crate::host::{now_ms, vm_from_record, Host, Phase, VmView};
 use crate::http::error::{chain, ApiError};
-use crate::images::{BlobDigest, ImageError};
+use crate::images::ImageError;
 use crate::record::VmRecord;
 use crate::vmm_process::VmmProcess;
 
-/// The body of `POST /v1/vms`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdmitRequest {
-    /// The broker-signed boot token (hex of its wire format).
-    pub token: String,
-    /// SHA-256 of the kernel blob, uploaded with `PUT /v1/images/{sha256}`.
-    pub kernel: BlobDigest,
-    #[serde(default)]
-    pub initrd: Option<BlobDigest>,
-    #[serde(default)]
-    pub cmdline: String,
-    pub boot: BootMode,
-    /// Defaults to the token's memory.
-    #[serde(default)]
-    pub memory_mib: Option<u32>,
-    /// Defaults to the token's vCPUs.
-    #[serde(default)]
-    pub vcpus: Option<u32>,
-}
+pub use laundromat_api::hostd::AdmitRequest;
 
 fn refuse(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::new(status, code, message)
@@ -77,12 +56,7 @@ fn vmm_args(host: &Host, record: &VmRecord) -> Vec<String> {
     let mut args = vec![
         "run".to_string(),
         "--boot".into(),
-        match record.boot {
-            BootMode::Linux => "linux",
-            BootMode::Pvh => "pvh",
-            BootMode::Bench => "bench",
-        }
-        .into(),
+        record.boot.name().into(),
         "--kernel".into(),
         host.images.path(&record.kernel).display().to_string(),
         "--mem".into(),

@@ -109,25 +109,7 @@ impl Vm {
     }
 }
 
-/// What `GET /v1/vms/{id}` shows.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct VmView {
-    pub vm_id: String,
-    pub token_id: String,
-    pub host_id: String,
-    pub state: String,
-    pub memory_mib: u64,
-    pub vcpus: u64,
-    pub admitted_at_ms: u64,
-    /// Index of the last accepted link.
-    pub paid_index: u64,
-    pub chain_length: u64,
-    pub paid_until_ms: u64,
-    pub reclaim_at_ms: u64,
-    pub redeemed_index: u64,
-    pub console_bytes: u64,
-    pub pid: Option<u32>,
-}
+pub use laundromat_api::hostd::VmView;
 
 pub struct Host {
     pub config: HostConfig,

@@ -8,7 +8,8 @@
 //! - [`broker`]: the [`broker::BrokerClient`] trait and an in-process fake.
 //! - [`migration`]: moving a VM to another host (both sides) and draining; [`peer`]: the
 //!   signed requests between hosts.
-//! - [`http`]: the API; [`auth`]: tenant-signed requests; [`client`]: an HTTP client for it.
+//! - [`http`]: the API; [`auth`]: tenant-signed requests (the product's one signing scheme,
+//!   `laundromat_api::signing`); [`client`]: an HTTP client for it (from `laundromat-api`).
 
 pub mod admission;
 pub mod auth;

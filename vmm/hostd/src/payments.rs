@@ -6,24 +6,13 @@
 //! nothing, in memory or on disk.
 
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
 use token::chain::verifier::LinkError;
 use token::Payment;
 
 use crate::host::{Host, Phase};
 use crate::http::error::{chain, ApiError};
 
-/// The answer to an accepted payment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PaymentReceipt {
-    pub vm_id: String,
-    /// The index of the link now held.
-    pub index: u64,
-    /// Links this payment newly paid for.
-    pub links_paid: u64,
-    pub paid_until_ms: u64,
-    pub reclaim_at_ms: u64,
-}
+pub use laundromat_api::hostd::PaymentReceipt;
 
 fn refusal(error: &LinkError) -> (StatusCode, &'static str) {
     match error {

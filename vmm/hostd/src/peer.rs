@@ -150,13 +150,10 @@ pub async fn authenticate(
         now_ms() / 1000,
     )
     .map_err(|e| {
-        let (status, code) = match e {
-            crate::auth::AuthError::Unsigned => (StatusCode::UNAUTHORIZED, "unsigned_request"),
-            crate::auth::AuthError::Malformed => (StatusCode::BAD_REQUEST, "malformed_signature"),
-            crate::auth::AuthError::Skew { .. } => (StatusCode::UNAUTHORIZED, "request_expired"),
-            crate::auth::AuthError::BadSignature => (StatusCode::FORBIDDEN, "not_the_host"),
-        };
-        refuse(status, code, format!("host {host_id}: {e}"))
+        let message = format!("host {host_id}: {e}");
+        let mut refusal = crate::http::handlers::auth_refusal(e, "not_the_host");
+        refusal.message = message;
+        refusal
     })?;
     Ok(record)
 }

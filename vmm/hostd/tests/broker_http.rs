@@ -13,7 +13,10 @@ use laundromat_api::types::Advert;
 use token::{Claim, SignedClaim, SigningKey, Verifier};
 
 fn host(seed: u8, broker: &RealBroker) -> (HostIdentity, HttpBroker) {
-    let identity = HostIdentity::from_key(SigningKey::from_bytes(&[seed; 32]), std::path::PathBuf::new());
+    let identity = HostIdentity::from_key(
+        SigningKey::from_bytes(&[seed; 32]),
+        std::path::PathBuf::new(),
+    );
     let client = HttpBroker::new(
         &broker.base,
         identity.key.clone(),

@@ -59,7 +59,7 @@ async fn only_the_tenant_can_stop_or_read_its_vm() {
         String::from_utf8_lossy(&console)
     );
     let stopped = hostd.client.stop(&vm.vm_id, &bought.tenant).await.unwrap();
-    assert_eq!(stopped["paid_index"], 2);
+    assert_eq!(stopped.paid_index, 2);
     assert!(!process_alive(pid));
     assert_eq!(hostd.vm_dirs(), 0);
     let broker = hostd.broker();

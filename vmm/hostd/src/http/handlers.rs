@@ -7,7 +7,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::{Deserialize, Serialize};
+use laundromat_api::hostd::{ImageStored, Stopped, CONSOLE_NEXT_HEADER, CONSOLE_START_HEADER};
+use serde::Deserialize;
 use token::Payment;
 
 use super::error::{chain, ApiError};
@@ -40,18 +41,7 @@ pub async fn metrics(State(host): HostState) -> impl IntoResponse {
     )
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct HostInfo {
-    pub host_id: String,
-    pub public_key: String,
-    pub cluster_id: String,
-    pub memory_mib: u64,
-    pub vcpus: u64,
-    pub free_memory_mib: u64,
-    pub free_vcpus: u64,
-    pub max_skip: u64,
-    pub grace_ms: u64,
-}
+pub use laundromat_api::hostd::HostInfo;
 
 pub async fn host_info(State(host): HostState) -> Json<HostInfo> {
     let (free_memory_mib, free_vcpus) = host.free_capacity();
@@ -77,7 +67,6 @@ pub async fn put_image(
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_digest", e.to_string()))?;
     let created = host.images.put(&digest, body).await.map_err(|e| {
         let (status, code) = match &e {
-            ImageError::BadDigest(_) => (StatusCode::BAD_REQUEST, "bad_digest"),
             ImageError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "image_too_large"),
             ImageError::DigestMismatch { .. } => (StatusCode::BAD_REQUEST, "digest_mismatch"),
             ImageError::NotFound(_) => (StatusCode::NOT_FOUND, "image_not_found"),
@@ -91,11 +80,7 @@ pub async fn put_image(
     } else {
         StatusCode::OK
     };
-    Ok((
-        status,
-        Json(serde_json::json!({ "sha256": digest.to_string() })),
-    )
-        .into_response())
+    Ok((status, Json(ImageStored { sha256: digest })).into_response())
 }
 
 pub async fn admit(State(host): HostState, body: Bytes) -> Result<Response, ApiError> {
@@ -133,44 +118,36 @@ pub async fn pay(
 /// The refusal for a request whose signature does not hold; `wrong_key` is the code when it
 /// is signed, but not by whom it must be.
 pub(crate) fn auth_refusal(e: crate::auth::AuthError, wrong_key: &'static str) -> ApiError {
-    let (status, code) = match e {
-        crate::auth::AuthError::Unsigned => (StatusCode::UNAUTHORIZED, "unsigned_request"),
-        crate::auth::AuthError::Malformed => (StatusCode::BAD_REQUEST, "malformed_signature"),
-        crate::auth::AuthError::Skew { .. } => (StatusCode::UNAUTHORIZED, "request_expired"),
-        crate::auth::AuthError::BadSignature => (StatusCode::FORBIDDEN, wrong_key),
-    };
-    ApiError::new(status, code, e.to_string())
+    match e {
+        crate::auth::AuthError::BadSignature => {
+            ApiError::new(StatusCode::FORBIDDEN, wrong_key, e.to_string())
+        }
+        e => ApiError::from(e),
+    }
 }
 
-/// Checks that a request is signed by `key`.
+/// Checks that a request is signed by one of `keys` (path and query signed; each nonce once).
 fn signed_by(
-    key: &token::VerifyingKey,
+    keys: &[token::VerifyingKey],
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<(), crate::auth::AuthError> {
-    crate::auth::verify(
-        key,
-        method.as_str(),
-        uri.path(),
-        body,
-        headers,
-        now_ms() / 1000,
-    )
+) -> Result<token::VerifyingKey, crate::auth::AuthError> {
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    crate::auth::verify_any(keys, method.as_str(), path, body, headers, now_ms() / 1000)
 }
 
-/// Checks that a request about `vm` is signed by the VM's tenant.
+/// Checks that a request about `vm` is signed by the VM's tenant (path and query signed).
 fn authorize(
-    host: &Host,
     vm: &crate::host::Vm,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<(), ApiError> {
-    let _ = host;
-    signed_by(&vm.token.tenant_key, method, uri, headers, body)
+    signed_by(&[vm.token.tenant_key], method, uri, headers, body)
+        .map(|_| ())
         .map_err(|e| auth_refusal(e, "not_the_tenant"))
 }
 
@@ -189,7 +166,9 @@ fn authorize_operator(
             "this host has no operator key (--operator-key)",
         )
     })?;
-    signed_by(&key, method, uri, headers, body).map_err(|e| auth_refusal(e, "not_the_operator"))
+    signed_by(&[key], method, uri, headers, body)
+        .map(|_| ())
+        .map_err(|e| auth_refusal(e, "not_the_operator"))
 }
 
 /// A JSON-lines answer that streams what `events` receives until every sender is gone.
@@ -212,15 +191,12 @@ pub async fn migrate(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let vm = host.vm(&id).ok_or_else(|| ApiError::not_found(&id))?;
-    if let Err(tenant) = signed_by(&vm.token.tenant_key, &method, &uri, &headers, &body) {
-        let operator = host
-            .config
-            .operator_key
-            .map(|key| signed_by(&key, &method, &uri, &headers, &body));
-        if !matches!(operator, Some(Ok(()))) {
-            return Err(auth_refusal(tenant, "not_the_tenant"));
-        }
-    }
+    // One check against both keys: a request's nonce is spent by the first check.
+    let allowed: Vec<token::VerifyingKey> = std::iter::once(vm.token.tenant_key)
+        .chain(host.config.operator_key)
+        .collect();
+    signed_by(&allowed, &method, &uri, &headers, &body)
+        .map_err(|e| auth_refusal(e, "not_the_tenant"))?;
     let request: crate::migration::messages::MigrateRequest = parse(&body)?;
     let out = crate::migration::outgoing::begin(&host, vm, request.to).await?;
     let (events, lines) = tokio::sync::mpsc::unbounded_channel();
@@ -305,14 +281,16 @@ pub async fn delete(
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Stopped>, ApiError> {
     let vm = host.vm(&id).ok_or_else(|| ApiError::not_found(&id))?;
-    authorize(&host, &vm, &method, &uri, &headers, &body)?;
+    authorize(&vm, &method, &uri, &headers, &body)?;
     let index = vm.state.lock().await.verifier.index();
     end_vm(&host, &vm, EndReason::Deleted).await;
-    Ok(Json(
-        serde_json::json!({ "vm_id": id, "state": "stopped", "paid_index": index }),
-    ))
+    Ok(Json(Stopped {
+        vm_id: id,
+        state: "stopped".into(),
+        paid_index: index,
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -336,14 +314,14 @@ pub async fn console(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let vm = host.vm(&id).ok_or_else(|| ApiError::not_found(&id))?;
-    authorize(&host, &vm, &method, &uri, &headers, b"")?;
+    authorize(&vm, &method, &uri, &headers, b"")?;
     let max = query.max.unwrap_or(MAX_CONSOLE_READ).min(MAX_CONSOLE_READ);
     let chunk = vm.console.read_from(query.from, max);
     Ok((
         [
             ("content-type", "application/octet-stream".to_string()),
-            ("x-console-start", chunk.start.to_string()),
-            ("x-console-next", chunk.next.to_string()),
+            (CONSOLE_START_HEADER, chunk.start.to_string()),
+            (CONSOLE_NEXT_HEADER, chunk.next.to_string()),
         ],
         chunk.bytes,
     )

@@ -1,9 +1,9 @@
 //! What the hosts and the requester exchange about a migration.
 
+use laundromat_api::hostd::BootMode;
 use serde::{Deserialize, Serialize};
 use token::chain::verifier::VerifierState;
 use token::{HostId, Link, SignedToken};
-use vmm::config::BootMode;
 
 use crate::images::BlobDigest;
 

@@ -14,11 +14,11 @@ use hostd::broker::fake::FakeState;
 use hostd::broker::{BrokerKey, HostRecord};
 use hostd::client::HostdClient;
 use hostd::identity::HostIdentity;
+use laundromat_api::hostd::BootMode;
 use token::{
     BootToken, ClusterId, HostId, KeyId, Link, Payer, SignedToken, SigningKey, TokenId,
     TOKEN_VERSION,
 };
-use vmm::config::BootMode;
 
 pub const CLUSTER: ClusterId = ClusterId([0xc1; 16]);
 pub const IDLE: &str = "workload=idle report-ms=100";
@@ -68,10 +68,15 @@ pub fn bench_elf() -> Vec<u8> {
 
 /// The `vmm` binary next to `hostd` (the same target directory and profile).
 pub fn vmm_bin() -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_hostd")).with_file_name("vmm");
+    sibling_bin("vmm", "vmm")
+}
+
+/// Another package's binary `name` next to `hostd`: the same target directory and profile.
+pub fn sibling_bin(name: &str, package: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_hostd")).with_file_name(name);
     assert!(
         path.is_file(),
-        "{} is missing: build it with `cargo build --release -p vmm`",
+        "{} is missing: build it with `cargo build --release -p {package} --bin {name}`",
         path.display()
     );
     path
@@ -239,7 +244,14 @@ impl Hostd {
     pub fn start_http(broker_url: &str, extra: &[&str]) -> Self {
         let dir = tempdir();
         let (identity, _) = HostIdentity::load_or_create(&prepare_data(&dir)).unwrap();
-        Self::launch(dir, broker_url, PathBuf::new(), identity, free_tcp_port(), extra)
+        Self::launch(
+            dir,
+            broker_url,
+            PathBuf::new(),
+            identity,
+            free_tcp_port(),
+            extra,
+        )
     }
 
     fn launch(
@@ -459,7 +471,14 @@ pub fn cluster(n: usize, extra: &[&str], tokens: &[&Bought]) -> Vec<Hostd> {
     let mut out: Vec<Hostd> = hosts
         .into_iter()
         .map(|(dir, identity, port)| {
-            Hostd::launch(dir, &format!("file:{}", broker_path.display()), broker_path.clone(), identity, port, &extra)
+            Hostd::launch(
+                dir,
+                &format!("file:{}", broker_path.display()),
+                broker_path.clone(),
+                identity,
+                port,
+                &extra,
+            )
         })
         .collect();
     // The broker file's directory lives as long as the first hostd.
@@ -467,10 +486,10 @@ pub fn cluster(n: usize, extra: &[&str], tokens: &[&Bought]) -> Vec<Hostd> {
     out
 }
 
-pub fn request(bought: &Bought, kernel: &str, cmdline: &str) -> AdmitRequest {
+pub fn request(bought: &Bought, kernel: impl AsRef<str>, cmdline: &str) -> AdmitRequest {
     AdmitRequest {
         token: bought.hex(),
-        kernel: kernel.to_string().try_into().unwrap(),
+        kernel: kernel.as_ref().to_string().try_into().unwrap(),
         initrd: None,
         cmdline: cmdline.into(),
         boot: BootMode::Bench,
