@@ -1,6 +1,7 @@
 //! `laundromat`: the tenant's client. Keys, account, and tokens bought from the broker; VMs
 //! injected into hosts on those tokens ([`vm`]) and paid for link by link ([`pay`]).
 
+mod migrate;
 mod pay;
 mod vm;
 
@@ -202,6 +203,12 @@ enum CliError {
     ChainSpent,
     #[error("other payers keep paying this VM's links first")]
     PaymentRace,
+    #[error("the host's answer ended before the migration's result")]
+    MigrationUnfinished,
+    #[error(
+        "the migration ended {0}, not completed; `laundromat vm status` shows where the VM runs"
+    )]
+    MigrationFailed(String),
 }
 
 fn config_dir(cli: &Cli) -> Result<PathBuf, CliError> {

@@ -34,6 +34,8 @@ pub enum VmAction {
         #[arg(long, default_value_t = 0)]
         from: u64,
     },
+    /// Live-migrate the VM to another host while it runs (signed with the tenant key).
+    Migrate(crate::migrate::MigrateArgs),
     /// Stop the VM: the host stops it, frees its resources and redeems what was paid. Signed
     /// with the tenant key.
     Stop(VmRef),
@@ -123,6 +125,18 @@ pub fn known(dir: &Path, vm_id: &str) -> Result<Option<KnownVm>, CliError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(CliError::Read { path, source }),
     }
+}
+
+/// Records that the VM now runs at `host` (after a migration).
+pub fn remember_host(dir: &Path, vm_id: &str, host: &str) -> Result<(), CliError> {
+    let Some(mut remembered) = known(dir, vm_id)? else {
+        return Ok(());
+    };
+    remembered.host = host.to_owned();
+    write_private(
+        &known_path(dir, vm_id),
+        &serde_json::to_vec_pretty(&remembered).unwrap_or_default(),
+    )
 }
 
 /// The host to ask about `vm`: `--host`, or the one it was injected into.
@@ -302,6 +316,7 @@ pub async fn run(json: bool, dir: &Path, action: &VmAction) -> Result<(), CliErr
             Ok(())
         }
         VmAction::Console { vm, follow, from } => console(json, dir, vm, *follow, *from).await,
+        VmAction::Migrate(args) => crate::migrate::run(json, dir, args).await,
         VmAction::Stop(vm) => {
             let tenant = crate::keys::load(&dir.join("tenant.key"))?;
             let stopped = host_of(dir, vm)?.stop(&vm.vm, &tenant).await?;
