@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use token::{BootToken, ClusterId, HostId, SignedClaim, SignedToken, TokenId};
 
+use super::file_lock::FileLock;
 use super::{
     BoxFuture, BrokerClient, BrokerError, BrokerKey, CapacityAdvert, Handover, HostRecord, Lease,
     Redeemed,
@@ -146,29 +147,6 @@ impl FakeBroker {
         }
         *state = next;
         Ok(result)
-    }
-}
-
-/// An exclusive `flock` on `PATH.lock`, released when dropped (with the descriptor).
-struct FileLock {
-    _file: std::fs::File,
-}
-
-impl FileLock {
-    fn exclusive(path: &std::path::Path) -> std::io::Result<Self> {
-        use std::os::fd::AsRawFd;
-        let mut name = path.as_os_str().to_os_string();
-        name.push(".lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(name)?;
-        // SAFETY: flock takes an open descriptor and plain flags; it touches no memory.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(Self { _file: file })
     }
 }
 

@@ -6,6 +6,7 @@
 //! two-phase handover) and settles claims with the `token` crate's rules, for tests.
 
 pub mod fake;
+pub mod file_lock;
 pub mod http;
 mod refusal;
 pub mod types;

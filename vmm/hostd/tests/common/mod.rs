@@ -192,15 +192,7 @@ impl Hostd {
 
     /// Changes the broker's state as an operator would, under the lock the hostds take.
     pub fn update_broker(&self, change: impl FnOnce(&mut FakeState)) {
-        use std::os::fd::AsRawFd;
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(format!("{}.lock", self.broker_path.display()))
-            .unwrap();
-        // SAFETY: flock takes an open descriptor and flags; the lock ends with `lock`.
-        assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+        let lock = hostd::broker::file_lock::FileLock::exclusive(&self.broker_path).unwrap();
         let mut state = self.broker();
         change(&mut state);
         hostd::durable::write_atomic(&self.broker_path, &serde_json::to_vec(&state).unwrap())
