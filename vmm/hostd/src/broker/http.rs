@@ -450,6 +450,20 @@ fn lease_of(state: &TokenState) -> Result<Lease, BrokerError> {
     }
 }
 
+impl HttpBroker {
+    /// A body-less lease operation (`acquire`, `handover/confirm`, `handover/cancel`) for this
+    /// host, and the lease it leaves.
+    async fn lease_action(
+        &self,
+        token_id: TokenId,
+        host_id: HostId,
+        action: &str,
+    ) -> Result<Lease, BrokerError> {
+        self.me(host_id)?;
+        lease_of(&self.lease_op(token_id, action, &Empty {}).await?)
+    }
+}
+
 fn host_record(entry: HostEntry) -> HostRecord {
     HostRecord {
         host_id: entry.host.host_id,
@@ -494,10 +508,7 @@ impl BrokerClient for HttpBroker {
         token_id: TokenId,
         host_id: HostId,
     ) -> BoxFuture<'_, Result<Lease, BrokerError>> {
-        Box::pin(async move {
-            self.me(host_id)?;
-            lease_of(&self.lease_op(token_id, "acquire", &Empty {}).await?)
-        })
+        Box::pin(self.lease_action(token_id, host_id, "acquire"))
     }
 
     fn hand_over_lease(&self, handover: Handover) -> BoxFuture<'_, Result<Lease, BrokerError>> {
@@ -509,14 +520,7 @@ impl BrokerClient for HttpBroker {
         token_id: TokenId,
         host_id: HostId,
     ) -> BoxFuture<'_, Result<Lease, BrokerError>> {
-        Box::pin(async move {
-            self.me(host_id)?;
-            lease_of(
-                &self
-                    .lease_op(token_id, "handover/confirm", &Empty {})
-                    .await?,
-            )
-        })
+        Box::pin(self.lease_action(token_id, host_id, "handover/confirm"))
     }
 
     fn cancel_handover(
@@ -524,14 +528,7 @@ impl BrokerClient for HttpBroker {
         token_id: TokenId,
         host_id: HostId,
     ) -> BoxFuture<'_, Result<Lease, BrokerError>> {
-        Box::pin(async move {
-            self.me(host_id)?;
-            lease_of(
-                &self
-                    .lease_op(token_id, "handover/cancel", &Empty {})
-                    .await?,
-            )
-        })
+        Box::pin(self.lease_action(token_id, host_id, "handover/cancel"))
     }
 
     fn release_lease(
