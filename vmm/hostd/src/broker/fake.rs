@@ -1,16 +1,18 @@
 //! A broker that lives in hostd's process: in memory for tests, or kept in a JSON file
 //! (`--broker file:PATH`) so that hostd can run, and be killed and restarted, before it is
 //! wired to a real broker. It enforces the rules the real one does for hostd's purposes: one
-//! lease holder per token, claims signed by the registered host key, credit only above the
-//! highest index redeemed (the `token` crate's settlement).
+//! lease holder per token, a handover prepared by the holder and confirmed by the destination
+//! (the lease frozen meanwhile), claims signed by the registered host key, credit only above
+//! the highest index redeemed (the `token` crate's settlement).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
-use token::{BootToken, HostId, SignedClaim, SignedToken, TokenId};
+use token::{BootToken, ClusterId, HostId, SignedClaim, SignedToken, TokenId};
 
+use super::file_lock::FileLock;
 use super::{
     BoxFuture, BrokerClient, BrokerError, BrokerKey, CapacityAdvert, Handover, HostRecord, Lease,
     Redeemed,
@@ -40,6 +42,9 @@ pub struct FakeState {
     /// Redemption calls received, for tests.
     #[serde(default)]
     pub redemptions: u64,
+    /// Prepared lease handovers by token, until confirmed or cancelled.
+    #[serde(default)]
+    pub handovers: BTreeMap<TokenId, Handover>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,27 +94,56 @@ impl FakeBroker {
     }
 
     pub fn snapshot(&self) -> FakeState {
-        self.lock().clone()
+        self.read()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, FakeState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs `change` under the lock and persists the state if it succeeded.
+    /// The current state: with a file, as the file says now (several hostd processes may
+    /// share one file broker, e.g. two hosts in a test or a demo).
+    fn read(&self) -> FakeState {
+        let mut state = self.lock();
+        if let Some(path) = &self.file {
+            let current = FileLock::exclusive(path).ok().and_then(|_lock| {
+                let bytes = std::fs::read(path).ok()?;
+                serde_json::from_slice(&bytes).ok()
+            });
+            if let Some(current) = current {
+                *state = current;
+            }
+        }
+        state.clone()
+    }
+
+    /// Runs `change` under the lock (and, with a file, under an exclusive `flock` of
+    /// `PATH.lock`, on the file's current contents) and persists the state if it succeeded.
     fn change<T>(
         &self,
         change: impl FnOnce(&mut FakeState) -> Result<T, BrokerError>,
     ) -> Result<T, BrokerError> {
+        let unavailable = |what: &str, e: &dyn std::fmt::Display| {
+            BrokerError::Unavailable(format!("{what} the broker file: {e}"))
+        };
         let mut state = self.lock();
+        let _file_lock = match &self.file {
+            Some(path) => {
+                let lock = FileLock::exclusive(path).map_err(|e| unavailable("cannot lock", &e))?;
+                let bytes = std::fs::read(path).map_err(|e| unavailable("cannot read", &e))?;
+                *state =
+                    serde_json::from_slice(&bytes).map_err(|e| unavailable("cannot parse", &e))?;
+                Some(lock)
+            }
+            None => None,
+        };
         let mut next = state.clone();
         let result = change(&mut next)?;
         if let Some(path) = &self.file {
             let bytes = serde_json::to_vec_pretty(&next)
                 .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-            crate::durable::write_atomic(path, &bytes).map_err(|e| {
-                BrokerError::Unavailable(format!("cannot write the broker file: {e}"))
-            })?;
+            crate::durable::write_atomic(path, &bytes)
+                .map_err(|e| unavailable("cannot write", &e))?;
         }
         *state = next;
         Ok(result)
@@ -124,7 +158,8 @@ fn token<'a>(state: &'a FakeState, id: &TokenId) -> Option<&'a BootToken> {
         .find(|t| t.token_id == *id)
 }
 
-fn redeem(state: &mut FakeState, signed: &SignedClaim) -> Result<Redeemed, BrokerError> {
+/// Checks a claim against the registry and the token, and returns what settling it would do.
+fn check_claim(state: &FakeState, signed: &SignedClaim) -> Result<token::Settlement, BrokerError> {
     let host_id = signed.claim.host_id;
     let host = state
         .hosts
@@ -138,8 +173,12 @@ fn redeem(state: &mut FakeState, signed: &SignedClaim) -> Result<Redeemed, Broke
     let token = token(state, &token_id)
         .ok_or_else(|| BrokerError::ClaimRefused(format!("token {token_id} was never sold")))?;
     let highest = state.redeemed.get(&token_id).copied().unwrap_or(0);
-    let settlement = token::settle(token, highest, &verified)
-        .map_err(|e| BrokerError::ClaimRefused(e.to_string()))?;
+    token::settle(token, highest, &verified).map_err(|e| BrokerError::ClaimRefused(e.to_string()))
+}
+
+fn redeem(state: &mut FakeState, signed: &SignedClaim) -> Result<Redeemed, BrokerError> {
+    let (host_id, token_id) = (signed.claim.host_id, signed.claim.token_id);
+    let settlement = check_claim(state, signed)?;
     state.redemptions += 1;
     state.redeemed.insert(token_id, settlement.highest_redeemed);
     *state.credits.entry(host_id).or_default() += settlement.credit;
@@ -155,16 +194,19 @@ fn ready<'a, T: Send + 'a>(value: T) -> BoxFuture<'a, T> {
 
 impl BrokerClient for FakeBroker {
     fn broker_keys(&self) -> BoxFuture<'_, Result<Vec<BrokerKey>, BrokerError>> {
-        ready(Ok(self.lock().broker_keys.clone()))
+        ready(Ok(self.read().broker_keys))
     }
 
     fn host(&self, host_id: HostId) -> BoxFuture<'_, Result<Option<HostRecord>, BrokerError>> {
-        let found = self
-            .lock()
-            .hosts
-            .iter()
-            .find(|h| h.host_id == host_id)
-            .cloned();
+        let state = self.read();
+        let found = state.hosts.iter().find(|h| h.host_id == host_id).map(|h| {
+            let mut record = h.clone();
+            // Where it listens: registered, or else as it last advertised.
+            if record.url.is_none() {
+                record.url = state.adverts.get(&host_id).map(|a| a.url.clone());
+            }
+            record
+        });
         ready(Ok(found))
     }
 
@@ -200,24 +242,70 @@ impl BrokerClient for FakeBroker {
                 from,
                 to,
                 final_claim,
-            } = handover;
-            if state.leases.get(&token_id) != Some(&from) {
+            } = &handover;
+            let token_id = *token_id;
+            if state.leases.get(&token_id) != Some(from) {
                 return Err(BrokerError::NotLeaseHolder { token_id });
             }
-            if !state.hosts.iter().any(|h| h.host_id == to) {
-                return Err(BrokerError::UnknownHost(to));
+            if !state.hosts.iter().any(|h| h.host_id == *to) || to == from {
+                return Err(BrokerError::UnknownHost(*to));
             }
-            if final_claim.claim.host_id != from || final_claim.claim.token_id != token_id {
+            if final_claim.claim.host_id != *from || final_claim.claim.token_id != token_id {
                 return Err(BrokerError::ClaimRefused(
                     "the final claim is not the source's claim for this token".into(),
                 ));
             }
-            redeem(state, &final_claim)?;
-            state.leases.insert(token_id, to);
+            // Checked now, paid at confirmation.
+            redeem(&mut state.clone(), final_claim)?;
+            state.handovers.insert(token_id, handover.clone());
             Ok(Lease {
                 token_id,
-                holder: to,
+                holder: *from,
             })
+        }))
+    }
+
+    fn confirm_handover(
+        &self,
+        token_id: TokenId,
+        host_id: HostId,
+    ) -> BoxFuture<'_, Result<Lease, BrokerError>> {
+        ready(self.change(|state| {
+            let lease = Lease {
+                token_id,
+                holder: host_id,
+            };
+            let Some(handover) = state.handovers.get(&token_id).cloned() else {
+                return match state.leases.get(&token_id) {
+                    Some(holder) if *holder == host_id => Ok(lease),
+                    _ => Err(BrokerError::NoHandover { token_id }),
+                };
+            };
+            if handover.to != host_id {
+                return Err(BrokerError::NoHandover { token_id });
+            }
+            redeem(state, &handover.final_claim)?;
+            state.handovers.remove(&token_id);
+            state.leases.insert(token_id, host_id);
+            Ok(lease)
+        }))
+    }
+
+    fn cancel_handover(
+        &self,
+        token_id: TokenId,
+        host_id: HostId,
+    ) -> BoxFuture<'_, Result<Lease, BrokerError>> {
+        ready(self.change(|state| match state.handovers.get(&token_id) {
+            Some(h) if h.to == host_id || h.from == host_id => {
+                let from = h.from;
+                state.handovers.remove(&token_id);
+                Ok(Lease {
+                    token_id,
+                    holder: from,
+                })
+            }
+            _ => Err(BrokerError::NoHandover { token_id }),
         }))
     }
 
@@ -229,6 +317,10 @@ impl BrokerClient for FakeBroker {
         ready(self.change(|state| {
             if state.leases.get(&token_id) != Some(&host_id) {
                 return Err(BrokerError::NotLeaseHolder { token_id });
+            }
+            // A lease being handed over is frozen until confirmed or cancelled.
+            if state.handovers.contains_key(&token_id) {
+                return Err(BrokerError::HandoverPending { token_id });
             }
             state.leases.remove(&token_id);
             Ok(())
@@ -244,6 +336,20 @@ impl BrokerClient for FakeBroker {
             state.adverts.insert(advert.host_id, advert);
             Ok(())
         }))
+    }
+
+    fn directory(
+        &self,
+        cluster_id: ClusterId,
+    ) -> BoxFuture<'_, Result<Vec<CapacityAdvert>, BrokerError>> {
+        let state = self.read();
+        let registered = |id: &HostId| state.hosts.iter().any(|h| h.host_id == *id);
+        ready(Ok(state
+            .adverts
+            .values()
+            .filter(|a| a.cluster_id == cluster_id && registered(&a.host_id))
+            .cloned()
+            .collect()))
     }
 }
 
@@ -308,6 +414,149 @@ mod tests {
         assert_eq!(broker.snapshot().leases.get(&token), Some(&a.host_id));
         broker.release_lease(token, a.host_id).await.unwrap();
         broker.acquire_lease(token, b.host_id).await.unwrap();
+    }
+
+    /// A token sold by the fake, and the links that pay it.
+    fn sold(length: u64) -> (SignedToken, Vec<Link>) {
+        let token_id = TokenId([9; 16]);
+        let mut payer = token::Payer::new(token_id, &Link([4; 32]), length).unwrap();
+        let links = (1..=length).map(|_| payer.next_link().unwrap().1).collect();
+        let token = BootToken {
+            version: token::TOKEN_VERSION,
+            broker_key_id: token::KeyId(1),
+            token_id,
+            tenant_key: SigningKey::from_bytes(&[7; 32]).verifying_key(),
+            cluster_id: ClusterId([1; 16]),
+            image_digest: token::image_digest(b"k", None, ""),
+            vcpus: 1,
+            memory_mib: 32,
+            price_per_link: 5,
+            link_period_ms: 1000,
+            chain_root: payer.root(),
+            chain_length: length,
+            not_before: 0,
+            expiry: u64::MAX / 2,
+        };
+        let signed = SignedToken::sign(token, &SigningKey::from_bytes(&[8; 32])).unwrap();
+        (signed, links)
+    }
+
+    #[tokio::test]
+    async fn a_handover_moves_the_lease_only_when_confirmed() {
+        let (a, a_key) = host(1);
+        let (b, _) = host(2);
+        let (signed, links) = sold(10);
+        let token_id = signed.token().token_id;
+        let broker = FakeBroker::new(FakeState {
+            hosts: vec![a.clone(), b.clone()],
+            tokens: vec![signed],
+            ..FakeState::default()
+        });
+        broker.acquire_lease(token_id, a.host_id).await.unwrap();
+        let claim = |index: u64| {
+            Claim {
+                token_id,
+                host_id: a.host_id,
+                index,
+                link: links[index as usize - 1],
+            }
+            .sign(&a_key)
+        };
+        let handover = |index| Handover {
+            token_id,
+            from: a.host_id,
+            to: b.host_id,
+            final_claim: claim(index),
+        };
+        let prepared = broker.hand_over_lease(handover(3)).await.unwrap();
+        assert_eq!(prepared.holder, a.host_id);
+        assert_eq!(broker.snapshot().credits.get(&a.host_id), None);
+        // Frozen while pending: the source cannot release it.
+        assert_eq!(
+            broker.release_lease(token_id, a.host_id).await,
+            Err(BrokerError::HandoverPending { token_id })
+        );
+        // Only the destination confirms; a cancelled handover leaves the lease with the source.
+        assert_eq!(
+            broker.confirm_handover(token_id, a.host_id).await,
+            Err(BrokerError::NoHandover { token_id })
+        );
+        let cancelled = broker.cancel_handover(token_id, b.host_id).await.unwrap();
+        assert_eq!(cancelled.holder, a.host_id);
+        assert_eq!(
+            broker.confirm_handover(token_id, b.host_id).await,
+            Err(BrokerError::NoHandover { token_id })
+        );
+        broker.hand_over_lease(handover(4)).await.unwrap();
+        let moved = broker.confirm_handover(token_id, b.host_id).await.unwrap();
+        assert_eq!(moved.holder, b.host_id);
+        let state = broker.snapshot();
+        assert_eq!(state.leases.get(&token_id), Some(&b.host_id));
+        assert_eq!(state.credits.get(&a.host_id), Some(&20));
+        assert!(state.handovers.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_handover_moves_the_lease_only_when_the_destination_confirms() {
+        use token::{BootToken, Payer, TOKEN_VERSION};
+        let (a, a_key) = host(1);
+        let (b, _) = host(2);
+        let broker_key = SigningKey::from_bytes(&[5; 32]);
+        let token_id = TokenId([9; 16]);
+        let mut payer = Payer::new(token_id, &Link([4; 32]), 10).unwrap();
+        let token = BootToken {
+            version: TOKEN_VERSION,
+            broker_key_id: token::KeyId(1),
+            token_id,
+            tenant_key: broker_key.verifying_key(),
+            cluster_id: ClusterId([1; 16]),
+            image_digest: token::ImageDigest([0; 32]),
+            vcpus: 1,
+            memory_mib: 32,
+            price_per_link: 7,
+            link_period_ms: 1000,
+            chain_root: payer.root(),
+            chain_length: 10,
+            not_before: 0,
+            expiry: u64::MAX / 2000,
+        };
+        let broker = FakeBroker::new(FakeState {
+            hosts: vec![a.clone(), b.clone()],
+            tokens: vec![SignedToken::sign(token, &broker_key).unwrap()],
+            ..FakeState::default()
+        });
+        broker.acquire_lease(token_id, a.host_id).await.unwrap();
+        let paid = payer.pay(3).unwrap();
+        let claim = Claim {
+            token_id,
+            host_id: a.host_id,
+            index: paid.index,
+            link: paid.link,
+        }
+        .sign(&a_key);
+        let handover = Handover {
+            token_id,
+            from: a.host_id,
+            to: b.host_id,
+            final_claim: claim,
+        };
+        // Prepared, then cancelled: nothing moved, nothing paid, the source may go on.
+        broker.hand_over_lease(handover.clone()).await.unwrap();
+        assert!(broker.release_lease(token_id, a.host_id).await.is_err());
+        broker.cancel_handover(token_id, a.host_id).await.unwrap();
+        let state = broker.snapshot();
+        assert_eq!(state.leases.get(&token_id), Some(&a.host_id));
+        assert_eq!(state.credits.get(&a.host_id), None);
+        // Prepared and confirmed by the destination (twice: a retry is harmless).
+        broker.hand_over_lease(handover).await.unwrap();
+        assert!(broker.confirm_handover(token_id, a.host_id).await.is_err());
+        for _ in 0..2 {
+            broker.confirm_handover(token_id, b.host_id).await.unwrap();
+        }
+        let state = broker.snapshot();
+        assert_eq!(state.leases.get(&token_id), Some(&b.host_id));
+        assert_eq!(state.credits.get(&a.host_id), Some(&21));
+        assert!(state.handovers.is_empty());
     }
 
     #[tokio::test]
