@@ -563,6 +563,11 @@ fn jail(args: JailArgs) -> ExitCode {
         root,
         taps: run_args.net.iter().map(|n| n.tap.clone()).collect(),
         mem_file: run_args.mem_file.clone(),
+        disks: run_args
+            .disk
+            .iter()
+            .map(|d| (abs(&d.path), d.readonly))
+            .collect(),
         owned_dirs: sock_dir.into_iter().collect(),
     };
     // Relative paths would resolve against the jail's root: make every path absolute.
@@ -578,6 +583,9 @@ fn jail(args: JailArgs) -> ExitCode {
     .flatten()
     {
         *p = abs(p);
+    }
+    for disk in &mut run_args.disk {
+        disk.path = abs(&disk.path);
     }
     match jail::run(&cfg, || run(run_args)) {
         Ok(code) => code,

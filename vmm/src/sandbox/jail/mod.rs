@@ -62,6 +62,12 @@ pub enum JailError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot open the disk image {path}")]
+    Disk {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("privileges are still there after dropping them (setuid(0) succeeded)")]
     StillPrivileged,
 }
@@ -83,6 +89,8 @@ pub struct JailConfig {
     pub taps: Vec<String>,
     /// The guest memory file to open before privileges drop.
     pub mem_file: Option<PathBuf>,
+    /// Disk images to open before privileges drop, each with whether it is read-only.
+    pub disks: Vec<(PathBuf, bool)>,
     /// Directories the jail's uid must own (the control socket's).
     pub owned_dirs: Vec<PathBuf>,
 }
@@ -230,6 +238,17 @@ fn enter(cfg: &JailConfig, group: &cgroup::Cgroup) -> Result<(), JailError> {
             .truncate(false)
             .open(path)
             .map_err(|source| JailError::MemFile {
+                path: path.clone(),
+                source,
+            })?;
+        crate::sandbox::preopened::put_file(path, file);
+    }
+    for (path, readonly) in &cfg.disks {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(!readonly)
+            .open(path)
+            .map_err(|source| JailError::Disk {
                 path: path.clone(),
                 source,
             })?;

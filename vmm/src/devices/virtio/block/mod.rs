@@ -124,11 +124,15 @@ impl Block {
             path: cfg.path.clone(),
             source,
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!cfg.readonly)
-            .open(&cfg.path)
-            .map_err(err)?;
+        // A jailed VM finds its images opened before privileges dropped.
+        let file = match crate::sandbox::preopened::take_file(&cfg.path) {
+            Some(file) => file,
+            None => OpenOptions::new()
+                .read(true)
+                .write(!cfg.readonly)
+                .open(&cfg.path)
+                .map_err(err)?,
+        };
         let meta = file.metadata().map_err(err)?;
         let sectors = meta.len() / SECTOR;
         if sectors == 0 {
