@@ -268,7 +268,7 @@ async fn start(host: &Arc<Host>, vm: &Arc<crate::host::Vm>) -> Result<(), ApiErr
         .map_err(|e| ApiError::internal(chain(&e)))?;
     let args = vmm_args(host, &state.record);
     let process = VmmProcess::spawn(
-        &host.config.vmm,
+        &crate::vmm_process::Launch::of(host),
         &args,
         &vm.dir,
         vm.console.clone(),

@@ -20,6 +20,8 @@ pub struct HostConfig {
     pub max_skip: u64,
     /// The `vmm` binary.
     pub vmm: PathBuf,
+    /// Start each VM through `vmm jail` (off only with `--no-jail`, for debugging).
+    pub jail: bool,
     /// Console bytes kept per VM.
     pub console_bytes: usize,
     /// Largest image blob accepted.

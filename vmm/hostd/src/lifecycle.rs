@@ -28,8 +28,11 @@ pub enum EndReason {
     Unpaid,
     /// The tenant asked.
     Deleted,
-    /// The `vmm` process exited by itself (guest exit or crash).
+    /// The `vmm` process exited by itself: the guest ended.
     Exited,
+    /// The `vmm` process failed: a seccomp violation (a forbidden system call, exit code
+    /// 159), a VMM error, a guest crash, or a signal.
+    Crashed,
     /// hostd was told to stop its VMs when it shuts down.
     HostShutdown,
 }
@@ -40,6 +43,7 @@ impl EndReason {
             EndReason::Unpaid => "unpaid",
             EndReason::Deleted => "deleted",
             EndReason::Exited => "exited",
+            EndReason::Crashed => "crashed",
             EndReason::HostShutdown => "host_shutdown",
         }
     }
@@ -65,10 +69,26 @@ fn pending_path(host: &Host, token_id: &TokenId) -> PathBuf {
 pub fn supervise(host: Arc<Host>, vm: Arc<Vm>, process: Arc<VmmProcess>) {
     tokio::spawn(async move {
         process.exited().await;
+        let end = process.end();
+        let reason = match end {
+            Some(end) if end.is_crash() => EndReason::Crashed,
+            _ => EndReason::Exited,
+        };
         if vm.phase() == Phase::Running {
-            tracing::info!(vm = %vm.id, log = %vm.log.tail_text(500), "vmm exited");
+            let how = end.map_or_else(|| "an unknown status".to_string(), |e| e.to_string());
+            let log = vm.log.tail_text(500);
+            match end {
+                Some(end) if end.is_seccomp_violation() => tracing::error!(
+                    vm = %vm.id, %log,
+                    "VM crashed: its vmm made a forbidden system call and was stopped ({how})"
+                ),
+                Some(end) if end.is_crash() => {
+                    tracing::error!(vm = %vm.id, %log, "VM crashed: its vmm ended with {how}")
+                }
+                _ => tracing::info!(vm = %vm.id, %log, "vmm exited ({how})"),
+            }
         }
-        end_vm(&host, &vm, EndReason::Exited).await;
+        end_vm(&host, &vm, reason).await;
     });
 }
 

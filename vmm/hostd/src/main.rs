@@ -54,6 +54,11 @@ struct Cli {
     /// The vmm binary [default: `vmm` next to this executable].
     #[arg(long)]
     vmm: Option<PathBuf>,
+    /// Run VMs without the sandbox's jail (`vmm run` instead of `vmm jail`): for debugging
+    /// only. Jailed, each VM has its own namespaces, root, uid without capabilities, and
+    /// cgroup; hostd must run as root.
+    #[arg(long)]
+    no_jail: bool,
     /// Console bytes kept per VM; older output is dropped.
     #[arg(long, default_value_t = 256)]
     console_kib: usize,
@@ -192,12 +197,25 @@ fn run(cli: Cli) -> Result<(), String> {
             vmm.display()
         ));
     }
-    // A Unix socket path must fit in 108 bytes: <data dir>/vms/<32 hex>/api.sock.
-    let socket_len = cli.data_dir.as_os_str().len() + "/vms/".len() + 32 + "/api.sock".len();
+    // A Unix socket path must fit in 108 bytes: <data dir>/vms/<32 hex>/ctl/api.sock.
+    let socket_len = cli.data_dir.as_os_str().len() + "/vms/".len() + 32 + "/ctl/api.sock".len();
     if socket_len >= 108 {
         return Err(format!(
             "the data directory path is too long for VM control sockets ({socket_len} of 107 bytes)"
         ));
+    }
+    if cli.no_jail {
+        tracing::warn!(
+            "VMS RUN UNJAILED (--no-jail): for debugging only; a guest that escapes into its vmm \
+             shares hostd's root privileges and filesystem"
+        );
+    // SAFETY: geteuid only reads.
+    } else if unsafe { libc::geteuid() } != 0 {
+        return Err(
+            "hostd starts every VM jailed (vmm jail), which needs root; run hostd as \
+                    root, or pass --no-jail (debugging only)"
+                .into(),
+        );
     }
     let config = HostConfig {
         data_dir: cli.data_dir,
@@ -207,6 +225,7 @@ fn run(cli: Cli) -> Result<(), String> {
         grace: Duration::from_secs(cli.grace_s),
         max_skip: cli.max_skip,
         vmm,
+        jail: !cli.no_jail,
         console_bytes: cli.console_kib.saturating_mul(1024).max(1024),
         max_image_bytes: cli.max_image_mib.saturating_mul(1 << 20),
         advertise_url: cli

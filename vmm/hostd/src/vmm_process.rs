@@ -11,6 +11,11 @@
 //!
 //! Exit is watched with a pidfd, which works for adopted processes (not hostd's children) as
 //! well as for its own, and makes signals immune to pid reuse.
+//!
+//! Every `vmm` runs jailed by default (`vmm jail`: its own namespaces and minimal root, a
+//! per-VM uid without capabilities, a cgroup; see the README's sandbox section). The process
+//! hostd watches is then the jail's supervisor. When it has exited, hostd removes what a
+//! `kill -9` of the supervisor would leave (the VM's cgroup, and any task still in it).
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -18,7 +23,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
@@ -29,11 +35,14 @@ use crate::console::ConsoleRing;
 
 pub const CONSOLE_FIFO: &str = "console.fifo";
 pub const LOG_FIFO: &str = "vmm-log.fifo";
-pub const API_SOCKET: &str = "api.sock";
+/// In a directory of its own: a jailed `vmm` gets read-write access to the socket's directory,
+/// and must not reach the VM's record or FIFOs.
+pub const SOCKET_DIR: &str = "ctl";
+pub const API_SOCKET: &str = "ctl/api.sock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
-    #[error("cannot set up the VM's console and log FIFOs")]
+    #[error("cannot set up the VM's console and log FIFOs or its socket directory")]
     Fifo(#[source] std::io::Error),
     #[error("cannot start {vmm}")]
     Spawn {
@@ -72,6 +81,143 @@ pub struct VmmProcess {
     pub id: ProcessId,
     pub socket: PathBuf,
     pidfd: AsyncFd<OwnedFd>,
+    /// Names the VM's jail (cgroup, root), whether or not it was started jailed: removing a
+    /// jail that does not exist does nothing.
+    jail_id: String,
+    /// How it ended, once reaped; unknown for adopted processes (not hostd's children).
+    end: OnceLock<End>,
+}
+
+/// How a `vmm` process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    Exited(i32),
+    Killed(i32),
+}
+
+impl End {
+    /// A seccomp violation: the VM's `vmm` made a forbidden system call (a guest attacking
+    /// the VMM, or a VMM bug) and was stopped.
+    pub fn is_seccomp_violation(self) -> bool {
+        self == End::Exited(vmm::sandbox::seccomp::EXIT_SECCOMP_VIOLATION)
+    }
+
+    /// Whether the VM crashed rather than ended: a seccomp violation, a VMM error or guest
+    /// crash exit code, or a signal.
+    pub fn is_crash(self) -> bool {
+        match self {
+            End::Exited(code) => code != 0,
+            End::Killed(_) => true,
+        }
+    }
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::Exited(code) if self.is_seccomp_violation() => {
+                write!(f, "stopped by a seccomp violation (exit code {code})")
+            }
+            End::Exited(code) => write!(f, "exit code {code}"),
+            End::Killed(signal) => write!(f, "killed by signal {signal}"),
+        }
+    }
+}
+
+/// The first uid (and gid) given to jailed VMs; each running VM gets its own above it.
+pub const JAIL_UID_BASE: u32 = 700_000;
+/// How many uids jailed VMs may use.
+const JAIL_UIDS: u32 = 100_000;
+
+/// Names a VM's jail after its directory: the VM id, and a digest of the whole path so that
+/// two hosts on one machine (a migration between them) never share a cgroup.
+pub fn jail_id(dir: &Path) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(dir.as_os_str().as_bytes());
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(40)
+        .collect();
+    let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    format!("vm-{name}-{hex}")
+}
+
+/// Whether any process runs as `uid`.
+fn uid_in_use(uid: u32) -> bool {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs.flatten().any(|entry| {
+        std::fs::read_to_string(entry.path().join("status")).is_ok_and(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().next())
+                .is_some_and(|real| real == uid.to_string())
+        })
+    })
+}
+
+/// A uid no other VM runs as: the next of hostd's own, skipping any a process already uses
+/// (VMs adopted after a restart).
+fn next_jail_uid() -> u32 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let mut uid = 0;
+    for _ in 0..JAIL_UIDS {
+        uid = JAIL_UID_BASE + NEXT.fetch_add(1, Ordering::Relaxed) % JAIL_UIDS;
+        if !uid_in_use(uid) {
+            break;
+        }
+    }
+    uid
+}
+
+/// How hostd starts `vmm` processes.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// The `vmm` binary.
+    pub vmm: PathBuf,
+    /// Through `vmm jail` (the default; `--no-jail` turns it off for debugging).
+    pub jail: bool,
+    /// The host identity, copied into each jail: an outgoing migration names it.
+    pub identity: PathBuf,
+}
+
+impl Launch {
+    pub fn of(host: &crate::host::Host) -> Self {
+        Self {
+            vmm: host.config.vmm.clone(),
+            jail: host.config.jail,
+            identity: host.identity.path.clone(),
+        }
+    }
+
+    /// The arguments for `args` (`run ...`): as they are, or turned into `vmm jail ...`.
+    fn args(&self, args: &[String], id: &str, uid: impl FnOnce() -> u32) -> Vec<String> {
+        if !self.jail {
+            return args.to_vec();
+        }
+        let rest = match args.first().map(String::as_str) {
+            Some("run") => &args[1..],
+            _ => args,
+        };
+        let uid = uid().to_string();
+        let mut jailed: Vec<String> = ["jail", "--id", id, "--uid", &uid, "--gid", &uid]
+            .map(String::from)
+            .into();
+        // `--identity` (incoming migrations) is copied in without asking.
+        if !rest.iter().any(|a| a == "--identity") {
+            jailed.push("--copy".into());
+            jailed.push(self.identity.display().to_string());
+        }
+        jailed.extend_from_slice(rest);
+        jailed
+    }
 }
 
 /// The start time of `pid`, or `None` if there is no such process.
@@ -148,10 +294,11 @@ fn pump(mut receiver: tokio::net::unix::pipe::Receiver, ring: Arc<ConsoleRing>) 
 }
 
 impl VmmProcess {
-    /// Starts `vmm` with `args` (the control socket is added here) and its output going into
-    /// `console` and `log`. Returns once the control socket answers.
+    /// Starts `vmm` with `args` (`run ...`; the control socket is added here) as `launch`
+    /// says, its output going into `console` and `log`. Returns once the control socket
+    /// answers.
     pub async fn spawn(
-        vmm: &Path,
+        launch: &Launch,
         args: &[String],
         dir: &Path,
         console: Arc<ConsoleRing>,
@@ -169,8 +316,11 @@ impl VmmProcess {
         let log_reader = open_reader(&log_fifo).map_err(ProcessError::Fifo)?;
         pump(console_reader, console);
         pump(log_reader, log.clone());
-        let child = Command::new(vmm)
-            .args(args)
+        std::fs::create_dir_all(dir.join(SOCKET_DIR)).map_err(ProcessError::Fifo)?;
+        let jail_id = jail_id(dir);
+        let args = launch.args(args, &jail_id, next_jail_uid);
+        let child = Command::new(&launch.vmm)
+            .args(&args)
             .arg("--api-sock")
             .arg(&socket)
             .env("VMM_LOG", "warn")
@@ -180,7 +330,7 @@ impl VmmProcess {
             .process_group(0)
             .spawn()
             .map_err(|source| ProcessError::Spawn {
-                vmm: vmm.into(),
+                vmm: launch.vmm.clone(),
                 source,
             })?;
         let pid = child.id();
@@ -194,6 +344,8 @@ impl VmmProcess {
             },
             socket,
             pidfd: watch(pidfd).map_err(|source| ProcessError::Pidfd { pid, source })?,
+            jail_id,
+            end: OnceLock::new(),
         };
         let ready = tokio::time::timeout(start_timeout, async {
             loop {
@@ -215,6 +367,7 @@ impl VmmProcess {
             Ok(true) => Ok(process),
             Ok(false) => {
                 process.reap();
+                process.remove_jail().await;
                 // Let the log pump take in the last lines.
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 Err(ProcessError::DiedAtStart {
@@ -251,9 +404,12 @@ impl VmmProcess {
                 pid: id.pid,
                 source,
             })?,
+            jail_id: jail_id(dir),
+            end: OnceLock::new(),
         };
         if process.has_exited() {
             process.reap();
+            vmm::sandbox::jail::cleanup(&process.jail_id);
             return Ok(None);
         }
         pump(
@@ -343,7 +499,8 @@ impl VmmProcess {
         ready > 0
     }
 
-    /// Waits until the process exits, then reaps it if it is hostd's child.
+    /// Waits until the process exits, then reaps it if it is hostd's child and removes what
+    /// is left of its jail.
     pub async fn exited(&self) {
         loop {
             match self.pidfd.readable().await {
@@ -358,6 +515,23 @@ impl VmmProcess {
             }
         }
         self.reap();
+        self.remove_jail().await;
+    }
+
+    /// How the process ended, if it has and hostd could see it (its own child).
+    pub fn end(&self) -> Option<End> {
+        self.end.get().copied()
+    }
+
+    /// Removes the VM's cgroup, killing what is still in it: after a `kill -9` of the jail's
+    /// supervisor its VM may linger. Blocking (it waits for the tasks to die), so off the
+    /// runtime's threads.
+    async fn remove_jail(&self) {
+        let id = self.jail_id.clone();
+        let removed = tokio::task::spawn_blocking(move || vmm::sandbox::jail::cleanup(&id)).await;
+        if !matches!(removed, Ok(true)) {
+            tracing::warn!(jail = %self.jail_id, "cannot remove all of the VM's jail");
+        }
     }
 
     /// Collects the exit status of hostd's own child so it does not stay a zombie. Adopted
@@ -365,7 +539,15 @@ impl VmmProcess {
     fn reap(&self) {
         let mut status = 0;
         // SAFETY: waitpid writes the status into `status`, a valid i32; WNOHANG never blocks.
-        unsafe { libc::waitpid(self.id.pid as libc::pid_t, &mut status, libc::WNOHANG) };
+        let rc = unsafe { libc::waitpid(self.id.pid as libc::pid_t, &mut status, libc::WNOHANG) };
+        if rc == self.id.pid as libc::pid_t {
+            let end = if libc::WIFEXITED(status) {
+                End::Exited(libc::WEXITSTATUS(status))
+            } else {
+                End::Killed(libc::WTERMSIG(status))
+            };
+            let _ = self.end.set(end);
+        }
     }
 
     fn kill(&self) {
@@ -409,4 +591,5 @@ pub fn remove_files(dir: &Path) {
     for name in [CONSOLE_FIFO, LOG_FIFO, API_SOCKET] {
         let _ = std::fs::remove_file(dir.join(name));
     }
+    let _ = std::fs::remove_dir(dir.join(SOCKET_DIR));
 }

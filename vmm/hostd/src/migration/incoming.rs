@@ -204,7 +204,7 @@ async fn start(host: &Host, vm: &Vm, args: &[String]) -> Result<Arc<VmmProcess>,
         .save(&vm.dir)
         .map_err(|e| ApiError::internal(chain(&e)))?;
     let process = VmmProcess::spawn(
-        &host.config.vmm,
+        &crate::vmm_process::Launch::of(host),
         args,
         &vm.dir,
         vm.console.clone(),
