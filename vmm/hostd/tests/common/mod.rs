@@ -524,9 +524,11 @@ pub fn rss_kib(pid: u32) -> u64 {
 }
 
 /// The live processes whose command line mentions `dir`: the `vmm`s of a data directory.
+/// A jailed VM's process (a fork of its jail supervisor, with the same command line) is
+/// counted once, as the supervisor hostd started.
 pub fn processes_under(dir: &Path) -> Vec<u32> {
     let needle = dir.as_os_str().as_encoded_bytes();
-    std::fs::read_dir("/proc")
+    let found: Vec<u32> = std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .filter_map(|entry| {
@@ -535,5 +537,19 @@ pub fn processes_under(dir: &Path) -> Vec<u32> {
             let mentions = cmdline.windows(needle.len()).any(|w| w == needle);
             (mentions && process_alive(pid) && pid != std::process::id()).then_some(pid)
         })
+        .collect();
+    let parent = |pid: u32| -> Option<u32> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("PPid:"))?
+            .trim()
+            .parse()
+            .ok()
+    };
+    found
+        .iter()
+        .copied()
+        .filter(|&pid| parent(pid).is_none_or(|p| !found.contains(&p)))
         .collect()
 }
