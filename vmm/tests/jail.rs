@@ -91,7 +91,10 @@ fn a_jailed_bench_guest_dirties_memory_without_errors_and_cannot_reach_the_host(
     // The main thread (what /proc/PID/status shows) filters itself once the VM runs.
     let deadline = Instant::now() + LIMIT;
     while status_field(child, "Seccomp") != "2" {
-        assert!(Instant::now() < deadline, "the jailed VM never filtered itself");
+        assert!(
+            Instant::now() < deadline,
+            "the jailed VM never filtered itself"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     // Its own PID namespace: it is PID 1 there, and sees no host process.
@@ -179,20 +182,22 @@ fn after_a_kill_9_of_the_supervisor_cleanup_kills_the_vm_and_removes_its_cgroup(
     let mut vm = Vmm::spawn(&args);
     let child = jailed_child(vm.child.id());
     vm.child.kill().unwrap();
-    // What the supervisor could not do, cleanup (hostd's job on reaping) does: it kills what
-    // is left in the VM's cgroup and removes it.
-    assert!(vmm::sandbox::jail::cleanup(&id));
+    let _ = vm.wait_exit(LIMIT);
+    // The VM dies with its supervisor (the parent-death signal, set again after the uid
+    // changed, since that clears it).
     let deadline = Instant::now() + LIMIT;
     while Path::new(&format!("/proc/{child}/status")).exists()
         && !status_field(child, "State").starts_with('Z')
     {
         assert!(
             Instant::now() < deadline,
-            "the jailed VM outlived its cleanup"
+            "the jailed VM outlived its supervisor"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let _ = vm.wait_exit(LIMIT);
+    // What the supervisor could not do, cleanup (hostd's job on reaping) does: it removes the
+    // VM's cgroup (killing anything still in it) and its root's mount point.
+    assert!(vmm::sandbox::jail::cleanup(&id));
     for dir in vmm::sandbox::jail::cgroup_dirs(&id) {
         assert!(!dir.exists(), "{} left behind", dir.display());
     }

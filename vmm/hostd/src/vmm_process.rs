@@ -593,3 +593,74 @@ pub fn remove_files(dir: &Path) {
     }
     let _ = std::fs::remove_dir(dir.join(SOCKET_DIR));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn launch(jail: bool) -> Launch {
+        Launch {
+            vmm: "vmm".into(),
+            jail,
+            identity: "/data/host.key".into(),
+        }
+    }
+
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_jailed_launch_turns_run_into_jail_with_the_identity_copied_in() {
+        let run = strings(&["run", "--boot", "bench", "--kernel", "/k"]);
+        assert_eq!(launch(false).args(&run, "vm-x", || unreachable!()), run);
+        assert_eq!(
+            launch(true).args(&run, "vm-x", || 700_007),
+            strings(&[
+                "jail",
+                "--id",
+                "vm-x",
+                "--uid",
+                "700007",
+                "--gid",
+                "700007",
+                "--copy",
+                "/data/host.key",
+                "--boot",
+                "bench",
+                "--kernel",
+                "/k"
+            ])
+        );
+        // An incoming migration names its identity itself; the jail copies that one.
+        let incoming = strings(&["run", "--incoming", "tcp://x", "--identity", "/id"]);
+        let jailed = launch(true).args(&incoming, "vm-y", || 700_001);
+        assert!(!jailed.contains(&"--copy".to_string()), "{jailed:?}");
+        assert_eq!(jailed[7..], incoming[1..]);
+    }
+
+    #[test]
+    fn jail_ids_are_valid_and_differ_between_hosts() {
+        let a = jail_id(Path::new("/srv/a/vms/0123456789abcdef0123456789abcdef"));
+        let b = jail_id(Path::new("/srv/b/vms/0123456789abcdef0123456789abcdef"));
+        assert_ne!(a, b);
+        for id in [&a, &b] {
+            assert!(id.len() <= 64, "{id}");
+            assert!(id.starts_with("vm-0123456789abcdef"), "{id}");
+            assert!(id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        }
+    }
+
+    #[test]
+    fn a_seccomp_kill_is_a_crash_and_a_clean_exit_is_not() {
+        let seccomp = End::Exited(vmm::sandbox::seccomp::EXIT_SECCOMP_VIOLATION);
+        assert!(seccomp.is_seccomp_violation() && seccomp.is_crash());
+        assert!(seccomp.to_string().contains("seccomp violation"));
+        assert!(!End::Exited(0).is_crash());
+        assert!(End::Exited(vmm::EXIT_VMM_ERROR).is_crash());
+        assert!(End::Killed(libc::SIGKILL).is_crash());
+        assert!(!End::Killed(libc::SIGKILL).is_seccomp_violation());
+    }
+}

@@ -388,6 +388,8 @@ impl Drop for Hostd {
                         }
                     }
                 }
+                // What hostd would do on reaping the jail's supervisor.
+                vmm::sandbox::jail::cleanup(&hostd::vmm_process::jail_id(&entry.path()));
             }
         }
     }

@@ -264,5 +264,15 @@ fn enter(cfg: &JailConfig, group: &cgroup::Cgroup) -> Result<(), JailError> {
     root::enter(&root_dir(&cfg.id), &cfg.root, cfg.uid, cfg.gid)?;
     privileges::set_rlimit(libc::RLIMIT_NOFILE, cfg.max_open_files)?;
     privileges::set_rlimit(libc::RLIMIT_FSIZE, cfg.max_file_bytes)?;
-    privileges::drop_to(cfg.uid, cfg.gid)
+    privileges::drop_to(cfg.uid, cfg.gid)?;
+    // The kernel clears the parent-death signal when the uid changes: set it again, or a
+    // `kill -9` of the supervisor would leave the VM running.
+    sys::prctl(
+        libc::PR_SET_PDEATHSIG,
+        libc::SIGKILL as libc::c_ulong,
+        "set the parent-death signal again after dropping privileges",
+    )?;
+    // Should the supervisor die in between, no signal comes: the cgroup cleanup of whoever
+    // reaps the supervisor covers that window.
+    Ok(())
 }
