@@ -160,6 +160,10 @@ pub struct VmView {
     pub reclaim_at_ms: u64,
     pub redeemed_index: u64,
     pub console_bytes: u64,
+    /// When this host first saw the guest's console output (Unix ms): admission to this is
+    /// the injection latency. Restarts after a migration or a hostd restart.
+    #[serde(default)]
+    pub first_output_at_ms: Option<u64>,
     pub pid: Option<u32>,
 }
 

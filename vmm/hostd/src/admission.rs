@@ -86,6 +86,7 @@ pub async fn admit(host: &Arc<Host>, request: AdmitRequest) -> Result<VmView, Ap
 }
 
 async fn admit_inner(host: &Arc<Host>, request: AdmitRequest) -> Result<VmView, ApiError> {
+    let began = std::time::Instant::now();
     // 1-3. Form, broker key and signature, validity, cluster. The image is checked separately
     // below (it needs the blobs), so the token is first checked against its own digest.
     let bytes = token::hex::decode(request.token.trim()).map_err(|e| {
@@ -108,20 +109,18 @@ async fn admit_inner(host: &Arc<Host>, request: AdmitRequest) -> Result<VmView, 
 
     // 4. The image: blobs present, and the token's digest over kernel, initrd and cmdline.
     let missing = |e: ImageError| refuse(StatusCode::NOT_FOUND, "image_not_found", e.to_string());
-    let kernel = host.images.existing(&request.kernel).map_err(missing)?;
-    let initrd = request
-        .initrd
-        .as_ref()
-        .map(|d| host.images.existing(d))
-        .transpose()
-        .map_err(missing)?;
-    let cmdline = request.cmdline.clone();
-    let digest = tokio::task::spawn_blocking(move || {
-        crate::images::token_digest(&kernel, initrd.as_deref(), &cmdline)
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("the image digest task failed: {e}")))?
-    .map_err(|e| ApiError::internal(format!("cannot read the image: {e}")))?;
+    host.images.existing(&request.kernel).map_err(missing)?;
+    if let Some(initrd) = &request.initrd {
+        host.images.existing(initrd).map_err(missing)?;
+    }
+    let digest = host
+        .images
+        .token_digest(&request.kernel, request.initrd.as_ref(), &request.cmdline)
+        .await
+        .map_err(|e| match e {
+            ImageError::NotFound(_) => missing(e),
+            other => ApiError::internal(format!("cannot read the image: {}", chain(&other))),
+        })?;
     if digest != token.image_digest {
         return Err(token_refusal(VerifyError::WrongImage {
             expected: digest,
@@ -177,12 +176,27 @@ async fn admit_inner(host: &Arc<Host>, request: AdmitRequest) -> Result<VmView, 
         host.vms().remove(&vm_id);
     };
 
-    // 8. The broker's lease.
-    if let Err(error) = host
-        .broker
-        .acquire_lease(token.token_id, host.host_id())
-        .await
-    {
+    // 8. The broker's lease, while the record is made durable: a record without a process
+    // is settled on restart, so writing it before the lease is held loses nothing, and the
+    // two waits overlap.
+    let checked = began.elapsed();
+    let persist = {
+        let (dir, record) = (vm.dir.clone(), vm.state.lock().await.record.clone());
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("cannot make the VM directory: {e}"))?;
+            record.save(&dir).map_err(|e| chain(&e))
+        })
+    };
+    let (lease, persisted) = tokio::join!(
+        host.broker.acquire_lease(token.token_id, host.host_id()),
+        persist
+    );
+    let persisted = persisted
+        .map_err(|e| format!("the record task failed: {e}"))
+        .and_then(|r| r);
+    if let Err(error) = lease {
+        let _ = std::fs::remove_dir_all(&vm.dir);
         unreserve();
         return Err(match error {
             BrokerError::LeaseHeld { .. } => {
@@ -198,9 +212,20 @@ async fn admit_inner(host: &Arc<Host>, request: AdmitRequest) -> Result<VmView, 
     }
 
     // Start `vmm`. From here a failure undoes the lease, the directory and the reservation.
-    match start(host, &vm).await {
+    let leased = began.elapsed();
+    let started = match persisted {
+        Ok(()) => start(host, &vm).await,
+        Err(error) => Err(ApiError::internal(error)),
+    };
+    match started {
         Ok(()) => {
-            tracing::info!(vm = %vm_id, token = %token.token_id, memory_mib, vcpus, "VM admitted");
+            // Where admission time goes: the checks (with the image digest), the broker's
+            // lease, and starting `vmm` until its control socket answers.
+            tracing::info!(vm = %vm_id, token = %token.token_id, memory_mib, vcpus,
+                checks_ms = checked.as_millis() as u64,
+                lease_ms = (leased - checked).as_millis() as u64,
+                start_ms = (began.elapsed() - leased).as_millis() as u64,
+                "VM admitted");
             host.capacity_changed.notify_one();
             Ok(host.view(&vm).await)
         }
@@ -257,15 +282,9 @@ pub(crate) fn reserve(host: &Host, vm: &Arc<crate::host::Vm>) -> Result<(), ApiE
     Ok(())
 }
 
-/// Writes the record, starts `vmm`, records its process and starts supervising it.
+/// Starts `vmm` for a VM whose record is saved, records its process and starts supervising it.
 async fn start(host: &Arc<Host>, vm: &Arc<crate::host::Vm>) -> Result<(), ApiError> {
     let mut state = vm.state.lock().await;
-    std::fs::create_dir_all(&vm.dir)
-        .map_err(|e| ApiError::internal(format!("cannot make the VM directory: {e}")))?;
-    state
-        .record
-        .save(&vm.dir)
-        .map_err(|e| ApiError::internal(chain(&e)))?;
     let args = vmm_args(host, &state.record);
     let process = VmmProcess::spawn(
         &host.config.vmm,

@@ -250,6 +250,7 @@ impl Host {
             reclaim_at_ms: vm.meter.reclaim_at(index),
             redeemed_index: state.record.redeemed_index,
             console_bytes: vm.console.total(),
+            first_output_at_ms: vm.console.first_at_ms(),
             pid: state.process.as_ref().map(|p| p.id.pid),
         }
     }

@@ -256,24 +256,22 @@ impl Hostd {
     ) -> Self {
         let data = dir.path().join("data");
         let url = format!("http://127.0.0.1:{port}");
-        let mut args: Vec<String> = vec![
-            "--broker".into(),
-            broker.into(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--data-dir".into(),
-            data.display().to_string(),
-            "--cluster".into(),
-            CLUSTER.to_string(),
-            "--mem-mib".into(),
-            "256".into(),
-            "--vcpus".into(),
-            "4".into(),
-            "--vmm".into(),
-            vmm_bin().display().to_string(),
-            "--reclaim-interval-ms".into(),
-            "200".into(),
+        let defaults = [
+            ("--broker", broker.to_string()),
+            ("--listen", format!("127.0.0.1:{port}")),
+            ("--data-dir", data.display().to_string()),
+            ("--cluster", CLUSTER.to_string()),
+            ("--mem-mib", "256".into()),
+            ("--vcpus", "4".into()),
+            ("--vmm", vmm_bin().display().to_string()),
+            ("--reclaim-interval-ms", "200".into()),
         ];
+        // A flag in `extra` replaces its default: clap refuses a flag given twice.
+        let mut args: Vec<String> = defaults
+            .into_iter()
+            .filter(|(flag, _)| !extra.contains(flag))
+            .flat_map(|(flag, value)| [flag.to_string(), value])
+            .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut hostd = Self {
             dir,
