@@ -27,10 +27,10 @@ const MAGIC: u64 = u64::from_le_bytes(*b"LNDRBLK1");
 /// Sectors per request.
 const BATCH: usize = 64;
 
-type Blk = VirtIOBlk<IdentityHal, MmioTransport<'static>>;
+pub(super) type Blk = VirtIOBlk<IdentityHal, MmioTransport<'static>>;
 
 /// The first virtio-blk device among `devices`.
-fn open(devices: &[bench_abi::VirtioDevice]) -> Option<Blk> {
+pub(super) fn open(devices: &[bench_abi::VirtioDevice]) -> Option<Blk> {
     for d in devices {
         let header = NonNull::new(with_exposed_provenance_mut::<VirtIOHeader>(d.base as usize))?;
         // SAFETY: the boot-info page lists this window as a virtio-mmio device; the VMM
