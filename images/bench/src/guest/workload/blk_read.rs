@@ -12,23 +12,17 @@
 
 use alloc::vec;
 
-use super::blk::open;
+use super::blk::driver;
 use super::{add_errors, finish, Shared};
 use crate::control;
-use bench_core::{exit_code, fnv, MIB};
+use bench_core::{fnv, MIB};
 
 const SECTOR: usize = 512;
 /// Bytes per request: large enough that the device, not the exits, sets the pace.
 const REQUEST: usize = 128 << 10;
 
 pub fn run(devices: &[bench_abi::VirtioDevice], shared: &'static Shared, vcpu: u32) -> ! {
-    if vcpu != 0 {
-        finish(shared, vcpu, || 0);
-    }
-    let Some(mut blk) = open(devices) else {
-        println!("bench: blk-read: no virtio-blk device");
-        control::exit(exit_code::BAD_CMDLINE);
-    };
+    let mut blk = driver(devices, shared, vcpu, "blk-read");
     let sectors = (shared.config.wss_mib * MIB / SECTOR as u64).min(blk.capacity());
     let deadline = shared.config.deadline_ns();
     let mut buf = vec![0u8; REQUEST];
