@@ -191,6 +191,13 @@ enum CliError {
     NotBought(PathBuf),
     #[error("the kernel, initrd and command line do not match the token's image digest")]
     WrongImage,
+    #[error("none of the broker's {hosts} hosts fits: a fresh advert with {memory_mib} MiB and {vcpus} vCPUs free at no more than {price} per link (see `laundromat hosts`)")]
+    NoHostFits {
+        hosts: usize,
+        memory_mib: u64,
+        vcpus: u64,
+        price: u64,
+    },
     #[error("VM {vm} runs token {vm_token}, but the token file is for token {file_token}")]
     OtherToken {
         vm: String,
@@ -422,7 +429,7 @@ async fn run(cli: &Cli) -> Result<(), CliError> {
             action: TokenAction::Show { token_id },
         } => show_token(cli, &dir, token_id).await?,
         Command::Hosts => hosts::run(&cli.broker, cli.json).await?,
-        Command::Vm { action } => vm::run(cli.json, &dir, action).await?,
+        Command::Vm { action } => vm::run(cli.json, &dir, &cli.broker, action).await?,
         Command::Pay(args) => pay::run(cli.json, &dir, args).await?,
     }
     Ok(())
