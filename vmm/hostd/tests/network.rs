@@ -14,15 +14,23 @@ use hostd::network::VmNet;
 use laundromat_tests::http_client::Client;
 use laundromat_tests::netns::{Host, TestNetwork, HOST_BRIDGE};
 
-const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 100);
-/// The tenant gives the guest its IP; hostd gives it its MAC (virtio-net config space).
-const HTTP: &str = "workload=http ip=10.77.0.100/24 gw=10.77.0.1 report-ms=1000";
 /// Generous: the machine is shared and loaded.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 const BOOT_LIMIT: Duration = Duration::from_secs(60);
 
-fn guest() -> SocketAddr {
-    SocketAddr::V4(SocketAddrV4::new(GUEST_IP, 80))
+/// Guest `n`'s address: each VM of a test has its own, as different tenants' VMs would (a
+/// new VM at an old VM's address would wait out the client's stale ARP entry).
+fn guest(n: u8) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 77, 0, 100 + n), 80))
+}
+
+/// The bench guest's HTTP server at guest `n`'s address: the tenant gives the guest its IP,
+/// hostd its MAC (in the virtio-net config space).
+fn http(n: u8) -> String {
+    format!(
+        "workload=http ip={}/24 gw=10.77.0.1 report-ms=1000",
+        guest(n).ip()
+    )
 }
 
 /// `ip -o link show NAME` in namespace `ns`, or `None` if there is no such interface.
@@ -60,33 +68,33 @@ fn ip_in(ns: &str, args: &[&str]) {
 }
 
 /// One `GET /count` from `client`; `None` if the guest does not answer.
-fn try_count(client: &Host) -> Option<u64> {
-    let mut c = Client::connect(client, guest(), IO_TIMEOUT).ok()?;
+fn try_count(client: &Host, n: u8) -> Option<u64> {
+    let mut c = Client::connect(client, guest(n), IO_TIMEOUT).ok()?;
     let r = c.get("/count").ok()?;
     assert_eq!(r.status, 200);
     r.text().trim().parse().ok()
 }
 
 /// The guest's counter, waiting for it to come up (or to come back after a switchover).
-fn count(client: &Host) -> u64 {
+fn count(client: &Host, n: u8) -> u64 {
     let deadline = Instant::now() + BOOT_LIMIT;
     loop {
-        if let Some(n) = try_count(client) {
-            return n;
+        if let Some(count) = try_count(client, n) {
+            return count;
         }
         assert!(
             Instant::now() < deadline,
             "the guest never answered at {}",
-            guest()
+            guest(n)
         );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
 
-fn http_token(kernel: &[u8]) -> Bought {
+fn http_token(kernel: &[u8], n: u8) -> Bought {
     TokenSpec {
         memory_mib: 64,
-        ..TokenSpec::new(kernel, HTTP)
+        ..TokenSpec::new(kernel, &http(n))
     }
     .buy()
 }
@@ -120,12 +128,12 @@ fn vms_get_a_tap_on_the_bridge_that_goes_when_they_end() {
     let client = client.clone();
     in_namespace(&client.clone(), async move {
         let kernel = bench_elf();
-        let tokens: Vec<Bought> = (0..3).map(|_| http_token(&kernel)).collect();
+        let tokens: Vec<Bought> = (0..3).map(|n| http_token(&kernel, n)).collect();
         // A token for an image `vmm` cannot load.
         let garbage = vec![0x5a; 4096];
         let broken = TokenSpec {
             memory_mib: 64,
-            ..TokenSpec::new(&garbage, HTTP)
+            ..TokenSpec::new(&garbage, &http(3))
         }
         .buy();
         let mut refs: Vec<&Bought> = tokens.iter().collect();
@@ -134,14 +142,14 @@ fn vms_get_a_tap_on_the_bridge_that_goes_when_they_end() {
 
         // Admitted: its tap is on the bridge and up, its MAC follows its VM id, and the guest
         // answers the client namespace.
-        let vm = hostd.admit(&tokens[0], &kernel, HTTP).await.unwrap();
+        let vm = hostd.admit(&tokens[0], &kernel, &http(0)).await.unwrap();
         let expected = VmNet::for_vm(&vm.vm_id).unwrap();
         assert_eq!(vm.mac.as_deref(), Some(expected.mac.to_string().as_str()));
         let shown = link(&ns, &expected.tap).expect("the VM's tap exists");
         assert!(shown.contains(&format!("master {HOST_BRIDGE}")), "{shown}");
         assert!(shown.contains("UP"), "{shown}");
-        let first = count(&client);
-        assert_eq!(try_count(&client), Some(first + 1));
+        let first = count(&client, 0);
+        assert_eq!(try_count(&client, 0), Some(first + 1));
         let metrics = hostd.client.metrics().await.unwrap();
         assert!(
             metrics.contains("hostd_taps_total{event=\"created\"} 1"),
@@ -157,10 +165,10 @@ fn vms_get_a_tap_on_the_bridge_that_goes_when_they_end() {
         assert_eq!(link(&ns, &expected.tap), None, "the tap outlived its VM");
 
         // A vmm killed with SIGKILL: hostd notices and deletes the tap.
-        let vm = hostd.admit(&tokens[1], &kernel, HTTP).await.unwrap();
+        let vm = hostd.admit(&tokens[1], &kernel, &http(1)).await.unwrap();
         let tap = VmNet::for_vm(&vm.vm_id).unwrap().tap;
         assert!(link(&ns, &tap).is_some());
-        count(&client);
+        count(&client, 1);
         // SAFETY: kill takes plain integers; the pid is the VM's live vmm.
         unsafe { libc::kill(vm.pid.unwrap() as i32, libc::SIGKILL) };
         assert!(
@@ -171,16 +179,16 @@ fn vms_get_a_tap_on_the_bridge_that_goes_when_they_end() {
         assert!(eventually(Duration::from_secs(10), || hostd.vm_dirs() == 0).await);
 
         // A VM whose vmm cannot start leaves no tap.
-        let refused = hostd.admit(&broken, &garbage, HTTP).await.unwrap_err();
+        let refused = hostd.admit(&broken, &garbage, &http(3)).await.unwrap_err();
         assert_eq!(refused.code(), Some("vm_failed_to_start"), "{refused}");
         assert_eq!(vm_taps(&ns), Vec::<String>::new());
 
         // hostd restarts with a VM running and taps left by a crash: the VM keeps its tap
         // and keeps serving; the orphan on this bridge goes; a tap of hostd's naming on
         // another bridge, and any other interface, stay.
-        let vm = hostd.admit(&tokens[2], &kernel, HTTP).await.unwrap();
+        let vm = hostd.admit(&tokens[2], &kernel, &http(2)).await.unwrap();
         let tap = VmNet::for_vm(&vm.vm_id).unwrap().tap;
-        let before = count(&client);
+        let before = count(&client, 2);
         let (orphan, foreign) = ("lm0000000000abc", "lm1111111111abc");
         ip_in(&ns, &["tuntap", "add", "dev", orphan, "mode", "tap"]);
         ip_in(&ns, &["link", "set", orphan, "master", HOST_BRIDGE]);
@@ -195,7 +203,7 @@ fn vms_get_a_tap_on_the_bridge_that_goes_when_they_end() {
             "another bridge's tap was deleted"
         );
         assert!(link(&ns, &tap).is_some(), "the re-adopted VM lost its tap");
-        assert!(count(&client) > before, "the counter restarted");
+        assert!(count(&client, 2) > before, "the counter restarted");
         hostd
             .client
             .stop(&vm.vm_id, &tokens[2].tenant)
@@ -212,7 +220,10 @@ fn hostd_refuses_to_start_without_its_bridge() {
     let a = net.host("host-a").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let broker = format!("file:{}", dir.path().join("broker.json").display());
+    let broker_file = dir.path().join("broker.json");
+    let empty = hostd::broker::fake::FakeState::default();
+    std::fs::write(&broker_file, serde_json::to_vec(&empty).unwrap()).unwrap();
+    let broker = format!("file:{}", broker_file.display());
     let out = a
         .command(env!("CARGO_BIN_EXE_hostd"))
         .args(["--broker", &broker, "--cluster", &CLUSTER.to_string()])
@@ -259,12 +270,12 @@ fn a_migrated_vm_keeps_its_mac_and_ip_and_its_old_tap_goes() {
     let client = net.host("client").unwrap().clone();
     in_namespace(&client.clone(), async move {
         let kernel = bench_elf();
-        let bought = http_token(&kernel);
+        let bought = http_token(&kernel, 0);
         let hosts = cluster_at(&places, &["--bridge", HOST_BRIDGE], &[&bought]);
         let (from, to) = (&hosts[0], &hosts[1]);
-        let vm = from.admit(&bought, &kernel, HTTP).await.unwrap();
+        let vm = from.admit(&bought, &kernel, &http(0)).await.unwrap();
         let tap = VmNet::for_vm(&vm.vm_id).unwrap().tap;
-        let before = count(&client);
+        let before = count(&client, 0);
 
         let lines = from
             .client
@@ -285,7 +296,7 @@ fn a_migrated_vm_keeps_its_mac_and_ip_and_its_old_tap_goes() {
         );
 
         // Same IP, same MAC, and the counter carried on: the guest moved, it did not restart.
-        let after = count(&client);
+        let after = count(&client, 0);
         assert!(after > before, "the counter went from {before} to {after}");
         let view = to.client.vm(&vm.vm_id).await.unwrap();
         assert_eq!(view.mac, vm.mac);
