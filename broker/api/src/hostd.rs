@@ -165,6 +165,9 @@ pub struct VmView {
     #[serde(default)]
     pub first_output_at_ms: Option<u64>,
     pub pid: Option<u32>,
+    /// The guest NIC's MAC (`hostd --bridge`); the guest reads it from its virtio-net device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 /// The answer to an accepted payment.

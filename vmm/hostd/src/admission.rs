@@ -19,6 +19,7 @@ use crate::broker::BrokerError;
 use crate::host::{now_ms, vm_from_record, Host, Phase, VmView};
 use crate::http::error::{chain, ApiError};
 use crate::images::ImageError;
+use crate::network::VmNet;
 use crate::record::VmRecord;
 use crate::vmm_process::VmmProcess;
 
@@ -69,6 +70,10 @@ fn vmm_args(host: &Host, record: &VmRecord) -> Vec<String> {
     if let Some(initrd) = &record.initrd {
         args.push("--initrd".into());
         args.push(host.images.path(initrd).display().to_string());
+    }
+    if let Some(net) = &record.net {
+        args.push("--net".into());
+        args.push(net.vmm_arg());
     }
     args
 }
@@ -151,6 +156,10 @@ async fn admit_inner(host: &Arc<Host>, request: AdmitRequest) -> Result<VmView, 
 
     // 6-7. Free capacity and the token not running here, checked and reserved at once.
     let vm_id = token::hex::encode(&rand::random::<[u8; 16]>());
+    let net = match host.network {
+        Some(_) => Some(VmNet::for_vm(&vm_id).map_err(|e| ApiError::internal(e.to_string()))?),
+        None => None,
+    };
     let record = VmRecord {
         vm_id: vm_id.clone(),
         token: signed.clone(),
@@ -166,6 +175,7 @@ async fn admit_inner(host: &Arc<Host>, request: AdmitRequest) -> Result<VmView, 
             .state()
             .clone(),
         redeemed_index: 0,
+        net,
         process: None,
     };
     let verifier = Verifier::new(&token, host.config.max_skip)
@@ -230,6 +240,7 @@ async fn admit_inner(host: &Arc<Host>, request: AdmitRequest) -> Result<VmView, 
             Ok(host.view(&vm).await)
         }
         Err(error) => {
+            crate::network::remove_vm_tap(host, &vm_id, vm.net.as_ref()).await;
             let _ = std::fs::remove_dir_all(&vm.dir);
             if let Err(e) = host
                 .broker
@@ -285,6 +296,13 @@ pub(crate) fn reserve(host: &Host, vm: &Arc<crate::host::Vm>) -> Result<(), ApiE
 /// Starts `vmm` for a VM whose record is saved, records its process and starts supervising it.
 async fn start(host: &Arc<Host>, vm: &Arc<crate::host::Vm>) -> Result<(), ApiError> {
     let mut state = vm.state.lock().await;
+    if let Some(net) = &vm.net {
+        crate::network::create_vm_tap(host, &vm.id, net)
+            .await
+            .map_err(|e| {
+                ApiError::internal(format!("cannot give the VM its tap: {}", chain(&e)))
+            })?;
+    }
     let args = vmm_args(host, &state.record);
     let process = VmmProcess::spawn(
         &host.config.vmm,

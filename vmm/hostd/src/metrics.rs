@@ -43,6 +43,11 @@ const COUNTERS: &[(&str, &str, &str)] = &[
         "outcome",
         "Incoming migrations, by outcome (running here, or failed).",
     ),
+    (
+        "hostd_taps_total",
+        "event",
+        "VM taps created, removed (as their VM ended, or as orphans at start) and failures.",
+    ),
 ];
 
 /// Point-in-time values passed in at render time.

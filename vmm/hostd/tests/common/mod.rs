@@ -4,7 +4,7 @@
 
 pub mod real_broker;
 
-use std::net::TcpListener;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -164,6 +164,30 @@ pub fn operator() -> SigningKey {
     SigningKey::from_bytes(&[0x0a; 32])
 }
 
+/// Where a hostd runs: a network namespace (`None`: the test's own) and the address it listens
+/// on (its migrations too).
+#[derive(Clone, Debug)]
+pub struct Place {
+    pub netns: Option<String>,
+    pub ip: IpAddr,
+}
+
+impl Place {
+    pub const LOOPBACK: Place = Place {
+        netns: None,
+        ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+    };
+
+    /// In the namespace `netns`, at `ip`: the test reaches it from a namespace that routes
+    /// there (a client namespace of the same test network).
+    pub fn netns(netns: &str, ip: impl Into<IpAddr>) -> Self {
+        Place {
+            netns: Some(netns.into()),
+            ip: ip.into(),
+        }
+    }
+}
+
 pub struct Hostd {
     pub dir: tempfile::TempDir,
     /// The broker file (shared by every hostd of a [`cluster`]).
@@ -172,6 +196,8 @@ pub struct Hostd {
     pub client: HostdClient,
     pub identity: HostIdentity,
     pub args: Vec<String>,
+    /// Run by `ip netns exec NS` (which execs hostd in place: the child is hostd).
+    pub netns: Option<String>,
     child: Option<Child>,
     /// Directories that must outlive this hostd (a cluster's shared broker file).
     keep: Vec<tempfile::TempDir>,
@@ -215,6 +241,16 @@ impl Hostd {
 
     /// Starts hostd with `extra` flags; the broker sold `tokens`, and `leases` are held.
     pub fn start(extra: &[&str], tokens: &[&Bought], leases: &[(TokenId, HostId)]) -> Self {
+        Self::start_at(Place::LOOPBACK, extra, tokens, leases)
+    }
+
+    /// [`Hostd::start`] at `place`.
+    pub fn start_at(
+        place: Place,
+        extra: &[&str],
+        tokens: &[&Bought],
+        leases: &[(TokenId, HostId)],
+    ) -> Self {
         let dir = tempdir();
         let broker_path = dir.path().join("broker.json");
         let (identity, _) = HostIdentity::load_or_create(&prepare_data(&dir)).unwrap();
@@ -228,7 +264,16 @@ impl Hostd {
         };
         std::fs::write(&broker_path, serde_json::to_vec(&state).unwrap()).unwrap();
         let broker = format!("file:{}", broker_path.display());
-        Self::launch(dir, &broker, broker_path, identity, free_tcp_port(), extra)
+        let listen = SocketAddr::new(place.ip, free_tcp_port());
+        Self::launch(
+            dir,
+            &broker,
+            broker_path,
+            identity,
+            listen,
+            place.netns,
+            extra,
+        )
     }
 
     /// Starts hostd against the real broker at `broker_url` (`http://…`); the operator must
@@ -241,7 +286,8 @@ impl Hostd {
             broker_url,
             PathBuf::new(),
             identity,
-            free_tcp_port(),
+            SocketAddr::from(([127, 0, 0, 1], free_tcp_port())),
+            None,
             extra,
         )
     }
@@ -251,14 +297,15 @@ impl Hostd {
         broker: &str,
         broker_path: PathBuf,
         identity: HostIdentity,
-        port: u16,
+        listen: SocketAddr,
+        netns: Option<String>,
         extra: &[&str],
     ) -> Self {
         let data = dir.path().join("data");
-        let url = format!("http://127.0.0.1:{port}");
+        let url = format!("http://{listen}");
         let defaults = [
             ("--broker", broker.to_string()),
-            ("--listen", format!("127.0.0.1:{port}")),
+            ("--listen", listen.to_string()),
             ("--data-dir", data.display().to_string()),
             ("--cluster", CLUSTER.to_string()),
             ("--mem-mib", "256".into()),
@@ -280,6 +327,7 @@ impl Hostd {
             url,
             identity,
             args,
+            netns,
             child: None,
             keep: Vec::new(),
         };
@@ -294,7 +342,17 @@ impl Hostd {
             .append(true)
             .open(self.dir.path().join("hostd.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_hostd"))
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut command = Command::new("ip");
+                command
+                    .args(["netns", "exec", ns])
+                    .arg(env!("CARGO_BIN_EXE_hostd"));
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_hostd")),
+        };
+        let child = command
             .args(&self.args)
             .env("HOSTD_LOG", "info")
             .stdin(Stdio::null())
@@ -431,6 +489,11 @@ fn host_record(id: &HostIdentity, url: Option<String>) -> HostRecord {
 /// `n` hostds of one cluster sharing one file broker, each registered with its URL, with the
 /// operator key of [`operator`]; the broker sold `tokens`.
 pub fn cluster(n: usize, extra: &[&str], tokens: &[&Bought]) -> Vec<Hostd> {
+    cluster_at(&vec![Place::LOOPBACK; n], extra, tokens)
+}
+
+/// [`cluster`] with a hostd at each of `places`.
+pub fn cluster_at(places: &[Place], extra: &[&str], tokens: &[&Bought]) -> Vec<Hostd> {
     let shared = tempdir();
     let broker_path = shared.path().join("broker.json");
     let operator_hex = token::hex::encode(operator().verifying_key().as_bytes());
@@ -441,18 +504,20 @@ pub fn cluster(n: usize, extra: &[&str], tokens: &[&Bought]) -> Vec<Hostd> {
         "--advertise-interval-s",
         "1",
     ]);
-    let hosts: Vec<_> = (0..n)
-        .map(|_| {
+    let hosts: Vec<_> = places
+        .iter()
+        .map(|place| {
             let dir = tempdir();
             let (identity, _) = HostIdentity::load_or_create(&prepare_data(&dir)).unwrap();
-            (dir, identity, free_tcp_port())
+            let listen = SocketAddr::new(place.ip, free_tcp_port());
+            (dir, identity, listen, place.netns.clone())
         })
         .collect();
     let state = FakeState {
         broker_keys: broker_keys(),
         hosts: hosts
             .iter()
-            .map(|(_, id, port)| host_record(id, Some(format!("http://127.0.0.1:{port}"))))
+            .map(|(_, id, listen, _)| host_record(id, Some(format!("http://{listen}"))))
             .collect(),
         tokens: tokens.iter().map(|b| b.signed.clone()).collect(),
         ..FakeState::default()
@@ -460,13 +525,14 @@ pub fn cluster(n: usize, extra: &[&str], tokens: &[&Bought]) -> Vec<Hostd> {
     std::fs::write(&broker_path, serde_json::to_vec(&state).unwrap()).unwrap();
     let mut out: Vec<Hostd> = hosts
         .into_iter()
-        .map(|(dir, identity, port)| {
+        .map(|(dir, identity, listen, netns)| {
             Hostd::launch(
                 dir,
                 &format!("file:{}", broker_path.display()),
                 broker_path.clone(),
                 identity,
-                port,
+                listen,
+                netns,
                 &extra,
             )
         })
