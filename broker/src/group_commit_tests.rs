@@ -148,7 +148,9 @@ async fn one_batch_isolates_requests(url: &str) {
 
     let mut conn = broker.db.pool().acquire().await.expect("a connection");
     let account = crate::ledger::tenant_account(&tenant().verifying_key());
-    let balance = crate::ledger::balance(&mut conn, &account).await.expect("read");
+    let balance = crate::ledger::balance(&mut conn, &account)
+        .await
+        .expect("read");
     assert_eq!(balance, Some(125));
     let tokens: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tokens")
         .fetch_one(&mut *conn)
@@ -158,13 +160,20 @@ async fn one_batch_isolates_requests(url: &str) {
     let escrow = crate::ledger::balance(&mut conn, &crate::ledger::escrow_account(&token_id))
         .await
         .expect("read");
-    assert_eq!(escrow, None, "the refused purchase left its escrow account behind");
+    assert_eq!(
+        escrow, None,
+        "the refused purchase left its escrow account behind"
+    );
     let refusal = crate::idempotency::look_up(
         &mut conn,
         &KeyedRequest {
             signer: key_hex(&tenant().verifying_key()),
             key: "buy".into(),
-            hash: request_hash("POST", "/v1/tokens", &serde_json::to_vec(&too_dear).expect("encode")),
+            hash: request_hash(
+                "POST",
+                "/v1/tokens",
+                &serde_json::to_vec(&too_dear).expect("encode"),
+            ),
             signature: "ff".into(),
         },
     )
