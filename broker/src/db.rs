@@ -67,8 +67,15 @@ fn migrator() -> Migrator {
         Cow::Borrowed(include_str!("../migrations/0001_ledger.sql")),
         false,
     );
+    let adverts = Migration::new(
+        2,
+        Cow::Borrowed("adverts"),
+        MigrationType::Simple,
+        Cow::Borrowed(include_str!("../migrations/0002_adverts.sql")),
+        false,
+    );
     Migrator {
-        migrations: Cow::Owned(vec![ledger]),
+        migrations: Cow::Owned(vec![ledger, adverts]),
         ..Migrator::DEFAULT
     }
 }

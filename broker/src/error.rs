@@ -14,6 +14,8 @@ pub enum ServiceError {
     UnknownSigner(String),
     #[error("only the operator may do this")]
     NotOperator,
+    #[error("{0}")]
+    Forbidden(String),
     #[error("the request is malformed: {0}")]
     BadRequest(String),
     #[error("requests that move money need an Idempotency-Key header")]
@@ -44,6 +46,7 @@ impl ServiceError {
             Self::Replayed => (401, "replayed"),
             Self::UnknownSigner(_) => (401, "unknown_signer"),
             Self::NotOperator => (403, "not_operator"),
+            Self::Forbidden(_) => (403, "forbidden"),
             Self::BadRequest(_) => (400, "bad_request"),
             Self::MissingIdempotencyKey => (400, "missing_idempotency_key"),
             Self::IdempotencyMismatch => (409, "idempotency_mismatch"),

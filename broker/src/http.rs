@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use token::{HostId, TokenId};
 
+use crate::directory;
 use crate::error::ServiceError;
 use crate::idempotency::Stored;
 use crate::ops::Operation;
@@ -32,6 +33,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route(paths::TENANTS, post(register_tenant))
         .route(paths::HOSTS, post(register_host).get(list_hosts))
         .route("/v1/hosts/{id}", get(show_host))
+        .route("/v1/hosts/{id}/advert", post(advertise))
         .route(paths::TOPUPS, post(topup))
         .route(paths::ACCOUNT, get(account))
         .route(paths::STATEMENT, get(statement))
@@ -254,12 +256,31 @@ async fn show_token(State(broker): Shared, Path(id): Path<String>) -> Response {
 }
 
 async fn list_hosts(State(broker): Shared) -> Response {
-    ok(broker.hosts().await)
+    let now = broker.clock.now();
+    ok(async {
+        let mut conn = broker.db.pool().acquire().await?;
+        directory::entries(&mut conn, now).await
+    }
+    .await)
 }
 
 async fn show_host(State(broker): Shared, Path(id): Path<String>) -> Response {
-    match parse_id::<HostId>(&id, "host id") {
-        Ok(id) => ok(broker.host(&id).await),
-        Err(e) => error(&e),
+    let now = broker.clock.now();
+    ok(async {
+        let id = parse_id::<HostId>(&id, "host id")?;
+        let mut conn = broker.db.pool().acquire().await?;
+        directory::entry_of(&mut conn, &id, now).await
     }
+    .await)
+}
+
+/// A host's advert: signed by that host, not money, so no idempotency key; the advert's
+/// own timestamp keeps a replay from rolling the directory back.
+async fn advertise(State(broker): Shared, Path(id): Path<String>, request: Request) -> Response {
+    ok(async {
+        let id = parse_id::<HostId>(&id, "host id")?;
+        let signed = authenticate(&broker, request).await?;
+        directory::advertise(&broker, &signed, &id).await
+    }
+    .await)
 }

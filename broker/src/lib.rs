@@ -6,6 +6,7 @@
 //! - [`rules`]: the lease and settlement rules, pure; [`ops`]: the operations on the ledger.
 //! - [`idempotency`], [`service`]: one path for every request that moves money.
 //! - [`http`], [`server`]: the axum service; [`client`]: a signing client.
+//! - [`directory`]: the host directory, from the hosts' signed adverts.
 //! - [`check`]: the invariants, proved from the rows.
 //! - [`scratch_pg`]: a throwaway PostgreSQL cluster for the tests and the benchmark.
 
@@ -13,6 +14,7 @@ pub mod check;
 pub mod client;
 pub mod clock;
 pub mod db;
+pub mod directory;
 pub mod error;
 pub mod http;
 pub mod idempotency;

@@ -7,7 +7,8 @@
 //! | POST | `/v1/tenants` | operator | [`NewTenant`](crate::types::NewTenant) → [`Account`](crate::types::Account) |
 //! | POST | `/v1/hosts` | operator | [`Host`](crate::types::Host) → `Host` |
 //! | POST | `/v1/topups` | operator | [`Topup`](crate::types::Topup) → `Account` |
-//! | GET | `/v1/hosts`, `/v1/hosts/{id}` | — | → `[Host]`, `Host` |
+//! | GET | `/v1/hosts`, `/v1/hosts/{id}` | — | → `[HostEntry]`, [`HostEntry`](crate::types::HostEntry) |
+//! | POST | `/v1/hosts/{id}/advert` | that host | [`Advert`](crate::types::Advert) → `HostEntry` |
 //! | GET | `/v1/account` | tenant | → `Account` |
 //! | GET | `/v1/account/statement` | tenant | → [`Statement`](crate::types::Statement) |
 //! | POST | `/v1/tokens` | tenant | [`BuyToken`](crate::types::BuyToken) → [`Purchase`](crate::types::Purchase) |
@@ -34,6 +35,10 @@ pub const REDEMPTIONS: &str = "/v1/redemptions";
 
 pub fn host(id: &HostId) -> String {
     format!("{HOSTS}/{id}")
+}
+
+pub fn advert(id: &HostId) -> String {
+    format!("{HOSTS}/{id}/advert")
 }
 
 pub fn token(id: &TokenId) -> String {

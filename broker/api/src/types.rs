@@ -53,6 +53,37 @@ pub struct Host {
     pub cluster_id: ClusterId,
 }
 
+/// `POST /v1/hosts/{id}/advert` (that host): its free capacity and price for the host
+/// directory. The request signature makes it the host's word; the broker keeps the newest
+/// advert by `timestamp_ms` and refuses older ones.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Advert {
+    pub free_memory_mib: u64,
+    pub free_vcpus: u64,
+    /// The lowest price per link (one payment period) the host accepts.
+    pub price_per_link: u64,
+    /// Where the host's hostd API listens.
+    pub url: String,
+    /// Unix milliseconds when the host made the advert.
+    pub timestamp_ms: u64,
+}
+
+/// An entry of `GET /v1/hosts` and `GET /v1/hosts/{id}`: the registered host and its newest
+/// advert, if it sent one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostEntry {
+    #[serde(flatten)]
+    pub host: Host,
+    #[serde(default)]
+    pub advert: Option<Advert>,
+    /// Seconds between the advert's timestamp and the broker's clock when it answered.
+    #[serde(default)]
+    pub advert_age_secs: Option<u64>,
+    /// The advert is older than the broker's staleness limit: the host may be gone.
+    #[serde(default)]
+    pub stale: bool,
+}
+
 /// `POST /v1/tokens` (tenant): buy a token for a chain the tenant built. The tenant key is
 /// the request's signer; the cluster is the broker's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

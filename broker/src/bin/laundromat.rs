@@ -1,6 +1,9 @@
 //! `laundromat`: the tenant's client. Keys, account, and tokens bought from the broker; the
 //! commands that talk to hosts (inject, pay, migrate, stop) come with `hostd`.
 
+#[path = "laundromat/hosts.rs"]
+mod hosts;
+
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -55,6 +58,8 @@ enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// The host directory: every host's advertised price and free capacity, cheapest first.
+    Hosts,
 }
 
 #[derive(Subcommand)]
@@ -373,6 +378,7 @@ async fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Token {
             action: TokenAction::Show { token_id },
         } => show_token(cli, &dir, token_id).await?,
+        Command::Hosts => hosts::run(&cli.broker, cli.json).await?,
     }
     Ok(())
 }

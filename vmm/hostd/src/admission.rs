@@ -255,6 +255,7 @@ async fn admit_inner(host: &Arc<Host>, request: AdmitRequest) -> Result<VmView, 
     match start(host, &vm).await {
         Ok(()) => {
             tracing::info!(vm = %vm_id, token = %token.token_id, memory_mib, vcpus, "VM admitted");
+            host.capacity_changed.notify_one();
             Ok(host.view(&vm).await)
         }
         Err(error) => {

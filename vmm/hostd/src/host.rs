@@ -108,6 +108,8 @@ pub struct Host {
     pub images: ImageStore,
     pub metrics: Metrics,
     pub vms: Mutex<BTreeMap<String, Arc<Vm>>>,
+    /// Woken when a VM starts or ends, so the host directory learns of it at once.
+    pub capacity_changed: tokio::sync::Notify,
     broker_keys: Mutex<(BrokerKeys, Option<Instant>)>,
 }
 
@@ -133,6 +135,7 @@ impl Host {
             images,
             metrics: Metrics::default(),
             vms: Mutex::new(BTreeMap::new()),
+            capacity_changed: tokio::sync::Notify::new(),
             broker_keys: Mutex::new((BrokerKeys::new(), None)),
         }))
     }

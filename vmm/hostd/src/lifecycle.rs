@@ -108,6 +108,7 @@ pub async fn end_vm(host: &Host, vm: &Vm, reason: EndReason) {
     }
     drop(state);
     host.vms().remove(&vm.id);
+    host.capacity_changed.notify_one();
     host.metrics.inc("hostd_vms_reclaimed_total", reason.name());
     tracing::info!(
         event = "vm_ended",
@@ -278,10 +279,14 @@ pub fn spawn_periodic(host: Arc<Host>) {
             redeem_running(&redeemer).await;
         }
     });
+    // Periodically, and whenever a VM starts or ends.
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(host.config.advertise_interval);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = host.capacity_changed.notified() => {}
+            }
             advertise(&host).await;
         }
     });

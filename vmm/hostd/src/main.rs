@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use hostd::broker::fake::FakeBroker;
+use hostd::broker::http::{HttpBroker, Policy};
 use hostd::broker::BrokerClient;
 use hostd::config::HostConfig;
 use hostd::host::Host;
@@ -23,8 +24,9 @@ use token::ClusterId;
 #[derive(Parser, Debug)]
 #[command(name = "hostd", version)]
 struct Cli {
-    /// The broker. `file:PATH` uses a broker kept in a local JSON file (development and
-    /// tests); the HTTP broker client is not wired yet.
+    /// The broker: `http://HOST:PORT` for the real broker (requests signed with this host's
+    /// key, which the operator must have registered), or `file:PATH` for a broker kept in a
+    /// local JSON file (development and tests).
     #[arg(long, required_unless_present = "print_identity")]
     broker: Option<String>,
     /// Address the HTTP API listens on.
@@ -91,14 +93,24 @@ fn default_vmm() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("vmm"))
 }
 
-fn broker(spec: &str) -> Result<Arc<dyn BrokerClient>, String> {
+fn broker(spec: &str, identity: &HostIdentity) -> Result<Arc<dyn BrokerClient>, String> {
     if let Some(path) = spec.strip_prefix("file:") {
         let broker =
             FakeBroker::open(PathBuf::from(path)).map_err(|e| hostd::http::error::chain(&e))?;
         return Ok(Arc::new(broker));
     }
+    if spec.starts_with("http://") || spec.starts_with("https://") {
+        let broker = HttpBroker::new(
+            spec,
+            identity.key.clone(),
+            identity.host_id,
+            Policy::default(),
+        )
+        .map_err(|e| hostd::http::error::chain(&e))?;
+        return Ok(Arc::new(broker));
+    }
     Err(format!(
-        "broker {spec:?}: only file:PATH brokers are supported in this build; the HTTP broker client is not wired yet"
+        "broker {spec:?} is neither http://HOST:PORT nor file:PATH"
     ))
 }
 
@@ -143,7 +155,7 @@ fn run(cli: Cli) -> Result<(), String> {
     let (Some(broker_spec), Some(cluster_id)) = (cli.broker, cli.cluster) else {
         return Err("--broker and --cluster are required".into());
     };
-    let broker = broker(&broker_spec)?;
+    let broker = broker(&broker_spec, &identity)?;
     let vmm = cli.vmm.unwrap_or_else(default_vmm);
     if !vmm.is_file() {
         return Err(format!(

@@ -1,8 +1,9 @@
 //! A broker that lives in hostd's process: in memory for tests, or kept in a JSON file
 //! (`--broker file:PATH`) so that hostd can run, and be killed and restarted, before it is
 //! wired to a real broker. It enforces the rules the real one does for hostd's purposes: one
-//! lease holder per token, claims signed by the registered host key, credit only above the
-//! highest index redeemed (the `token` crate's settlement).
+//! lease holder per token, a handover prepared by the holder and confirmed by the destination
+//! (the lease frozen meanwhile), claims signed by the registered host key, credit only above
+//! the highest index redeemed (the `token` crate's settlement).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -37,9 +38,20 @@ pub struct FakeState {
     pub credits: BTreeMap<HostId, u64>,
     #[serde(default)]
     pub adverts: BTreeMap<HostId, CapacityAdvert>,
+    /// Prepared, unconfirmed handovers by token id.
+    #[serde(default)]
+    pub handovers: BTreeMap<TokenId, PendingHandover>,
     /// Redemption calls received, for tests.
     #[serde(default)]
     pub redemptions: u64,
+}
+
+/// A handover the source prepared and the destination has not confirmed yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingHandover {
+    pub from: HostId,
+    pub to: HostId,
+    pub final_claim: SignedClaim,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,7 +136,8 @@ fn token<'a>(state: &'a FakeState, id: &TokenId) -> Option<&'a BootToken> {
         .find(|t| t.token_id == *id)
 }
 
-fn redeem(state: &mut FakeState, signed: &SignedClaim) -> Result<Redeemed, BrokerError> {
+/// Checks a claim against the registry and the token, and returns what settling it would do.
+fn check_claim(state: &FakeState, signed: &SignedClaim) -> Result<token::Settlement, BrokerError> {
     let host_id = signed.claim.host_id;
     let host = state
         .hosts
@@ -138,8 +151,12 @@ fn redeem(state: &mut FakeState, signed: &SignedClaim) -> Result<Redeemed, Broke
     let token = token(state, &token_id)
         .ok_or_else(|| BrokerError::ClaimRefused(format!("token {token_id} was never sold")))?;
     let highest = state.redeemed.get(&token_id).copied().unwrap_or(0);
-    let settlement = token::settle(token, highest, &verified)
-        .map_err(|e| BrokerError::ClaimRefused(e.to_string()))?;
+    token::settle(token, highest, &verified).map_err(|e| BrokerError::ClaimRefused(e.to_string()))
+}
+
+fn redeem(state: &mut FakeState, signed: &SignedClaim) -> Result<Redeemed, BrokerError> {
+    let (host_id, token_id) = (signed.claim.host_id, signed.claim.token_id);
+    let settlement = check_claim(state, signed)?;
     state.redemptions += 1;
     state.redeemed.insert(token_id, settlement.highest_redeemed);
     *state.credits.entry(host_id).or_default() += settlement.credit;
@@ -212,12 +229,62 @@ impl BrokerClient for FakeBroker {
                     "the final claim is not the source's claim for this token".into(),
                 ));
             }
-            redeem(state, &final_claim)?;
-            state.leases.insert(token_id, to);
+            if to == from {
+                return Err(BrokerError::ClaimRefused(
+                    "a host cannot hand a lease over to itself".into(),
+                ));
+            }
+            check_claim(state, &final_claim)?;
+            state.handovers.insert(
+                token_id,
+                PendingHandover {
+                    from,
+                    to,
+                    final_claim,
+                },
+            );
             Ok(Lease {
                 token_id,
-                holder: to,
+                holder: from,
             })
+        }))
+    }
+
+    fn confirm_handover(
+        &self,
+        token_id: TokenId,
+        host_id: HostId,
+    ) -> BoxFuture<'_, Result<Lease, BrokerError>> {
+        ready(self.change(|state| {
+            let pending = match state.handovers.get(&token_id) {
+                Some(pending) if pending.to == host_id => pending.clone(),
+                _ => return Err(BrokerError::NoHandover { token_id }),
+            };
+            redeem(state, &pending.final_claim)?;
+            state.handovers.remove(&token_id);
+            state.leases.insert(token_id, host_id);
+            Ok(Lease {
+                token_id,
+                holder: host_id,
+            })
+        }))
+    }
+
+    fn cancel_handover(
+        &self,
+        token_id: TokenId,
+        host_id: HostId,
+    ) -> BoxFuture<'_, Result<Lease, BrokerError>> {
+        ready(self.change(|state| match state.handovers.get(&token_id) {
+            Some(p) if p.from == host_id || p.to == host_id => {
+                let from = p.from;
+                state.handovers.remove(&token_id);
+                Ok(Lease {
+                    token_id,
+                    holder: from,
+                })
+            }
+            _ => Err(BrokerError::NoHandover { token_id }),
         }))
     }
 
@@ -229,6 +296,9 @@ impl BrokerClient for FakeBroker {
         ready(self.change(|state| {
             if state.leases.get(&token_id) != Some(&host_id) {
                 return Err(BrokerError::NotLeaseHolder { token_id });
+            }
+            if state.handovers.contains_key(&token_id) {
+                return Err(BrokerError::HandoverPending { token_id });
             }
             state.leases.remove(&token_id);
             Ok(())
@@ -308,6 +378,86 @@ mod tests {
         assert_eq!(broker.snapshot().leases.get(&token), Some(&a.host_id));
         broker.release_lease(token, a.host_id).await.unwrap();
         broker.acquire_lease(token, b.host_id).await.unwrap();
+    }
+
+    /// A token sold by the fake, and the links that pay it.
+    fn sold(length: u64) -> (SignedToken, Vec<Link>) {
+        let token_id = TokenId([9; 16]);
+        let mut payer = token::Payer::new(token_id, &Link([4; 32]), length).unwrap();
+        let links = (1..=length).map(|_| payer.next_link().unwrap().1).collect();
+        let token = BootToken {
+            version: token::TOKEN_VERSION,
+            broker_key_id: token::KeyId(1),
+            token_id,
+            tenant_key: SigningKey::from_bytes(&[7; 32]).verifying_key(),
+            cluster_id: ClusterId([1; 16]),
+            image_digest: token::image_digest(b"k", None, ""),
+            vcpus: 1,
+            memory_mib: 32,
+            price_per_link: 5,
+            link_period_ms: 1000,
+            chain_root: payer.root(),
+            chain_length: length,
+            not_before: 0,
+            expiry: u64::MAX / 2,
+        };
+        let signed = SignedToken::sign(token, &SigningKey::from_bytes(&[8; 32])).unwrap();
+        (signed, links)
+    }
+
+    #[tokio::test]
+    async fn a_handover_moves_the_lease_only_when_confirmed() {
+        let (a, a_key) = host(1);
+        let (b, _) = host(2);
+        let (signed, links) = sold(10);
+        let token_id = signed.token().token_id;
+        let broker = FakeBroker::new(FakeState {
+            hosts: vec![a.clone(), b.clone()],
+            tokens: vec![signed],
+            ..FakeState::default()
+        });
+        broker.acquire_lease(token_id, a.host_id).await.unwrap();
+        let claim = |index: u64| {
+            Claim {
+                token_id,
+                host_id: a.host_id,
+                index,
+                link: links[index as usize - 1],
+            }
+            .sign(&a_key)
+        };
+        let handover = |index| Handover {
+            token_id,
+            from: a.host_id,
+            to: b.host_id,
+            final_claim: claim(index),
+        };
+        let prepared = broker.hand_over_lease(handover(3)).await.unwrap();
+        assert_eq!(prepared.holder, a.host_id);
+        assert_eq!(broker.snapshot().credits.get(&a.host_id), None);
+        // Frozen while pending: the source cannot release it.
+        assert_eq!(
+            broker.release_lease(token_id, a.host_id).await,
+            Err(BrokerError::HandoverPending { token_id })
+        );
+        // Only the destination confirms; a cancelled handover leaves the lease with the source.
+        assert_eq!(
+            broker.confirm_handover(token_id, a.host_id).await,
+            Err(BrokerError::NoHandover { token_id })
+        );
+        let cancelled = broker.cancel_handover(token_id, b.host_id).await.unwrap();
+        assert_eq!(cancelled.holder, a.host_id);
+        assert_eq!(
+            broker.confirm_handover(token_id, b.host_id).await,
+            Err(BrokerError::NoHandover { token_id })
+        );
+        broker.hand_over_lease(handover(4)).await.unwrap();
+        let moved = broker.confirm_handover(token_id, b.host_id).await.unwrap();
+        assert_eq!(moved.holder, b.host_id);
+        let state = broker.snapshot();
+        assert_eq!(state.leases.get(&token_id), Some(&b.host_id));
+        assert_eq!(state.credits.get(&a.host_id), Some(&20));
+        assert!(state.handovers.is_empty());
     }
 
     #[tokio::test]

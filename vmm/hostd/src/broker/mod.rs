@@ -1,11 +1,13 @@
 //! hostd's view of the broker: everything hostd asks of it goes through [`BrokerClient`].
 //!
-//! Two implementations: [`fake::FakeBroker`], in memory or kept in a JSON file, which enforces
-//! the lease rules (at most one holder per token) and settles claims with the `token` crate's
-//! rules, for tests and for running hostd before a broker is deployed; and, at merge, the HTTP
-//! client of the real broker, built from [`types`].
+//! Two implementations: [`http::HttpBroker`], the real broker's API signed with the host's
+//! key (`--broker http://…`); and [`fake::FakeBroker`], in memory or kept in a JSON file
+//! (`--broker file:PATH`), which enforces the lease rules (at most one holder per token, the
+//! two-phase handover) and settles claims with the `token` crate's rules, for tests.
 
 pub mod fake;
+pub mod http;
+mod refusal;
 pub mod types;
 
 use std::future::Future;
@@ -34,9 +36,28 @@ pub trait BrokerClient: Send + Sync + 'static {
         host_id: HostId,
     ) -> BoxFuture<'_, Result<Lease, BrokerError>>;
 
-    /// Moves a lease to the migration destination with the source's final claim, in one
-    /// broker transaction.
+    /// Prepares the lease's move to the migration destination, with the source's final
+    /// claim; sent by the source (`handover.from`), which keeps the lease until the
+    /// destination confirms. Preparing again replaces a preparation. Returns the lease as it
+    /// stands (still held by `from`).
     fn hand_over_lease(&self, handover: Handover) -> BoxFuture<'_, Result<Lease, BrokerError>>;
+
+    /// The destination `host_id` confirms a prepared handover: in one broker transaction the
+    /// source is paid up to its final claim and the lease becomes the destination's. Fails
+    /// with `NoHandover` when none to `host_id` is prepared.
+    fn confirm_handover(
+        &self,
+        token_id: TokenId,
+        host_id: HostId,
+    ) -> BoxFuture<'_, Result<Lease, BrokerError>>;
+
+    /// The source or the destination `host_id` cancels a prepared handover: the lease stays
+    /// with the source. Fails with `NoHandover` when none is prepared.
+    fn cancel_handover(
+        &self,
+        token_id: TokenId,
+        host_id: HostId,
+    ) -> BoxFuture<'_, Result<Lease, BrokerError>>;
 
     /// Gives the lease up when the VM ends here. Releasing a lease one does not hold fails
     /// with `NotLeaseHolder`.

@@ -32,7 +32,9 @@ pub struct Lease {
     pub holder: HostId,
 }
 
-/// Moves a lease from `from` to `to` in one broker transaction, with `from`'s final claim.
+/// Prepares moving a lease from `from` to `to`, with `from`'s final claim (checked when
+/// prepared, paid when the destination confirms). The lease stays with `from` until `to`
+/// confirms; either side may cancel until then.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Handover {
     pub token_id: TokenId,
@@ -73,6 +75,20 @@ pub enum BrokerError {
     UnknownHost(HostId),
     #[error("the broker refused the claim: {0}")]
     ClaimRefused(String),
+    #[error("a handover of the lease of token {token_id} is pending; it must be confirmed or cancelled first")]
+    HandoverPending { token_id: TokenId },
+    #[error("no handover of the lease of token {token_id} to this host is prepared")]
+    NoHandover { token_id: TokenId },
+    #[error("the broker does not know token {0}")]
+    UnknownToken(TokenId),
+    #[error("the broker refused this host's request signature: {0}")]
+    SignatureRefused(String),
+    #[error("the broker refused ({status} {code}): {message}")]
+    Refused {
+        status: u16,
+        code: String,
+        message: String,
+    },
     #[error("the broker cannot be reached: {0}")]
     Unavailable(String),
 }

@@ -2,6 +2,8 @@
 //! key, host and tokens, and the `hostd` binary as a child process killed on drop.
 #![allow(dead_code)]
 
+pub mod real_broker;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -210,6 +212,30 @@ impl Hostd {
             serde_json::to_vec(&state).unwrap(),
         )
         .unwrap();
+        let broker = format!("file:{}", dir.path().join("broker.json").display());
+        Self::launch(dir, identity, &broker, extra)
+    }
+
+    /// Starts hostd against the real broker at `broker_url` (`http://…`); the operator must
+    /// register `identity` there before hostd can take leases.
+    pub fn start_http(broker_url: &str, extra: &[&str]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("hostd")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let identity = HostIdentity::load_or_create(&data).unwrap();
+        Self::launch(dir, identity, broker_url, extra)
+    }
+
+    fn launch(
+        dir: tempfile::TempDir,
+        identity: HostIdentity,
+        broker: &str,
+        extra: &[&str],
+    ) -> Self {
+        let data = dir.path().join("data");
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -218,7 +244,7 @@ impl Hostd {
         let url = format!("http://127.0.0.1:{port}");
         let mut args: Vec<String> = vec![
             "--broker".into(),
-            format!("file:{}", dir.path().join("broker.json").display()),
+            broker.into(),
             "--listen".into(),
             format!("127.0.0.1:{port}"),
             "--data-dir".into(),
