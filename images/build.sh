@@ -4,6 +4,7 @@
 #   target/images/pvh-dirty.elf      the tiny PVH dirtying guest  (images/pvh-dirty)
 #   target/images/linux/vmlinuz      Debian's cloud kernel         (images/linux, on request)
 #   target/images/linux/initramfs.cpio.gz
+#   target/images/linux/rootfs.ext4  an ext4 root disk with guest-agentd (see linux/build.sh)
 #
 # Usage: images/build.sh [bench] [pvh] [linux] [all]
 #   no argument builds bench and pvh; `linux` fetches a kernel with apt, so it is opt-in.
@@ -51,7 +52,7 @@ build_pvh() {
 
 build_linux() {
     echo "==> linux: $out/linux/"
-    need apt-get apt-cache dpkg-deb cpio gzip
+    need apt-get apt-cache dpkg-deb cpio gzip mkfs.ext4
     "$images_dir/linux/build.sh" "$out/linux"
 }
 

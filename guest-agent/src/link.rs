@@ -93,8 +93,9 @@ pub enum Arrival {
 pub struct Incoming {
     /// Every hop with `seq <= applied` has been applied.
     pub applied: u64,
-    /// Early arrivals; not persisted (they are unacknowledged, so the sender still has them).
-    #[serde(skip)]
+    /// Early arrivals. Unacknowledged, so the sender still has them; persisted anyway, because
+    /// a runtime that logs inputs (`guest-agentd`) must find after a restart exactly the state
+    /// its log's later frames were applied to.
     pub early: BTreeMap<u64, Payload>,
 }
 

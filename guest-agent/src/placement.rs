@@ -7,6 +7,12 @@
 //! moved within the cooldown (damping: a fresh move is not undone by the next pass). Objects
 //! leave forwarding pointers, so tasks in flight follow them. Runtimes should let agents take
 //! turns (one pass at a time), so two agents do not swap the two halves of a pair.
+//!
+//! A task's steps run on several agents, so each agent sees only part of the pairs that concern
+//! the objects it holds. Runtimes therefore call, now and then, [`Agent::share_pairs`] (each
+//! peer gets the sketch's pairs that involve objects it holds, replacing its previous report)
+//! and [`Agent::share_directory`] (each peer learns which objects are here, with their epochs,
+//! so that tasks and the next pass stop routing by stale guesses through forwarding pointers).
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -15,7 +21,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent::Agent;
 use crate::ids::{AgentId, ObjectId};
-use crate::sketch::CoAccess;
 use crate::store::Store;
 use crate::wire::{Message, Payload};
 
@@ -29,6 +34,9 @@ pub struct PlacementState {
     pub moved_at: BTreeMap<ObjectId, u64>,
     /// Objects this agent sent away.
     pub moved: u64,
+    /// Co-access pairs other agents saw that involve objects held here, by reporter: a task
+    /// that touched one of our objects may have run its other steps anywhere.
+    pub remote: BTreeMap<AgentId, Vec<(ObjectId, ObjectId, u32)>>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
@@ -60,17 +68,18 @@ pub fn balance_cap(total: u64, agents: usize, limits: &Limits) -> u64 {
     (total * limits.balance_percent).div_ceil(agents * 100)
 }
 
-/// The moves one pass makes at agent `me`, best first.
+/// The moves one pass makes at agent `me`, best first, from co-access `pairs` (seen here or
+/// reported by peers).
 pub fn plan(
     me: AgentId,
-    sketch: &CoAccess,
+    pairs: impl Iterator<Item = (ObjectId, ObjectId, u32)>,
     store: &Store,
     loads: &BTreeMap<AgentId, u64>,
     limits: &Limits,
     recently_moved: impl Fn(ObjectId) -> bool,
 ) -> Vec<(ObjectId, AgentId)> {
     let mut affinity: BTreeMap<ObjectId, BTreeMap<AgentId, u64>> = BTreeMap::new();
-    for (a, b, weight) in sketch.pairs() {
+    for (a, b, weight) in pairs {
         for (x, y) in [(a, b), (b, a)] {
             if store.objects.contains_key(&x) {
                 let at = store.locate(me, y);
@@ -177,6 +186,54 @@ impl Agent {
         }
     }
 
+    /// Sends each peer the pairs of this agent's sketch that involve an object it holds (best
+    /// effort), so placement there knows co-access seen here. Each report replaces the last.
+    pub fn share_pairs(&mut self) {
+        let me = self.st.id;
+        let mut by_peer: BTreeMap<AgentId, Vec<(ObjectId, ObjectId, u32)>> = self
+            .st
+            .outgoing
+            .keys()
+            .map(|&peer| (peer, Vec::new()))
+            .collect();
+        for (a, b, w) in self.st.sketch.pairs() {
+            let (at_a, at_b) = (self.st.store.locate(me, a), self.st.store.locate(me, b));
+            for at in [at_a, at_b] {
+                if let Some(list) = by_peer.get_mut(&at) {
+                    if list.last() != Some(&(a, b, w)) {
+                        list.push((a, b, w));
+                    }
+                }
+            }
+        }
+        for (peer, pairs) in by_peer {
+            self.control
+                .push((peer, Message::Pairs { from: me, pairs }));
+        }
+    }
+
+    /// Tells every peer which objects this agent holds (best effort), so that they route tasks
+    /// straight here instead of through stale guesses and forwarding pointers.
+    pub fn share_directory(&mut self) {
+        let me = self.st.id;
+        let held: Vec<(ObjectId, u32, u32)> = self
+            .st
+            .store
+            .objects
+            .iter()
+            .map(|(&id, stored)| {
+                let size = u32::try_from(stored.bytes.len()).unwrap_or(u32::MAX);
+                (id, stored.epoch, size)
+            })
+            .collect();
+        let peers: Vec<AgentId> = self.st.outgoing.keys().copied().collect();
+        for peer in peers {
+            let held = held.clone();
+            self.control
+                .push((peer, Message::Directory { from: me, held }));
+        }
+    }
+
     /// Records a peer's load directly (runtimes that know it without messages).
     pub fn set_load(&mut self, peer: AgentId, objects: u64) {
         self.st.placement.loads.insert(peer, objects);
@@ -199,9 +256,10 @@ impl Agent {
                 .get(&id)
                 .is_some_and(|&at| pass < at + limits.cooldown)
         };
+        let remote = self.st.placement.remote.values().flatten().copied();
         let moves = plan(
             me,
-            &self.st.sketch,
+            self.st.sketch.pairs().chain(remote),
             &self.st.store,
             &loads,
             limits,
@@ -376,6 +434,11 @@ mod tests {
             for _ in 0..4 {
                 for i in 0..swarm.agents.len() {
                     exchange_loads(&mut swarm);
+                    for agent in swarm.agents.iter_mut() {
+                        agent.share_pairs();
+                        agent.share_directory();
+                    }
+                    prop_assert!(swarm.run_until_quiet(16, 50_000));
                     swarm.agents[i].placement_pass(&limits);
                     prop_assert!(swarm.run_until_quiet(16, 50_000));
                     for (agent, start) in swarm.agents.iter().zip(&initial) {

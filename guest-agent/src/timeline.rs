@@ -146,6 +146,39 @@ impl Params {
         text
     }
 
+    /// Hops per timeline read entering at a random agent, if profiles and feeds lived where
+    /// `profile_at` and `feed_at` say: the entry hop to the profile (2/3 of the time with 3
+    /// agents), then one hop per other agent holding a followed feed. With a placement oracle
+    /// as argument this bounds what placement can achieve on this data set.
+    pub fn expected_hops(
+        &self,
+        profile_at: impl Fn(u32) -> AgentId,
+        feed_at: impl Fn(u32) -> AgentId,
+    ) -> f64 {
+        let agents = f64::from(self.agents.max(1));
+        let mut total = 0.0;
+        for user in 0..self.users {
+            let home = profile_at(user);
+            let mut others: Vec<AgentId> = self
+                .follows_of(user)
+                .into_iter()
+                .map(&feed_at)
+                .filter(|&at| at != home)
+                .collect();
+            others.sort_unstable();
+            others.dedup();
+            total += (agents - 1.0) / agents + others.len() as f64;
+        }
+        total / f64::from(self.users.max(1))
+    }
+
+    /// [`Params::expected_hops`] with every community's objects on one agent (communities
+    /// dealt round-robin): the placement this data set was generated to reward.
+    pub fn community_hops(&self) -> f64 {
+        let at = |user: u32| AgentId((self.community(user) % u32::from(self.agents.max(1))) as u16);
+        self.expected_hops(at, at)
+    }
+
     /// Puts this agent's share of the data set into it (a fresh agent's first start).
     pub fn seed_agent(&self, agent: &mut Agent) -> Result<usize, AgentError> {
         let mut placed = 0;
@@ -321,6 +354,17 @@ mod tests {
         assert!(
             inside * 10 > total * 7,
             "most follows stay inside: {inside}/{total}"
+        );
+    }
+
+    #[test]
+    fn placing_communities_together_bounds_the_hops_below_random() {
+        let params = Params::default();
+        let random = params.expected_hops(|u| params.profile(u).hint, |u| params.feed(u).hint);
+        let community = params.community_hops();
+        assert!(
+            random > 2.0 && community < random * 0.8,
+            "{random} {community}"
         );
     }
 

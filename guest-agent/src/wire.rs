@@ -10,7 +10,7 @@ use crate::registry::TaskState;
 use crate::task::Wait;
 
 /// Bumped on any change to [`Message`] or what it carries.
-pub const WIRE_VERSION: u16 = 1;
+pub const WIRE_VERSION: u16 = 2;
 const MAGIC: u16 = 0x4741; // "GA"
 
 /// A task in flight or at rest, with what the runtime needs to route and account for it.
@@ -93,6 +93,18 @@ pub enum Message {
     },
     /// Best effort: how many objects the sender holds (for the placement's balance limit).
     Load { from: AgentId, objects: u64 },
+    /// Best effort: the sender's co-access pairs that involve objects held by the receiver
+    /// (pair, weight), replacing what the sender reported before.
+    Pairs {
+        from: AgentId,
+        pairs: Vec<(ObjectId, ObjectId, u32)>,
+    },
+    /// Best effort: the objects the sender holds, as (object, epoch, size), so that tasks and
+    /// placement elsewhere stop routing by stale guesses after objects move.
+    Directory {
+        from: AgentId,
+        held: Vec<(ObjectId, u32, u32)>,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]

@@ -2,7 +2,13 @@
 # Builds the Linux guest image for `vmm run --boot linux`:
 #   <out>/vmlinuz               Debian's linux-image-cloud-amd64 kernel (bzImage)
 #   <out>/kernel-version        its version, e.g. 6.1.0-56-cloud-amd64
-#   <out>/initramfs.cpio.gz     busybox-static and the /init next to this script
+#   <out>/modules/              the kernel's virtio modules (virtio-mmio, -blk, -net)
+#   <out>/initramfs.cpio.gz     busybox-static, the modules and the /init next to this script
+#   <out>/guest-agentd          the guest agent daemon, built static (skipped if
+#                               LAUNDROMAT_AGENT=0 or cargo is missing)
+#   <out>/rootfs.ext4           an ext4 root file system (mkfs.ext4 -d, no mounts): busybox,
+#                               rootfs-init as /sbin/init, guest-agentd; ROOTFS_MIB sets its
+#                               size (default 64)
 #
 # Usage: images/linux/build.sh [<out>]   (default: target/images/linux under the workspace root;
 # images/build.sh linux calls it). Network: Debian apt only, through `apt-get download`, with one
@@ -11,7 +17,8 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-out="${1:-$(dirname "$(dirname "$here")")/target/images/linux}"
+workspace="$(dirname "$(dirname "$here")")"
+out="${1:-$workspace/target/images/linux}"
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 work="$(mktemp -d)"
@@ -39,7 +46,10 @@ download() {
     ls "$work/$1"_*.deb
 }
 
-if [[ -s "$out/vmlinuz" && -s "$out/kernel-version" ]]; then
+# Debian builds these as modules: the initramfs loads them before it can see /dev/vda or eth0.
+modules=(virtio virtio_ring virtio_mmio virtio_blk failover net_failover virtio_net)
+
+if [[ -s "$out/vmlinuz" && -s "$out/kernel-version" && -s "$out/modules/virtio_blk.ko" ]]; then
     echo "    kernel present, not downloading"
 else
     pkg="$(kernel_package)"
@@ -58,6 +68,11 @@ else
     install -m 0644 "$vmlinuz" "$out/vmlinuz.tmp"
     mv "$out/vmlinuz.tmp" "$out/vmlinuz"
     basename "$vmlinuz" | sed 's/^vmlinuz-//' >"$out/kernel-version"
+    mkdir -p "$out/modules"
+    for m in "${modules[@]}"; do
+        ko="$(find "$work/kernel/lib/modules" -name "$m.ko" | head -n 1)"
+        [[ -z "$ko" ]] || install -m 0644 "$ko" "$out/modules/$m.ko"
+    done
 fi
 echo "    kernel version: $(cat "$out/kernel-version")"
 
@@ -75,6 +90,8 @@ root="$work/root"
 mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,root,etc}
 install -m 0755 "$out/busybox" "$root/bin/busybox"
 install -m 0755 "$here/init" "$root/init"
+mkdir -p "$root/lib/modules"
+cp "$out"/modules/*.ko "$root/lib/modules/"
 # The kernel opens /dev/console for init before /init can mount devtmpfs. Debian kernels build
 # one into their own initramfs too, so this is belt and braces (and needs root).
 mknod -m 0600 "$root/dev/console" c 5 1 2>/dev/null || true
@@ -86,3 +103,33 @@ find "$root" -exec touch -h -d @0 {} +
 mv "$out/initramfs.cpio.gz.tmp" "$out/initramfs.cpio.gz"
 echo "    $out/vmlinuz ($(stat -c %s "$out/vmlinuz") bytes)"
 echo "    $out/initramfs.cpio.gz ($(stat -c %s "$out/initramfs.cpio.gz") bytes)"
+
+if [[ "${LAUNDROMAT_AGENT:-1}" != 0 ]] && command -v cargo >/dev/null; then
+    echo "    building guest-agentd (static)"
+    # Static, so the root file system needs no C library; its own target dir keeps these
+    # flags away from the workspace's build cache.
+    RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release --locked \
+        --manifest-path "$workspace/Cargo.toml" -p guest-agentd --bin guest-agentd \
+        --target x86_64-unknown-linux-gnu --target-dir "$workspace/target/images/agentd-target"
+    install -m 0755 "$workspace/target/images/agentd-target/x86_64-unknown-linux-gnu/release/guest-agentd" \
+        "$out/guest-agentd"
+fi
+
+echo "    building rootfs.ext4"
+rfs="$work/rootfs"
+mkdir -p "$rfs"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,run,root,etc/guest-agent,var/lib/guest-agent,var/log}
+install -m 0755 "$out/busybox" "$rfs/bin/busybox"
+install -m 0755 "$here/rootfs-init" "$rfs/sbin/init"
+for applet in $("$out/busybox" --list-full); do
+    [[ -e "$rfs/$applet" || -L "$rfs/$applet" ]] || ln -s /bin/busybox "$rfs/$applet"
+done
+echo "root:x:0:0:root:/root:/bin/sh" >"$rfs/etc/passwd"
+echo "root:x:0:" >"$rfs/etc/group"
+echo "laundromat" >"$rfs/etc/hostname"
+if [[ -x "$out/guest-agentd" ]]; then
+    install -m 0755 "$out/guest-agentd" "$rfs/usr/bin/guest-agentd"
+fi
+rm -f "$out/rootfs.ext4.tmp"
+mkfs.ext4 -q -F -L laundromat-root -E root_owner=0:0 -d "$rfs" "$out/rootfs.ext4.tmp" "${ROOTFS_MIB:-64}M"
+mv "$out/rootfs.ext4.tmp" "$out/rootfs.ext4"
+echo "    $out/rootfs.ext4 ($(stat -c %s "$out/rootfs.ext4") bytes)"

@@ -58,7 +58,16 @@ pub struct MigrateParams {
     /// are skipped already).
     #[serde(default)]
     pub compress: Compression,
+    /// Hold the switchover for up to this many seconds once the destination is ready, until
+    /// the orchestrator says commit or cancel (the VM is paused meanwhile); no answer cancels.
+    /// `None` commits at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_before_commit_s: Option<u64>,
 }
+
+/// The longest hold before `Commit`: well inside the destination's 60 s wait for its next
+/// message, so a held migration is cancelled by the source, never timed out by the peer.
+pub const MAX_HOLD_S: u64 = 30;
 
 fn default_connections() -> u32 {
     1
@@ -86,6 +95,8 @@ pub enum ParamsError {
     Connections(u32),
     #[error("{0:?} compression is not implemented; use none")]
     Compression(Compression),
+    #[error("the hold before commit must be between 1 and {MAX_HOLD_S} s")]
+    BadHold,
 }
 
 impl MigrateParams {
@@ -105,6 +116,7 @@ impl MigrateParams {
             auto_converge: false,
             connections: 1,
             compress: Compression::None,
+            hold_before_commit_s: None,
         }
     }
 
@@ -132,6 +144,12 @@ impl MigrateParams {
         }
         if self.compress != Compression::None {
             return Err(ParamsError::Compression(self.compress));
+        }
+        if self
+            .hold_before_commit_s
+            .is_some_and(|s| s == 0 || s > MAX_HOLD_S)
+        {
+            return Err(ParamsError::BadHold);
         }
         Ok(())
     }
@@ -181,6 +199,12 @@ mod tests {
         p.connections = 17;
         assert_eq!(p.validate(), Err(ParamsError::Connections(17)));
         p.connections = 1;
+        for bad in [0, MAX_HOLD_S + 1] {
+            p.hold_before_commit_s = Some(bad);
+            assert_eq!(p.validate(), Err(ParamsError::BadHold));
+        }
+        p.hold_before_commit_s = Some(MAX_HOLD_S);
+        assert_eq!(p.validate(), Ok(()));
         p.compress = Compression::Zstd;
         assert!(p
             .validate()

@@ -7,13 +7,18 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use rustls::{ClientConnection, ServerConnection, StreamOwned};
+
+use crate::socket::Socket;
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::{ReadVolatile, VolatileMemoryError, VolatileSlice};
 
 pub(crate) enum Conn {
-    Client(StreamOwned<ClientConnection, TcpStream>),
-    Server(StreamOwned<ServerConnection, TcpStream>),
+    Client(StreamOwned<ClientConnection, Socket>),
+    Server(StreamOwned<ServerConnection, Socket>),
 }
+
+/// Encrypted bytes rustls may queue before they must be written to the socket.
+const SEND_QUEUE: usize = 1 << 20;
 
 /// One authenticated, encrypted migration connection.
 pub struct SecureStream {
@@ -63,8 +68,8 @@ impl SecureStream {
 
     fn tcp(&self) -> &TcpStream {
         match &self.conn {
-            Conn::Client(s) => &s.sock,
-            Conn::Server(s) => &s.sock,
+            Conn::Client(s) => &s.sock.tcp,
+            Conn::Server(s) => &s.sock.tcp,
         }
     }
 
@@ -80,12 +85,27 @@ impl SecureStream {
         Ok(())
     }
 
+    /// The TLS cipher suite the two sides agreed on, by its IANA name.
+    pub fn cipher_suite(&self) -> Option<String> {
+        let suite = match &self.conn {
+            Conn::Client(s) => s.conn.negotiated_cipher_suite(),
+            Conn::Server(s) => s.conn.negotiated_cipher_suite(),
+        };
+        suite.map(|s| format!("{:?}", s.suite()))
+    }
+
     /// A handle on the underlying socket, to shut it down from another thread.
     pub fn socket(&self) -> std::io::Result<TcpStream> {
         self.tcp().try_clone()
     }
 
-    pub(crate) fn new(conn: Conn, tcp_peer: SocketAddr, limit: Duration) -> Self {
+    pub(crate) fn new(mut conn: Conn, tcp_peer: SocketAddr, limit: Duration) -> Self {
+        // rustls queues at most 64 KiB of records by default, so a bulk write goes out as
+        // 64 KiB `writev`s; a larger queue sends up to 64 records (1 MiB) per system call.
+        match &mut conn {
+            Conn::Client(s) => s.conn.set_buffer_limit(Some(SEND_QUEUE)),
+            Conn::Server(s) => s.conn.set_buffer_limit(Some(SEND_QUEUE)),
+        }
         let s = Self {
             conn,
             peer: tcp_peer,
@@ -200,7 +220,7 @@ impl Write for SecureStream {
 /// Writes every encrypted record waiting in `conn` to `sock`.
 fn send_pending<S: rustls::SideData>(
     conn: &mut rustls::ConnectionCommon<S>,
-    sock: &mut TcpStream,
+    sock: &mut Socket,
 ) -> std::io::Result<()> {
     while conn.wants_write() {
         if conn.write_tls(sock)? == 0 {

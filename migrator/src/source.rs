@@ -58,6 +58,28 @@ pub enum SourceError {
     Memory(#[from] vm_memory::GuestMemoryError),
     #[error("pre-copy did not converge within {0:?}")]
     Timeout(Duration),
+    #[error("cancelled before commit: {0}")]
+    Cancelled(String),
+}
+
+/// Where a held switchover stands when the orchestrator is asked to decide: the VM is
+/// paused here, the destination holds everything and waits for `Commit`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ReadyToCommit {
+    /// Since the pause: how long the guest has been stopped so far.
+    pub downtime_ms: f64,
+    pub final_pages_ms: f64,
+    pub state_ms: f64,
+    pub transferred: u64,
+    pub rounds: u32,
+}
+
+/// The orchestrator's answer to [`ReadyToCommit`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommitDecision {
+    Commit,
+    /// Give up: the source VM resumes, unchanged, and the destination never runs it.
+    Cancel(String),
 }
 
 impl From<std::io::Error> for SourceError {
@@ -338,7 +360,9 @@ fn prepare_switchover<V: MigratableVm>(
     pending: &[(u64, DirtyBitmap)],
 ) -> Result<(f64, f64), SourceError> {
     let t0 = paused_at;
+    let synced = Instant::now();
     let mut maps = s.dirty_maps()?;
+    s.stats.downtime_parts.final_sync_ms = ms(synced.elapsed());
     for ((_, map), (_, left)) in maps.iter_mut().zip(pending) {
         map.merge(left);
     }
@@ -371,9 +395,21 @@ pub fn migrate<V: MigratableVm>(
     params: &MigrateParams,
     progress: &mut dyn FnMut(&Progress),
 ) -> Stats {
+    migrate_with_hold(vm, params, progress, &mut |_| CommitDecision::Commit)
+}
+
+/// [`migrate`], asking `hold` whether to commit once the destination is ready (the VM
+/// paused, nothing committed). `Cancel` ends the migration as `cancelled` with the source
+/// VM resumed, unchanged; the time `hold` takes is downtime (`hold-ms`).
+pub fn migrate_with_hold<V: MigratableVm>(
+    vm: &V,
+    params: &MigrateParams,
+    progress: &mut dyn FnMut(&Progress),
+    hold: &mut dyn FnMut(&ReadyToCommit) -> CommitDecision,
+) -> Stats {
     let started = Instant::now();
     let mut stats = Stats::default();
-    let result = run(vm, params, progress, started, &mut stats);
+    let result = run(vm, params, progress, hold, started, &mut stats);
     stats.total_time_ms = ms(started.elapsed());
     if let Err(e) = result {
         let mut msg = e.to_string();
@@ -406,6 +442,7 @@ fn run<V: MigratableVm>(
     vm: &V,
     params: &MigrateParams,
     progress: &mut dyn FnMut(&Progress),
+    hold: &mut dyn FnMut(&ReadyToCommit) -> CommitDecision,
     started: Instant,
     stats: &mut Stats,
 ) -> Result<(), SourceError> {
@@ -442,7 +479,7 @@ fn run<V: MigratableVm>(
     s.stats.setup_time_ms = ms(started.elapsed());
     s.stats.status = Status::Active;
 
-    let outcome = switch_over(&mut s, params, progress);
+    let outcome = switch_over(&mut s, params, progress, hold);
     vm.set_throttle(0);
     if s.stats.status != Status::Completed && s.stats.status != Status::Unknown {
         // Tell the destination, then bring the source back as it was.
@@ -461,6 +498,7 @@ fn switch_over<V: MigratableVm>(
     s: &mut Sender<'_, V>,
     params: &MigrateParams,
     progress: &mut dyn FnMut(&Progress),
+    hold: &mut dyn FnMut(&ReadyToCommit) -> CommitDecision,
 ) -> Result<(), SourceError> {
     let pending = match precopy(s, params, progress) {
         Ok(Converged::Yes(pending)) => pending,
@@ -479,6 +517,7 @@ fn switch_over<V: MigratableVm>(
         s.stats.status = Status::Failed;
         return Err(vm_err(e));
     }
+    s.stats.downtime_parts.pause_ms = ms(paused_at.elapsed());
     let prepared = prepare_switchover(s, paused_at, &pending);
     let (final_pages_ms, state_ms) = match prepared {
         Ok(t) => t,
@@ -491,6 +530,22 @@ fn switch_over<V: MigratableVm>(
             return Err(e);
         }
     };
+    let held_at = Instant::now();
+    let ready = ReadyToCommit {
+        downtime_ms: ms(paused_at.elapsed()),
+        final_pages_ms,
+        state_ms,
+        transferred: s.stats.ram.transferred,
+        rounds: s.stats.rounds.len() as u32,
+    };
+    if let CommitDecision::Cancel(why) = hold(&ready) {
+        s.stats.status = Status::Cancelled;
+        if let Err(r) = s.vm.resume() {
+            tracing::error!("cannot resume the VM after a cancelled migration: {r}");
+        }
+        return Err(SourceError::Cancelled(why));
+    }
+    let hold_ms = ms(held_at.elapsed());
     // From here on the destination may run the VM: never resume the source on a guess.
     s.stats.status = Status::Unknown;
     let t = Instant::now();
@@ -501,7 +556,9 @@ fn switch_over<V: MigratableVm>(
     s.stats.downtime_parts = DowntimeParts {
         final_pages_ms,
         state_ms,
+        hold_ms,
         resume_ms: ms(t.elapsed()),
+        ..s.stats.downtime_parts
     };
     s.stats.ram.remaining = 0;
     Ok(())

@@ -48,8 +48,13 @@ pub struct RamStats {
 pub struct DowntimeParts {
     /// Stopping the vCPUs and sending the dirty pages left when they stopped.
     pub final_pages_ms: f64,
+    /// Of `final_pages_ms`: stopping the vCPUs, and reading the last dirty log.
+    pub pause_ms: f64,
+    pub final_sync_ms: f64,
     /// Saving and sending the device and vCPU state, until the destination is ready.
     pub state_ms: f64,
+    /// Waiting, paused, for the orchestrator's commit (only with a hold before commit).
+    pub hold_ms: f64,
     /// Commit, destination resume, and its acknowledgement.
     pub resume_ms: f64,
 }

@@ -24,6 +24,7 @@ use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection, Str
 use crate::identity::{Identity, PublicKey};
 use crate::secure_stream::Conn;
 pub use crate::secure_stream::SecureStream;
+use crate::socket::Socket;
 use crate::tls::{self, TlsSetupError};
 use crate::wire::{self, Message, WireError, MAX_LANES, PROTOCOL_VERSION, SESSION_LEN};
 
@@ -188,7 +189,7 @@ fn connect_with(addr: &str, cfg: &Arc<ClientConfig>) -> Result<SecureStream, Tra
         }
     })?;
     let mut s = SecureStream::new(
-        Conn::Client(StreamOwned::new(conn, tcp)),
+        Conn::Client(StreamOwned::new(conn, Socket::new(tcp))),
         peer,
         HANDSHAKE_TIMEOUT,
     );
@@ -214,7 +215,7 @@ fn greet(
     tcp.set_nonblocking(false).map_err(handshake_err)?;
     let conn = ServerConnection::new(cfg).map_err(|e| handshake_err(std::io::Error::other(e)))?;
     let mut s = SecureStream::new(
-        Conn::Server(StreamOwned::new(conn, tcp)),
+        Conn::Server(StreamOwned::new(conn, Socket::new(tcp))),
         peer,
         HANDSHAKE_TIMEOUT,
     );

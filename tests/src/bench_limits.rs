@@ -18,7 +18,7 @@ pub enum LimitsError {
     Tcp(#[from] io::Error),
     #[error("the loopback receiver got {received} bytes of {sent}")]
     Short { sent: u64, received: u64 },
-    #[error("the loopback receiver thread panicked")]
+    #[error("a loopback sender or receiver thread panicked")]
     Receiver,
 }
 
@@ -28,34 +28,33 @@ pub const TCP_WRITE: usize = 1 << 20;
 /// Sends `bytes` over one TCP connection on 127.0.0.1 in `TCP_WRITE`-byte writes to a receiver
 /// thread, and returns the time from connecting to the receiver having read the last byte.
 pub fn loopback_tcp(bytes: u64) -> Result<Duration, LimitsError> {
+    loopback_tcp_streams(bytes, 1)
+}
+
+/// Like [`loopback_tcp`], with `bytes` split evenly over `streams` connections at once (a
+/// sender and a receiver thread each), as a migration with several connections sends.
+pub fn loopback_tcp_streams(bytes: u64, streams: u32) -> Result<Duration, LimitsError> {
+    let streams = u64::from(streams.max(1));
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
     let address = listener.local_addr()?;
-    let receiver = thread::spawn(move || -> io::Result<u64> {
-        let (mut stream, _) = listener.accept()?;
-        let mut buffer = vec![0; TCP_WRITE];
-        let mut received = 0u64;
-        loop {
-            match stream.read(&mut buffer) {
-                Ok(0) => return Ok(received),
-                Ok(n) => received += n as u64,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-    });
-    // Non-zero contents, in case anything on the path treats zeros specially.
-    let block = vec![0x5a; TCP_WRITE];
     let started = Instant::now();
-    let mut stream = TcpStream::connect(address)?;
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(TCP_WRITE as u64) as usize;
-        stream.write_all(&block[..n])?;
-        left -= n as u64;
+    let mut receivers = Vec::new();
+    let mut senders = Vec::new();
+    for k in 0..streams {
+        let share = share(bytes, streams, k);
+        let mut stream = TcpStream::connect(address)?;
+        let (mut accepted, _) = listener.accept()?;
+        receivers.push(thread::spawn(move || drain(&mut accepted)));
+        // Closing the write side (on drop) ends the receiver's loop.
+        senders.push(thread::spawn(move || send_bytes(&mut stream, share)));
     }
-    // Closing the write side ends the receiver's loop.
-    drop(stream);
-    let received = receiver.join().map_err(|_| LimitsError::Receiver)??;
+    for sender in senders {
+        sender.join().map_err(|_| LimitsError::Receiver)??;
+    }
+    let mut received = 0;
+    for receiver in receivers {
+        received += receiver.join().map_err(|_| LimitsError::Receiver)??;
+    }
     let elapsed = started.elapsed();
     if received != bytes {
         return Err(LimitsError::Short {
@@ -64,6 +63,38 @@ pub fn loopback_tcp(bytes: u64) -> Result<Duration, LimitsError> {
         });
     }
     Ok(elapsed)
+}
+
+/// Stream `k`'s part when `bytes` are split evenly over `streams`.
+pub fn share(bytes: u64, streams: u64, k: u64) -> u64 {
+    bytes / streams + u64::from(k < bytes % streams)
+}
+
+/// Reads `reader` to its end in `TCP_WRITE`-byte reads; returns how many bytes came.
+pub fn drain(reader: &mut impl Read) -> io::Result<u64> {
+    let mut buffer = vec![0; TCP_WRITE];
+    let mut received = 0u64;
+    loop {
+        match reader.read(&mut buffer) {
+            Ok(0) => return Ok(received),
+            Ok(n) => received += n as u64,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes `bytes` bytes to `writer` in `TCP_WRITE`-byte writes.
+pub fn send_bytes(writer: &mut impl Write, bytes: u64) -> io::Result<()> {
+    // Non-zero contents, in case anything on the path treats zeros specially.
+    let block = vec![0x5a; TCP_WRITE];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(TCP_WRITE as u64) as usize;
+        writer.write_all(&block[..n])?;
+        left -= n as u64;
+    }
+    Ok(())
 }
 
 /// Copies a `size`-byte buffer into another `copies` times and returns the time of each copy.
@@ -99,6 +130,8 @@ mod tests {
     fn moves_every_byte_over_loopback() {
         // Not a whole number of writes, so the last one is partial.
         let time = loopback_tcp(3 * TCP_WRITE as u64 + 17).expect("loopback");
+        assert!(time > Duration::ZERO);
+        let time = loopback_tcp_streams(3 * TCP_WRITE as u64 + 17, 2).expect("two streams");
         assert!(time > Duration::ZERO);
     }
 

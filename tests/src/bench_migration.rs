@@ -47,6 +47,10 @@ pub struct OurStats {
 #[serde(rename_all = "kebab-case", default)]
 pub struct DowntimeParts {
     pub final_pages_ms: f64,
+    /// Of the final pages: stopping the vCPUs and reading the last dirty log (0 from a VMM
+    /// that does not report them).
+    pub pause_ms: f64,
+    pub final_sync_ms: f64,
     pub state_ms: f64,
     pub resume_ms: f64,
 }

@@ -22,6 +22,7 @@ pub enum WorkspaceError {
 /// The commands that build what the harnesses run, from the workspace root.
 pub const BUILD_IMAGES: &str = "bash images/build.sh";
 pub const BUILD_VMM: &str = "cargo build --release -p vmm";
+pub const BUILD_AGENTD: &str = "cargo build --release -p guest-agentd";
 
 /// The guest images `images/build.sh` makes by default.
 #[derive(Clone, Copy, Debug)]
@@ -71,6 +72,15 @@ impl Workspace {
     /// `target/release/vmm`, or an error naming the command that builds it.
     pub fn vmm(&self) -> Result<PathBuf, WorkspaceError> {
         existing(self.target.join("release/vmm"), "the VMM", BUILD_VMM)
+    }
+
+    /// `target/release/guest-agentd`, or an error naming the command that builds it.
+    pub fn guest_agentd(&self) -> Result<PathBuf, WorkspaceError> {
+        existing(
+            self.target.join("release/guest-agentd"),
+            "the guest agent daemon",
+            BUILD_AGENTD,
+        )
     }
 
     /// A guest image under `target/images/` (where `images/build.sh` always puts them), or an

@@ -11,6 +11,7 @@ use crate::devices::boot_timer::BootTimer;
 use crate::devices::control::Control;
 use crate::devices::event_loop::EventLoopError;
 use crate::devices::serial::{self, Irq, COM1_IRQ};
+use crate::devices::virtio::block::{Block, BlockError, DiskConfig};
 use crate::devices::virtio::net::{self as virtio_net, Net, NetConfig, NetError};
 use crate::devices::virtio::{self, transport::QUEUE_NOTIFY};
 use crate::devices::Devices;
@@ -49,6 +50,12 @@ pub enum BuildError {
         index: usize,
         tap: String,
         source: NetError,
+    },
+    #[error("cannot set up disk {index} ({path})")]
+    Disk {
+        index: usize,
+        path: String,
+        source: BlockError,
     },
     #[error(transparent)]
     EventLoop(#[from] EventLoopError),
@@ -139,6 +146,43 @@ fn attach_net(
     Ok(nets)
 }
 
+/// Opens each disk image and wires its kick (an ioeventfd) and, on irqchip machines, its
+/// interrupt; disk `i` takes the virtio window after the `first` network devices.
+fn attach_disks(
+    vm: &Vm,
+    mem: &GuestMemory,
+    run: &Arc<RunControl>,
+    configs: &[DiskConfig],
+    first: usize,
+    irqchip: bool,
+) -> Result<Vec<Arc<Block>>, BuildError> {
+    let mut disks = Vec::with_capacity(configs.len());
+    for (index, cfg) in configs.iter().enumerate() {
+        let slot = first + index;
+        let mut disk =
+            Block::open(cfg, mem.clone(), run.clone()).map_err(|source| BuildError::Disk {
+                index,
+                path: cfg.path.display().to_string(),
+                source,
+            })?;
+        let addr = kvm_ioctls::IoEventAddress::Mmio(virtio::mmio_base(slot) + QUEUE_NOTIFY);
+        // Without it every kick is an exit to user space, which `mmio_write` forwards.
+        if let Err(e) = vm.fd.register_ioevent(disk.kick_fd(), &addr, 0u32) {
+            tracing::warn!("virtio-blk {index}: no ioeventfd: {e}");
+        }
+        if irqchip {
+            let evt = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)
+                .map_err(BuildError::EventFd)?;
+            vm.register_irqfd(&evt, virtio::irq(slot))?;
+            disk.set_irq(evt);
+        }
+        tracing::info!(index, path = %cfg.path.display(), readonly = cfg.readonly,
+            sectors = disk.sectors(), "virtio-blk attached");
+        disks.push(Arc::new(disk));
+    }
+    Ok(disks)
+}
+
 struct Parts {
     vm: Vm,
     mem: GuestMemory,
@@ -153,10 +197,11 @@ fn finish(
     run: Arc<RunControl>,
     timer: BootTimer,
     nets: Vec<Arc<Net>>,
+    disks: Vec<Arc<Block>>,
 ) -> Result<BuiltVm, BuildError> {
     let started = timer.started();
     let control = Control::new(run.clone(), timer);
-    let devices = Devices::with_net(uart, control, nets)?;
+    let devices = Devices::with_virtio(uart, control, nets, disks)?;
     vcpu::install_kick_handler()?;
     let Parts {
         vm,
@@ -200,6 +245,14 @@ pub fn build(
     let run = Arc::new(RunControl::new(cfg.vcpus.into(), 0));
     let msrs = probe_msrs(&sk.vm, &machine)?;
     let nets = attach_net(&sk.vm, &sk.mem, &run, &cfg.net, machine.irqchip)?;
+    let disks = attach_disks(
+        &sk.vm,
+        &sk.mem,
+        &run,
+        &cfg.disks,
+        nets.len(),
+        machine.irqchip,
+    )?;
     let Skeleton { vm, mem, irq } = sk;
     let uart = serial::new(irq, console);
     let parts = Parts {
@@ -209,7 +262,7 @@ pub fn build(
         msrs,
         vcpus,
     };
-    finish(parts, uart, run, BootTimer::new(started), nets)
+    finish(parts, uart, run, BootTimer::new(started), nets, disks)
 }
 
 /// A VM of a known shape waiting for its state: memory slots registered, interrupt
@@ -255,11 +308,13 @@ impl Prepared {
 
     /// Applies `state` to the prepared VM; it stays paused until started. `net` names this
     /// host's taps for the saved network devices, one each, in order (opening them is cheap, so
-    /// it may happen inside the switchover).
+    /// it may happen inside the switchover); `disks` names this host's images for the saved
+    /// disks, likewise.
     pub fn restore(
         self,
         state: &VmState,
         net: &[NetConfig],
+        disks: &[DiskConfig],
         started: Instant,
         console: Box<dyn Write + Send>,
     ) -> Result<BuiltVm, BuildError> {
@@ -288,6 +343,13 @@ impl Prepared {
             }
             .into());
         }
+        if state.disks.len() != disks.len() {
+            return Err(ConfigError::DiskMismatch {
+                saved: state.disks.len(),
+                given: disks.len(),
+            }
+            .into());
+        }
         if let Some(chip) = &state.irqchip {
             vm_state::restore(&self.parts.vm.fd, chip)?;
         }
@@ -304,11 +366,20 @@ impl Prepared {
                 source,
             })?;
         }
+        let first = nets.len();
+        let blocks = attach_disks(&p.vm, &p.mem, &run, disks, first, machine.irqchip)?;
+        for (index, (dev, saved)) in blocks.iter().zip(&state.disks).enumerate() {
+            dev.restore(saved).map_err(|source| BuildError::Disk {
+                index,
+                path: disks[index].path.display().to_string(),
+                source,
+            })?;
+        }
         let uart = serial::restore(&state.serial, self.irq, console)
             .map_err(|e| BuildError::Serial(format!("{e:?}")))?;
         let booted = state.boot_time_ns.map(std::time::Duration::from_nanos);
         let timer = BootTimer::restored(started, booted);
-        let built = finish(self.parts, uart, run, timer, nets)?;
+        let built = finish(self.parts, uart, run, timer, nets, blocks)?;
         // The restored VM is paused until started: its TSCs stand where they were saved.
         let tsc = state.vcpus.iter().map(|v| {
             v.msrs
@@ -322,16 +393,18 @@ impl Prepared {
 }
 
 /// Creates a VM from `state`, with guest memory `mem` already filled (or fresh). `net` names
-/// this host's taps for the saved network devices, one each, in order.
+/// this host's taps for the saved network devices, one each, in order; `disks` this host's
+/// images for the saved disks.
 pub fn build_restored(
     state: &VmState,
     mem: Option<GuestMemory>,
     backing: &Backing,
     net: &[NetConfig],
+    disks: &[DiskConfig],
     started: Instant,
     console: Box<dyn Write + Send>,
 ) -> Result<BuiltVm, BuildError> {
-    prepare(&state.machine, backing, mem)?.restore(state, net, started, console)
+    prepare(&state.machine, backing, mem)?.restore(state, net, disks, started, console)
 }
 
 impl BuiltVm {

@@ -1,6 +1,7 @@
 //! The VM configuration and its validation against this host.
 use std::path::PathBuf;
 
+use crate::devices::virtio::block::DiskConfig;
 use crate::devices::virtio::net::NetConfig;
 use crate::vstate::memory::Backing;
 
@@ -29,6 +30,8 @@ pub struct VmConfig {
     pub backing: Backing,
     /// virtio-net devices, in the order of their MMIO windows.
     pub net: Vec<NetConfig>,
+    /// virtio-blk devices, in the MMIO windows after the network devices'.
+    pub disks: Vec<DiskConfig>,
 }
 
 /// Smallest guest we accept: room for the boot structures, an image and a stack.
@@ -50,6 +53,12 @@ pub enum ConfigError {
     InitrdWithBench,
     #[error("{asked} network devices requested, but at most {max} are supported")]
     TooManyNets { asked: usize, max: usize },
+    #[error(
+        "{asked} virtio devices (network and disk) requested, but at most {max} are supported"
+    )]
+    TooManyDevices { asked: usize, max: usize },
+    #[error("the saved VM has {saved} disks, but {given} --disk options were given")]
+    DiskMismatch { saved: usize, given: usize },
     #[error("the saved VM has {saved} network devices, but {given} --net options were given")]
     NetMismatch { saved: usize, given: usize },
 }
@@ -96,6 +105,13 @@ impl VmConfig {
                 max: bench_abi::MAX_VIRTIO,
             });
         }
+        let devices = self.net.len() + self.disks.len();
+        if devices > bench_abi::MAX_VIRTIO {
+            return Err(ConfigError::TooManyDevices {
+                asked: devices,
+                max: bench_abi::MAX_VIRTIO,
+            });
+        }
         Ok(())
     }
 
@@ -129,6 +145,7 @@ impl VmConfig {
             vcpus: machine.vcpus,
             backing,
             net: Vec::new(),
+            disks: Vec::new(),
         }
     }
 
@@ -151,6 +168,7 @@ mod tests {
             vcpus,
             backing: Backing::Anonymous,
             net: Vec::new(),
+            disks: Vec::new(),
         }
     }
 

@@ -52,6 +52,8 @@ pub struct Status {
     pub exits: ExitCounts,
     /// Per virtio-net device: frames, bytes, drops and queue kicks.
     pub net: Vec<crate::devices::virtio::net::NetCounters>,
+    /// Per virtio-blk device: requests, failed requests and queue kicks.
+    pub disks: Vec<crate::devices::virtio::block::BlockCounters>,
 }
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -280,6 +282,7 @@ impl VmController {
                 .boot_time()
                 .map(|d| d.as_nanos() as u64),
             net: self.devices.net().iter().map(|n| n.snapshot()).collect(),
+            disks: self.devices.disks().iter().map(|d| d.snapshot()).collect(),
         })
     }
 
@@ -307,6 +310,7 @@ impl VmController {
                 .map(|d| d.as_secs_f64() * 1e3),
             exits: self.stats.snapshot(),
             net: self.devices.net().iter().map(|n| n.counters()).collect(),
+            disks: self.devices.disks().iter().map(|d| d.counters()).collect(),
         }
     }
 

@@ -13,6 +13,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::builder::{self, BuildError, BuiltVm};
 use crate::controller::VmController;
+use crate::devices::virtio::block::DiskConfig;
 use crate::devices::virtio::net::NetConfig;
 use crate::persist::format::{self, FormatError};
 use crate::persist::MachineState;
@@ -116,30 +117,38 @@ pub struct IncomingAuth<'a> {
     pub timeout: Duration,
 }
 
-/// Listens on `url` for the source `auth` names, receives one VM and returns it built but not
-/// yet running, with the connection on which to acknowledge. Nothing runs until the source
-/// commits. Connections that fail authentication are refused without ending the wait.
+/// Binds the migration port of `url` (`tcp://ADDR:PORT`).
+pub fn listen(url: &str) -> Result<TcpListener, IncomingError> {
+    let addr = url
+        .strip_prefix("tcp://")
+        .ok_or_else(|| IncomingError::BadUrl(url.into()))?;
+    TcpListener::bind(addr).map_err(|source| IncomingError::Listen {
+        addr: addr.into(),
+        source,
+    })
+}
+
+/// Waits on `listener` for the source `auth` names, receives one VM and returns it built but
+/// not yet running, with the connection on which to acknowledge. Nothing runs until the
+/// source commits. Connections that fail authentication are refused without ending the wait.
 pub fn receive(
-    url: &str,
+    listener: &TcpListener,
     auth: &IncomingAuth<'_>,
     backing: &Backing,
     net: &[NetConfig],
+    disks: &[DiskConfig],
     started: Instant,
     console: Box<dyn Write + Send>,
 ) -> Result<(BuiltVm, dest::Incoming), IncomingError> {
     let identity = Identity::load(auth.identity)?;
     let peer = PublicKey::from_hex(auth.peer)?;
     let deadline = Instant::now() + auth.timeout;
-    let addr = url
-        .strip_prefix("tcp://")
-        .ok_or_else(|| IncomingError::BadUrl(url.into()))?;
-    let listener = TcpListener::bind(addr).map_err(|source| IncomingError::Listen {
-        addr: addr.into(),
-        source,
-    })?;
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| "?".into(), |a| a.to_string());
     tracing::info!(addr, peer = %peer, "waiting for an incoming migration");
-    let mut incoming = dest::accept(&listener, &identity, peer, deadline, auth.timeout.as_secs())?;
-    match receive_vm(&mut incoming, backing, net, started, console) {
+    let mut incoming = dest::accept(listener, &identity, peer, deadline, auth.timeout.as_secs())?;
+    match receive_vm(&mut incoming, backing, net, disks, started, console) {
         Ok(vm) => Ok((vm, incoming)),
         Err(e) => {
             incoming.abort(&crate::api::server::error_chain(&e));
@@ -152,6 +161,7 @@ fn receive_vm(
     incoming: &mut dest::Incoming,
     backing: &Backing,
     net: &[NetConfig],
+    disks: &[DiskConfig],
     started: Instant,
     console: Box<dyn Write + Send>,
 ) -> Result<BuiltVm, IncomingError> {
@@ -186,5 +196,5 @@ fn receive_vm(
             "the state describes another machine".into(),
         ));
     }
-    Ok(prepared.restore(&state, net, started, console)?)
+    Ok(prepared.restore(&state, net, disks, started, console)?)
 }

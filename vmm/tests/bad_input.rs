@@ -191,3 +191,33 @@ fn guest_crash_is_reported_with_registers() {
     assert!(out.stderr.contains("guest crashed"), "{}", out.stderr);
     assert!(out.stderr.contains("rip="), "{}", out.stderr);
 }
+
+#[test]
+fn bad_disks_are_named() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let k = good_kernel(&dir);
+    expect_bench_error(
+        &k,
+        &["--disk", "path=/nonexistent/root.img"],
+        &[
+            "cannot set up disk 0",
+            "cannot open disk image /nonexistent/root.img",
+        ],
+    );
+    let empty = write_tmp(&dir, "empty.img", &[]);
+    expect_bench_error(
+        &k,
+        &["--disk", &format!("path={empty}")],
+        &["smaller than one 512-byte sector"],
+    );
+    let out = run_vmm(&["run", "--disk", "readonly=on"], LIMIT);
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("--disk needs path=FILE"),
+        "{}",
+        out.stderr
+    );
+}

@@ -51,6 +51,10 @@ fn linux_prints_its_early_boot_log_then_stops_cleanly() {
     let kernel = image("linux/vmlinuz");
     let initrd = image("linux/initramfs.cpio.gz");
     let cmdline = "console=ttyS0 earlyprintk=ttyS0 panic=-1 laundromat.test=e820";
+    // A disk, so the DSDT declares a virtio-mmio device and its irqfd is wired.
+    let disk = tempfile::NamedTempFile::new().unwrap();
+    disk.as_file().set_len(1 << 20).unwrap();
+    let disk_arg = format!("path={},readonly=on", disk.path().display());
     let out = run_vmm(
         &[
             "run",
@@ -64,6 +68,10 @@ fn linux_prints_its_early_boot_log_then_stops_cleanly() {
             cmdline,
             "--mem",
             "128",
+            "--vcpus",
+            "2",
+            "--disk",
+            &disk_arg,
         ],
         LINUX_LIMIT,
     );
@@ -93,6 +101,20 @@ fn linux_prints_its_early_boot_log_then_stops_cleanly() {
         console.contains(&expected),
         "expected {expected:?} in:\n{console}"
     );
+    // Our ACPI tables, found through the zero page's RSDP pointer, and the two vCPUs the MADT
+    // gives (the kernel reaches these lines before the emulation failure on PVM hosts).
+    for line in [
+        "ACPI: RSDP 0x00000000000E0000 000024 (v02 LNDRMT)",
+        "ACPI: XSDT 0x00000000000E0030",
+        "ACPI: FACP ",
+        "ACPI: DSDT ",
+        "ACPI: APIC ",
+        "ACPI: INT_SRC_OVR (bus 0 bus_irq 4 global_irq 4 high edge)",
+        "ACPI: Using ACPI (MADT) for SMP configuration information",
+        "smpboot: Allowing 2 CPUs, 0 hotplug CPUs",
+    ] {
+        assert!(console.contains(line), "expected {line:?} in:\n{console}");
+    }
     match out.status.code() {
         // On PVM hosts the kernel ends in an emulation failure, reported with registers.
         Some(70) => {

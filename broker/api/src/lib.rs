@@ -9,8 +9,13 @@
 //! - [`types`]: the JSON bodies.
 //! - [`paths`]: the versioned paths.
 //! - [`claims`]: how a host splits a large claim into steps the broker accepts.
+//! - [`hostd`]: hostd's tenant-facing API (bodies and paths), which `laundromat` calls with
+//!   the same signatures; [`hostd_client`] (feature `client`) calls it.
 
 pub mod claims;
+pub mod hostd;
+#[cfg(feature = "client")]
+pub mod hostd_client;
 pub mod paths;
 pub mod signing;
 pub mod types;

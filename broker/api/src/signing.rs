@@ -62,6 +62,8 @@ pub enum SignatureError {
 pub struct RequestSignature {
     pub key: VerifyingKey,
     pub timestamp: u64,
+    /// The signed nonce: a verifier that refuses replays remembers it for the skew window.
+    pub nonce: [u8; 16],
     pub signature: Signature,
     pub idempotency_key: Option<String>,
 }
@@ -189,6 +191,7 @@ pub fn verify<'a>(
     Ok(RequestSignature {
         key,
         timestamp,
+        nonce,
         signature,
         idempotency_key: idempotency_key.map(str::to_owned),
     })

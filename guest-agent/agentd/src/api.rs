@@ -48,6 +48,13 @@ pub enum Request {
     Place,
 }
 
+impl Request {
+    /// Whether answering it changes the agent's state (so it goes into the write-ahead log).
+    pub fn changes_state(&self) -> bool {
+        !matches!(self, Request::Result { .. } | Request::Stats)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Response {

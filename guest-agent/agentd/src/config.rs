@@ -26,6 +26,9 @@ pub struct Config {
     pub policy: Policy,
     #[serde(default = "default_rto")]
     pub rto_ms: u64,
+    /// The write-ahead log is compacted into a new snapshot once it passes this many bytes.
+    #[serde(default = "default_wal_limit")]
+    pub wal_limit_bytes: u64,
 }
 
 fn default_policy() -> Policy {
@@ -34,6 +37,10 @@ fn default_policy() -> Policy {
 
 fn default_rto() -> u64 {
     200
+}
+
+fn default_wal_limit() -> u64 {
+    8 << 20
 }
 
 #[derive(Debug, thiserror::Error)]

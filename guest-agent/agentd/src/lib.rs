@@ -7,5 +7,7 @@
 pub mod api;
 pub mod config;
 pub mod frame;
+pub mod journal;
 pub mod node;
 pub mod persist;
+pub mod wal;

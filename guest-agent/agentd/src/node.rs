@@ -2,9 +2,10 @@
 //!
 //! Threads: one acceptor, one reader per connection, one writer per peer. They only move
 //! frames; the loop alone touches the agent. Each turn of the loop handles what arrived, runs
-//! tasks, saves the state durably if anything changed, and only then sends hops,
-//! acknowledgements and client answers. So an acknowledged hop or an answered submit survives
-//! `kill -9`, and a hop sent but not acknowledged is resent after a restart.
+//! tasks, appends the turn's inputs to the write-ahead log and `fdatasync`s it if anything
+//! changed (see `journal`), and only then sends hops, acknowledgements and client answers. So
+//! an acknowledged hop or an answered submit survives `kill -9`, and a hop sent but not
+//! acknowledged is resent after a restart.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -21,7 +22,8 @@ use tracing::{debug, info, warn};
 use crate::api::{Request, Response, HELLO_CLIENT, HELLO_PEER};
 use crate::config::Config;
 use crate::frame::{read_frame, write_frame};
-use crate::persist::{ResultKind, Saved, Store};
+use crate::journal::{Journal, Logged, Turn};
+use crate::persist::{ResultKind, Saved};
 
 /// Frames queued for one peer before new ones are dropped (the agent resends them).
 const PEER_QUEUE: usize = 4096;
@@ -36,7 +38,7 @@ pub enum NodeError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Persist(#[from] crate::persist::PersistError),
+    Journal(#[from] crate::journal::JournalError),
     #[error(transparent)]
     Agent(#[from] guest_agent::AgentError),
     #[error("the task registry is inconsistent")]
@@ -68,13 +70,23 @@ pub fn registry() -> Result<Arc<Registry>, NodeError> {
 /// Runs the agent until the process is killed.
 pub fn run(config: Config) -> Result<(), NodeError> {
     let registry = registry()?;
-    let store = Store::open(&config.data_dir)?;
     let me = AgentId(config.id);
-    let (mut agent, keys, kinds) = match store.load()? {
-        Some(saved) => {
-            let agent = Agent::restore(&saved.agent, Arc::clone(&registry))?;
-            info!(%me, objects = agent.objects(), unacked = agent.unacked(), "restored durable state");
-            (agent, saved.keys, saved.kinds)
+    let params = config.timeline.unwrap_or_default();
+    let limit = config.wal_limit_bytes;
+    let (mut agent, mut saved, journal) = match Journal::recover(&config.data_dir, limit)? {
+        Some((journal, found)) => {
+            let mut agent = Agent::restore(&found.saved.agent, Arc::clone(&registry))?;
+            let mut saved = found.saved;
+            let turns = found.turns.len();
+            for turn in found.turns {
+                replay(&mut agent, &mut saved, &params, turn);
+            }
+            info!(%me, objects = agent.objects(), unacked = agent.unacked(), turns,
+                torn_bytes = found.torn, "restored durable state");
+            if found.torn > 0 {
+                warn!(%me, bytes = found.torn, "dropped a torn record at the end of the log");
+            }
+            (agent, saved, journal)
         }
         None => {
             let agent_config = AgentConfig {
@@ -88,15 +100,14 @@ pub fn run(config: Config) -> Result<(), NodeError> {
                 let placed = params.seed_agent(&mut agent)?;
                 info!(%me, placed, "seeded the timeline data set");
             }
-            (agent, BTreeMap::new(), BTreeMap::new())
+            let mut saved = Saved {
+                agent: agent.snapshot()?,
+                ..Saved::default()
+            };
+            let journal = Journal::create(&config.data_dir, limit, &mut saved)?;
+            (agent, saved, journal)
         }
     };
-    let mut saved = Saved {
-        agent: agent.snapshot()?,
-        keys,
-        kinds,
-    };
-    store.save(&saved)?;
 
     let listener = TcpListener::bind(config.listen).map_err(|source| NodeError::Listen {
         addr: config.listen,
@@ -113,54 +124,101 @@ pub fn run(config: Config) -> Result<(), NodeError> {
         thread::spawn(move || write_peer(me, AgentId(peer), addr, peer_rx, events));
     }
     info!(%me, listen = %config.listen, "agent running");
-    let params = config.timeline.unwrap_or_default();
-    event_loop(&mut agent, &mut saved, &store, &params, rx, &mut writers)
+    let mut node = Node {
+        agent: &mut agent,
+        saved: &mut saved,
+        journal,
+        params,
+    };
+    node.event_loop(rx, &mut writers)
 }
 
-fn event_loop(
-    agent: &mut Agent,
-    saved: &mut Saved,
-    store: &Store,
-    params: &Params,
-    rx: Receiver<Input>,
-    writers: &mut Writers,
-) -> Result<(), NodeError> {
-    let start = Instant::now();
-    let mut last_load = Instant::now();
-    loop {
-        let mut inputs = Vec::new();
-        if let Ok(input) = rx.recv_timeout(Duration::from_millis(5)) {
-            inputs.push(input);
-            inputs.extend(rx.try_iter().take(10_000));
-        }
-        let mut changed = !inputs.is_empty();
-        let mut answers = Vec::new();
-        for input in inputs {
-            match input {
-                Input::Frame(frame) => {
-                    if let Err(error) = agent.receive(&frame) {
-                        warn!(%error, "dropped a frame from a peer");
-                    }
-                }
-                Input::Connected(peer) => agent.reconnected(peer),
-                Input::Client(request, reply) => {
-                    answers.push((answer(agent, saved, params, request), reply));
+/// Applies a logged turn again, exactly as it first ran (answers go nowhere).
+fn replay(agent: &mut Agent, saved: &mut Saved, params: &Params, turn: Turn) {
+    for input in turn.inputs {
+        match input {
+            Logged::Frame(frame) => {
+                let _ = agent.receive(&frame);
+            }
+            Logged::Client(json) => {
+                if let Ok(request) = serde_json::from_slice::<Request>(&json) {
+                    answer(agent, saved, params, request);
                 }
             }
         }
-        changed |= agent.run(STEPS_PER_TURN) > 0;
-        if last_load.elapsed() >= Duration::from_millis(500) {
-            agent.report_load();
-            last_load = Instant::now();
+    }
+    agent.run(turn.steps as usize);
+}
+
+struct Node<'a> {
+    agent: &'a mut Agent,
+    saved: &'a mut Saved,
+    journal: Journal,
+    params: Params,
+}
+
+impl Node<'_> {
+    fn event_loop(&mut self, rx: Receiver<Input>, writers: &mut Writers) -> Result<(), NodeError> {
+        let start = Instant::now();
+        let mut last_load = Instant::now();
+        loop {
+            let mut inputs = Vec::new();
+            if let Ok(input) = rx.recv_timeout(Duration::from_millis(5)) {
+                inputs.push(input);
+                inputs.extend(rx.try_iter().take(10_000));
+            }
+            let answers = self.turn(inputs)?;
+            if last_load.elapsed() >= Duration::from_millis(500) {
+                self.agent.report_load();
+                self.agent.share_pairs();
+                self.agent.share_directory();
+                last_load = Instant::now();
+            }
+            for (response, reply) in answers {
+                let _ = reply.send(response);
+            }
+            self.agent
+                .flush(start.elapsed().as_millis() as u64, writers);
         }
-        if changed {
-            saved.agent = agent.snapshot()?;
-            store.save(saved)?;
+    }
+
+    /// Applies inputs and runs tasks, logging what changes state; returns the client answers,
+    /// which (like hops and acknowledgements) may leave only now that the turn is durable.
+    fn turn(&mut self, inputs: Vec<Input>) -> Result<Vec<(Response, Sender<Response>)>, NodeError> {
+        let mut turn = Turn::default();
+        let mut answers = Vec::new();
+        for input in inputs {
+            match input {
+                Input::Frame(frame) => match self.agent.receive(&frame) {
+                    Ok(()) => turn.inputs.push(Logged::Frame(frame)),
+                    Err(error) => warn!(%error, "dropped a frame from a peer"),
+                },
+                Input::Connected(peer) => self.agent.reconnected(peer),
+                Input::Client(request, reply) => {
+                    if request.changes_state() {
+                        if let Ok(json) = serde_json::to_vec(&request) {
+                            turn.inputs.push(Logged::Client(json));
+                        }
+                    }
+                    let response = answer(self.agent, self.saved, &self.params, request);
+                    answers.push((response, reply));
+                }
+            }
         }
-        for (response, reply) in answers {
-            let _ = reply.send(response);
+        // Routing a runnable task changes state even when no step runs (it ships or parks).
+        if self.agent.runnable() > 0 {
+            turn.steps = STEPS_PER_TURN as u32;
+            self.agent.run(STEPS_PER_TURN);
         }
-        agent.flush(start.elapsed().as_millis() as u64, writers);
+        if !turn.inputs.is_empty() || turn.steps > 0 {
+            self.journal.commit(&turn)?;
+            if self.journal.wants_snapshot() {
+                self.saved.agent = self.agent.snapshot()?;
+                self.journal.compact(self.saved)?;
+                debug!(compactions = self.journal.compactions, "compacted the log");
+            }
+        }
+        Ok(answers)
     }
 }
 

@@ -1,9 +1,9 @@
-//! Durable state: one file in the data dir, replaced atomically and fsynced before the daemon
-//! acknowledges anything it contains.
+//! The snapshot: the whole state in one file of the data dir, replaced atomically.
 //!
-//! "Durable" for a Linux daemon means: written to a temporary file, `fsync`ed, renamed over the
-//! old state, and the directory `fsync`ed, so after a crash or `kill -9` the file is either the
-//! old state or the new one, whole. Only then do acknowledgements, hops and client answers leave.
+//! Written to a temporary file, `fsync`ed, renamed over the old one, and the directory
+//! `fsync`ed, so after a crash or `kill -9` the file is either the old snapshot or the new one,
+//! whole. Turns between snapshots go to the write-ahead log (`journal`); the snapshot names the
+//! log generation that continues it.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -13,11 +13,13 @@ use std::path::{Path, PathBuf};
 use guest_agent::FutureId;
 use serde::{Deserialize, Serialize};
 
-const MAGIC: &[u8; 8] = b"GAGENT01";
+const MAGIC: &[u8; 8] = b"GAGENT02";
 
 /// What the daemon keeps: the agent's state and the client request keys it has answered.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Saved {
+    /// The log generation that continues this snapshot (`wal-<generation>`).
+    pub generation: u64,
     pub agent: Vec<u8>,
     /// Client idempotency keys: a retried submit gets the same future, never a second task.
     pub keys: BTreeMap<u64, FutureId>,
@@ -70,6 +72,10 @@ impl Store {
 
     fn path(&self) -> PathBuf {
         self.dir.join("state")
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     pub fn load(&self) -> Result<Option<Saved>, PersistError> {
@@ -131,7 +137,7 @@ mod tests {
         assert_eq!((back.agent, back.keys), (saved.agent, saved.keys));
         fs::write(dir.join("state"), b"garbage!").unwrap();
         assert!(matches!(store.load(), Err(PersistError::Magic { .. })));
-        fs::write(dir.join("state"), b"GAGENT01\xff\xff").unwrap();
+        fs::write(dir.join("state"), b"GAGENT02\xff\xff").unwrap();
         assert!(matches!(store.load(), Err(PersistError::Decode { .. })));
         fs::remove_dir_all(dir).unwrap();
     }

@@ -33,7 +33,7 @@ fn free_port() -> SocketAddr {
 }
 
 impl Cluster {
-    fn start(name: &str, params: Params) -> Cluster {
+    fn start(name: &str, params: Params, wal_limit_bytes: u64) -> Cluster {
         let dir = std::env::temp_dir().join(format!("agentd-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -50,6 +50,7 @@ impl Cluster {
                 "peers": peers,
                 "timeline": params,
                 "rto_ms": 100,
+                "wal_limit_bytes": wal_limit_bytes,
             });
             std::fs::write(dir.join(format!("agent{id}.json")), config.to_string()).unwrap();
         }
@@ -84,10 +85,12 @@ impl Cluster {
             .unwrap()
     }
 
-    fn kill_and_restart(&mut self, id: u16) {
+    /// SIGKILL (no chance to save anything), `between` on the dead agent's files, restart.
+    fn kill_and_restart(&mut self, id: u16, between: impl FnOnce(&Path)) {
         let mut child = self.children[usize::from(id)].take().unwrap();
-        child.kill().unwrap(); // SIGKILL: no chance to save anything
+        child.kill().unwrap();
         child.wait().unwrap();
+        between(&self.dir.join(format!("agent{id}")));
         self.children[usize::from(id)] = Some(self.spawn(id));
         wait_for(self.addrs[usize::from(id)]);
     }
@@ -145,22 +148,19 @@ fn wait_result(addr: SocketAddr, future: FutureId) -> serde_json::Value {
     }
 }
 
-#[test]
-fn three_agents_survive_a_kill_mid_run_with_nothing_lost_or_repeated() {
-    let params = Params {
-        users: 45,
-        agents: 3,
-        ..Params::default()
-    };
-    let mut cluster = Cluster::start("kill", params);
+/// Publishes and timeline reads spread over the agents, with agent 1 killed (and `between`
+/// done to its files) halfway; then checks every result and that every post is in its
+/// author's feed exactly once.
+fn run_with_a_kill(cluster: &mut Cluster, params: Params, between: impl FnOnce(&Path)) {
+    let mut between = Some(between);
     let addrs = cluster.addrs.clone();
     let addr = |i: usize| addrs[i % 3];
     let mut publishes = Vec::new();
     let mut timelines = Vec::new();
     let requests = 90u64;
     for i in 0..requests {
-        if i == requests / 2 {
-            cluster.kill_and_restart(1);
+        if let Some(between) = between.take_if(|_| i == requests / 2) {
+            cluster.kill_and_restart(1, between);
         }
         let user = (i % u64::from(params.users)) as u32;
         let at = addr(i as usize);
@@ -232,6 +232,72 @@ fn three_agents_survive_a_kill_mid_run_with_nothing_lost_or_repeated() {
         "{}",
         cluster.log(1)
     );
+}
+
+#[test]
+fn three_agents_survive_a_kill_mid_run_with_nothing_lost_or_repeated() {
+    let params = Params {
+        users: 45,
+        agents: 3,
+        ..Params::default()
+    };
+    let mut cluster = Cluster::start("kill", params, 8 << 20);
+    run_with_a_kill(&mut cluster, params, |_| {});
+}
+
+/// The current log of a data dir (the one generation recovery keeps).
+fn current_log(dir: &Path) -> PathBuf {
+    let mut logs: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            let generation = path
+                .file_name()?
+                .to_str()?
+                .strip_prefix("wal-")?
+                .parse()
+                .ok()?;
+            Some((generation, path))
+        })
+        .collect();
+    logs.sort();
+    logs.pop().expect("a data dir holds a log").1
+}
+
+#[test]
+fn a_torn_log_tail_is_dropped_and_compaction_keeps_the_log_bounded() {
+    let params = Params {
+        users: 45,
+        agents: 3,
+        ..Params::default()
+    };
+    let limit = 48 << 10;
+    let mut cluster = Cluster::start("torn", params, limit);
+    let mut generation_before = 0;
+    run_with_a_kill(&mut cluster, params, |dir| {
+        // A record cut short by the crash: a length promising more bytes than follow.
+        let log = current_log(dir);
+        generation_before = log
+            .to_str()
+            .unwrap()
+            .rsplit('-')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let mut torn = 600u32.to_le_bytes().to_vec();
+        torn.extend_from_slice(&[0xab; 37]);
+        let mut file = std::fs::OpenOptions::new().append(true).open(log).unwrap();
+        std::io::Write::write_all(&mut file, &torn).unwrap();
+    });
+    let log = cluster.log(1);
+    assert!(log.contains("dropped a torn record"), "{log}");
+    assert!(generation_before > 0, "the log was never compacted: {log}");
+    for id in 0..params.agents {
+        let current = current_log(&cluster.dir.join(format!("agent{id}")));
+        let len = std::fs::metadata(&current).unwrap().len();
+        assert!(len < 2 * limit, "{} is {len} bytes", current.display());
+    }
 }
 
 #[test]

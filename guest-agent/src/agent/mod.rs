@@ -54,7 +54,7 @@ impl Default for Config {
         Config {
             policy: Policy::Move,
             rto_ms: 200,
-            sketch_capacity: 1024,
+            sketch_capacity: 4096,
         }
     }
 }
@@ -341,6 +341,27 @@ impl Agent {
                     return Err(AgentError::UnknownPeer { me, from });
                 }
                 self.st.placement.loads.insert(from, objects);
+            }
+            Message::Pairs { from, mut pairs } => {
+                if !self.st.outgoing.contains_key(&from) {
+                    return Err(AgentError::UnknownPeer { me, from });
+                }
+                // Fixed memory: a peer reports at most a sketch's worth.
+                pairs.truncate(self.st.config.sketch_capacity);
+                self.st.placement.remote.insert(from, pairs);
+            }
+            Message::Directory { from, held } => {
+                if !self.st.outgoing.contains_key(&from) {
+                    return Err(AgentError::UnknownPeer { me, from });
+                }
+                for (object, epoch, size) in held {
+                    let seen = Seen {
+                        at: from,
+                        epoch,
+                        size,
+                    };
+                    self.st.store.learn(object, seen);
+                }
             }
         }
         Ok(())

@@ -20,14 +20,18 @@ pub enum Workload {
     /// A hostile driver: hands the virtio-net device one malformed descriptor chain (`evil`
     /// says which) to show that the VMM stops the VM cleanly.
     EvilNet,
+    /// The virtio-blk device (vCPU 0): verifies what the last run wrote, writes a new
+    /// generation over `wss` MiB of the disk, flushes, and reads it back.
+    Blk,
 }
 
 impl Workload {
-    const ALL: [Workload; 4] = [
+    const ALL: [Workload; 5] = [
         Workload::Idle,
         Workload::Dirty,
         Workload::Http,
         Workload::EvilNet,
+        Workload::Blk,
     ];
 
     /// The name the command line uses.
@@ -37,6 +41,7 @@ impl Workload {
             Workload::Dirty => "dirty",
             Workload::Http => "http",
             Workload::EvilNet => "evil-net",
+            Workload::Blk => "blk",
         }
     }
 }
@@ -414,7 +419,7 @@ mod tests {
         let msg = parse(b"workload=x").unwrap_err().to_string();
         assert_eq!(
             msg,
-            "unknown workload \"x\"; the workloads are idle, dirty, http, evil-net"
+            "unknown workload \"x\"; the workloads are idle, dirty, http, evil-net, blk"
         );
         let msg = parse(b"wss=0").unwrap_err().to_string();
         assert_eq!(

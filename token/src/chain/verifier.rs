@@ -83,10 +83,18 @@ impl Verifier {
         })
     }
 
-    /// A verifier resumed from state another host sent with a migrating VM. Checks that the
-    /// state belongs to the token and that its link is on the token's chain, which costs
-    /// `state.index` hashes: the receiving host trusts the root it verified, not the sender.
-    pub fn restore(token: &BootToken, state: VerifierState) -> Result<Self, VerifierStateError> {
+    /// A verifier resumed from state another host sent with a migrating VM (or read back from
+    /// disk). Checks that the state belongs to the token and that its link is on the token's
+    /// chain, which costs `state.index` hashes: the receiving host trusts the root it
+    /// verified, not the sender. `max_skip` is the receiving host's own limit: the one in
+    /// `state` is the sender's and is ignored, so the sender cannot decide how much hashing
+    /// one payment may cost the receiver.
+    pub fn restore(
+        token: &BootToken,
+        state: VerifierState,
+        max_skip: u64,
+    ) -> Result<Self, VerifierStateError> {
+        let state = VerifierState { max_skip, ..state };
         if state.token_id != token.token_id {
             return Err(VerifierStateError::WrongToken {
                 expected: token.token_id,
@@ -346,15 +354,32 @@ mod tests {
         let mut verifier = verifier();
         verifier.accept(4, &chain[4]).unwrap();
         let state = verifier.state().clone();
-        let restored = Verifier::restore(&token(), state.clone()).unwrap();
+        let restored = Verifier::restore(&token(), state.clone(), 5).unwrap();
         assert_eq!(restored.state(), &state);
+        // The receiver's limit, never the sender's: a sender asking for a huge skip (or for
+        // none at all) gets the receiver's own bound.
+        let greedy = VerifierState {
+            max_skip: u64::MAX,
+            ..state.clone()
+        };
+        let mut restored = Verifier::restore(&token(), greedy, 3).unwrap();
+        assert_eq!(restored.state().max_skip, 3);
+        assert!(matches!(
+            restored.accept(8, &chain[8]),
+            Err(LinkError::SkipTooLarge { max_skip: 3, .. })
+        ));
+        assert_eq!(restored.accept(7, &chain[7]), Ok(3));
+        assert_eq!(
+            Verifier::restore(&token(), state.clone(), 0).unwrap_err(),
+            VerifierStateError::ZeroMaxSkip
+        );
 
         let forged = VerifierState {
             link: chain[5],
             ..state.clone()
         };
         assert_eq!(
-            Verifier::restore(&token(), forged).unwrap_err(),
+            Verifier::restore(&token(), forged, 5).unwrap_err(),
             VerifierStateError::NotOnChain { index: 4 }
         );
         let other = VerifierState {
@@ -362,7 +387,7 @@ mod tests {
             ..state.clone()
         };
         assert!(matches!(
-            Verifier::restore(&token(), other),
+            Verifier::restore(&token(), other, 5),
             Err(VerifierStateError::WrongToken { .. })
         ));
         let longer = VerifierState {
@@ -370,7 +395,7 @@ mod tests {
             ..state
         };
         assert_eq!(
-            Verifier::restore(&token(), longer).unwrap_err(),
+            Verifier::restore(&token(), longer, 5).unwrap_err(),
             VerifierStateError::WrongLength {
                 expected: 40,
                 found: 41

@@ -34,4 +34,8 @@ pub struct HostConfig {
     pub start_timeout: Duration,
     /// How long a `vmm` has to stop when asked before it is killed.
     pub stop_timeout: Duration,
+    /// The address incoming migrations listen on (a `vmm --incoming` per migration).
+    pub migration_ip: std::net::IpAddr,
+    /// The operator's key: it may migrate any VM and drain the host.
+    pub operator_key: Option<token::VerifyingKey>,
 }

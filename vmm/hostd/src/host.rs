@@ -31,15 +31,33 @@ pub enum Phase {
     /// Admitted, `vmm` starting.
     Starting,
     Running,
+    /// Migrating away: still runs and takes payments here until the switchover.
+    Migrating,
+    /// Arriving by migration: its `vmm --incoming` waits for the source's commit.
+    Incoming,
+    /// Moved to another host: nothing left to settle here.
+    Moved,
     /// Being stopped and settled; refuses payments.
     Stopping,
 }
 
 impl Phase {
+    pub const ALL: [Phase; 6] = [
+        Phase::Starting,
+        Phase::Running,
+        Phase::Migrating,
+        Phase::Incoming,
+        Phase::Moved,
+        Phase::Stopping,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Phase::Starting => "starting",
             Phase::Running => "running",
+            Phase::Migrating => "migrating",
+            Phase::Incoming => "incoming",
+            Phase::Moved => "moved",
             Phase::Stopping => "stopping",
         }
     }
@@ -79,27 +97,19 @@ impl Vm {
             phase,
         )
     }
+
+    /// Moves from `from` to `to` if the VM is in `from`; returns whether it was.
+    pub fn change_phase(&self, from: Phase, to: Phase) -> bool {
+        let mut phase = self.phase.lock().unwrap_or_else(|e| e.into_inner());
+        let matched = *phase == from;
+        if matched {
+            *phase = to;
+        }
+        matched
+    }
 }
 
-/// What `GET /v1/vms/{id}` shows.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct VmView {
-    pub vm_id: String,
-    pub token_id: String,
-    pub host_id: String,
-    pub state: String,
-    pub memory_mib: u64,
-    pub vcpus: u64,
-    pub admitted_at_ms: u64,
-    /// Index of the last accepted link.
-    pub paid_index: u64,
-    pub chain_length: u64,
-    pub paid_until_ms: u64,
-    pub reclaim_at_ms: u64,
-    pub redeemed_index: u64,
-    pub console_bytes: u64,
-    pub pid: Option<u32>,
-}
+pub use laundromat_api::hostd::VmView;
 
 pub struct Host {
     pub config: HostConfig,
@@ -108,6 +118,12 @@ pub struct Host {
     pub images: ImageStore,
     pub metrics: Metrics,
     pub vms: Mutex<BTreeMap<String, Arc<Vm>>>,
+    /// Migrations this host receives, by migration id.
+    pub incoming: Mutex<BTreeMap<String, crate::migration::incoming::IncomingEntry>>,
+    /// VMs that moved away: their id → (the host, its URL), to send late payers on.
+    pub moved: Mutex<BTreeMap<String, (HostId, String)>>,
+    /// Requests to other hosts.
+    pub http: reqwest::Client,
     /// Woken when a VM starts or ends, so the host directory learns of it at once.
     pub capacity_changed: tokio::sync::Notify,
     broker_keys: Mutex<(BrokerKeys, Option<Instant>)>,
@@ -135,6 +151,9 @@ impl Host {
             images,
             metrics: Metrics::default(),
             vms: Mutex::new(BTreeMap::new()),
+            incoming: Mutex::new(BTreeMap::new()),
+            moved: Mutex::new(BTreeMap::new()),
+            http: reqwest::Client::new(),
             capacity_changed: tokio::sync::Notify::new(),
             broker_keys: Mutex::new((BrokerKeys::new(), None)),
         }))
@@ -154,6 +173,22 @@ impl Host {
 
     pub fn vm(&self, id: &str) -> Option<Arc<Vm>> {
         self.vms().get(id).cloned()
+    }
+
+    pub fn incoming(
+        &self,
+    ) -> std::sync::MutexGuard<'_, BTreeMap<String, crate::migration::incoming::IncomingEntry>>
+    {
+        self.incoming.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Where a VM that left this host went.
+    pub fn moved_to(&self, vm_id: &str) -> Option<(HostId, String)> {
+        self.moved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(vm_id)
+            .cloned()
     }
 
     /// (memory MiB, vCPUs) not handed out, counting VMs starting and stopping.
@@ -221,7 +256,7 @@ impl Host {
 
     pub fn render_metrics(&self) -> String {
         let mut gauges = Gauges::default();
-        for phase in [Phase::Starting, Phase::Running, Phase::Stopping] {
+        for phase in Phase::ALL {
             gauges.vms_by_state.insert(phase.name(), 0);
         }
         for vm in self.vms().values() {

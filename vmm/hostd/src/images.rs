@@ -10,8 +10,6 @@ use tokio::io::AsyncWriteExt;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error("\"{0}\" is not a SHA-256 digest (64 hex digits)")]
-    BadDigest(String),
     #[error("the image is larger than the {limit} bytes this host accepts")]
     TooLarge { limit: u64 },
     #[error("the upload's SHA-256 is {actual}, not {claimed}")]
@@ -31,35 +29,7 @@ pub struct ImageStore {
     max_bytes: u64,
 }
 
-/// A digest checked to be 64 lower-case hex digits, so it is safe as a file name.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct BlobDigest(String);
-
-impl TryFrom<String> for BlobDigest {
-    type Error = ImageError;
-
-    fn try_from(text: String) -> Result<Self, ImageError> {
-        let lower = text.to_ascii_lowercase();
-        if lower.len() == 64 && lower.bytes().all(|b| b.is_ascii_hexdigit()) {
-            Ok(Self(lower))
-        } else {
-            Err(ImageError::BadDigest(text))
-        }
-    }
-}
-
-impl From<BlobDigest> for String {
-    fn from(digest: BlobDigest) -> String {
-        digest.0
-    }
-}
-
-impl std::fmt::Display for BlobDigest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+pub use laundromat_api::hostd::BlobDigest;
 
 impl ImageStore {
     pub fn open(dir: PathBuf, max_bytes: u64) -> std::io::Result<Self> {
@@ -78,7 +48,7 @@ impl ImageStore {
     }
 
     pub fn path(&self, digest: &BlobDigest) -> PathBuf {
-        self.dir.join(&digest.0)
+        self.dir.join(digest.as_str())
     }
 
     /// The stored blob's path, or `NotFound`.
@@ -87,7 +57,7 @@ impl ImageStore {
         if path.is_file() {
             Ok(path)
         } else {
-            Err(ImageError::NotFound(digest.0.clone()))
+            Err(ImageError::NotFound(digest.to_string()))
         }
     }
 
@@ -119,7 +89,7 @@ impl ImageStore {
         }
         let tmp = self
             .dir
-            .join(format!("{}.{}.partial", claimed.0, rand::random::<u64>()));
+            .join(format!("{claimed}.{}.partial", rand::random::<u64>()));
         let result = async {
             let mut file = tokio::fs::File::create(&tmp).await?;
             let mut hasher = Sha256::new();
@@ -140,9 +110,9 @@ impl ImageStore {
                 file.write_all(&data).await?;
             }
             let actual = token::hex::encode(&hasher.finalize());
-            if actual != claimed.0 {
+            if actual != claimed.as_str() {
                 return Err(ImageError::DigestMismatch {
-                    claimed: claimed.0.clone(),
+                    claimed: claimed.to_string(),
                     actual,
                 });
             }

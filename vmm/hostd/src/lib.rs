@@ -6,7 +6,10 @@
 //!   (re-adopting `vmm` processes after a restart): what the host does.
 //! - [`host`]: its VMs and capacity. [`vmm_process`]: one `vmm`. [`record`]: what is on disk.
 //! - [`broker`]: the [`broker::BrokerClient`] trait and an in-process fake.
-//! - [`http`]: the API; [`auth`]: tenant-signed requests; [`client`]: an HTTP client for it.
+//! - [`migration`]: moving a VM to another host (both sides) and draining; [`peer`]: the
+//!   signed requests between hosts.
+//! - [`http`]: the API; [`auth`]: tenant-signed requests (the product's one signing scheme,
+//!   `laundromat_api::signing`); [`client`]: an HTTP client for it (from `laundromat-api`).
 
 pub mod admission;
 pub mod auth;
@@ -22,7 +25,9 @@ pub mod identity;
 pub mod images;
 pub mod lifecycle;
 pub mod metrics;
+pub mod migration;
 pub mod payments;
+pub mod peer;
 pub mod record;
 pub mod recovery;
 pub mod vmm_process;

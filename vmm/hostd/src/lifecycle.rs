@@ -75,10 +75,21 @@ pub fn supervise(host: Arc<Host>, vm: Arc<Vm>, process: Arc<VmmProcess>) {
 /// Stops a VM, frees everything it held and settles with the broker. Idempotent: only the
 /// first caller does the work.
 pub async fn end_vm(host: &Host, vm: &Vm, reason: EndReason) {
-    if vm.set_phase(Phase::Stopping) == Phase::Stopping {
-        return;
+    // A VM that moved away is cleaned up by its migration, and has nothing to settle here.
+    match vm.set_phase(Phase::Stopping) {
+        Phase::Stopping => return,
+        Phase::Moved => {
+            vm.set_phase(Phase::Moved);
+            return;
+        }
+        _ => {}
     }
     let state = vm.state.lock().await;
+    // A migration that held the lock may have moved the VM meanwhile (its `vmm` exits after
+    // the switchover): then the migration cleans up.
+    if vm.phase() == Phase::Moved {
+        return;
+    }
     if let Some(process) = &state.process {
         process.stop(host.config.stop_timeout).await;
     }

@@ -12,15 +12,16 @@ use hostd::broker::http::{HttpBroker, Policy};
 use hostd::broker::BrokerClient;
 use hostd::config::HostConfig;
 use hostd::host::Host;
-use hostd::identity::HostIdentity;
+use hostd::identity::{HostIdentity, Origin};
 use token::ClusterId;
 
 /// Laundromat's host daemon: admits VMs on broker-signed boot tokens, runs each in its own
 /// `vmm` process, meters hash-chain payments and reclaims VMs whose paid time has run out.
 ///
 /// VMs survive a hostd restart: hostd re-adopts the `vmm` processes recorded in its data
-/// directory. On first start it makes the host's ed25519 identity there; register the key
-/// that `--print-identity` shows with the broker.
+/// directory. On first start it makes the host's ed25519 identity there (`host-identity.pem`,
+/// `vmm keygen`'s format) and prints its public key; register it with the broker
+/// (`--print-identity` shows it again).
 #[derive(Parser, Debug)]
 #[command(name = "hostd", version)]
 struct Cli {
@@ -81,9 +82,23 @@ struct Cli {
     /// the next hostd to re-adopt.
     #[arg(long)]
     stop_vms_on_exit: bool,
+    /// The address incoming migrations listen on (one `vmm --incoming` port per migration)
+    /// [default: the address of --listen].
+    #[arg(long)]
+    migration_ip: Option<std::net::IpAddr>,
+    /// The operator's ed25519 public key (64 hex digits): requests it signs may migrate any
+    /// VM and drain the host. Without it, only tenants migrate their own VMs.
+    #[arg(long, value_parser = parse_key)]
+    operator_key: Option<token::VerifyingKey>,
     /// Make (if needed) and print the host identity as JSON, then exit.
     #[arg(long)]
     print_identity: bool,
+}
+
+fn parse_key(text: &str) -> Result<token::VerifyingKey, String> {
+    let bytes: [u8; 32] = token::hex::decode_array(text.trim())
+        .map_err(|_| "a public key is 64 hex digits".to_string())?;
+    token::VerifyingKey::from_bytes(&bytes).map_err(|_| "not a valid ed25519 public key".into())
 }
 
 fn default_vmm() -> PathBuf {
@@ -140,17 +155,31 @@ fn run(cli: Cli) -> Result<(), String> {
             cli.data_dir.display()
         )
     })?;
-    let identity =
+    let (identity, origin) =
         HostIdentity::load_or_create(&cli.data_dir).map_err(|e| hostd::http::error::chain(&e))?;
     if cli.print_identity {
         println!(
             "{}",
             serde_json::json!({
                 "host_id": identity.host_id.to_string(),
-                "public_key": token::hex::encode(identity.public_key().as_bytes()),
+                "public_key": identity.public_hex(),
+                "identity_file": identity.path,
             })
         );
         return Ok(());
+    }
+    match origin {
+        Origin::Created => println!(
+            "hostd: made a new host identity in {}\nhostd: register it with the broker: host id {}, public key {}",
+            identity.path.display(),
+            identity.host_id,
+            identity.public_hex()
+        ),
+        Origin::Converted => tracing::info!(
+            file = %identity.path.display(),
+            "converted the old hex host key to vmm keygen's PEM format (same key, same host id)"
+        ),
+        Origin::Loaded => {}
     }
     let (Some(broker_spec), Some(cluster_id)) = (cli.broker, cli.cluster) else {
         return Err("--broker and --cluster are required".into());
@@ -189,6 +218,8 @@ fn run(cli: Cli) -> Result<(), String> {
         advertise_interval: Duration::from_secs(cli.advertise_interval_s.max(1)),
         start_timeout: Duration::from_secs(30),
         stop_timeout: Duration::from_secs(5),
+        migration_ip: cli.migration_ip.unwrap_or(cli.listen.ip()),
+        operator_key: cli.operator_key,
     };
     let host = Host::new(config, identity, broker)
         .map_err(|e| format!("cannot open the data directory: {e}"))?;

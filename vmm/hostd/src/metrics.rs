@@ -38,6 +38,11 @@ const COUNTERS: &[(&str, &str, &str)] = &[
         "outcome",
         "Outgoing migrations, by outcome.",
     ),
+    (
+        "hostd_incoming_migrations_total",
+        "outcome",
+        "Incoming migrations, by outcome (running here, or failed).",
+    ),
 ];
 
 /// Point-in-time values passed in at render time.

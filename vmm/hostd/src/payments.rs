@@ -6,24 +6,13 @@
 //! nothing, in memory or on disk.
 
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
 use token::chain::verifier::LinkError;
 use token::Payment;
 
 use crate::host::{Host, Phase};
 use crate::http::error::{chain, ApiError};
 
-/// The answer to an accepted payment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PaymentReceipt {
-    pub vm_id: String,
-    /// The index of the link now held.
-    pub index: u64,
-    /// Links this payment newly paid for.
-    pub links_paid: u64,
-    pub paid_until_ms: u64,
-    pub reclaim_at_ms: u64,
-}
+pub use laundromat_api::hostd::PaymentReceipt;
 
 fn refusal(error: &LinkError) -> (StatusCode, &'static str) {
     match error {
@@ -32,6 +21,18 @@ fn refusal(error: &LinkError) -> (StatusCode, &'static str) {
         LinkError::BeyondChainEnd { .. } => (StatusCode::BAD_REQUEST, "beyond_chain_end"),
         LinkError::SkipTooLarge { .. } => (StatusCode::BAD_REQUEST, "skip_too_large"),
         LinkError::Mismatch { .. } => (StatusCode::FORBIDDEN, "forged"),
+    }
+}
+
+/// The answer for a VM that is not here: "moved, retry at host B" if it migrated away.
+fn moved_or_not_found(host: &Host, vm_id: &str) -> ApiError {
+    match host.moved_to(vm_id) {
+        Some((to, url)) => ApiError::new(
+            StatusCode::CONFLICT,
+            "vm_moved",
+            format!("VM {vm_id} moved to host {to}; retry at {url}"),
+        ),
+        None => ApiError::not_found(vm_id),
     }
 }
 
@@ -48,11 +49,16 @@ pub async fn pay(host: &Host, vm_id: &str, payment: Payment) -> Result<PaymentRe
 }
 
 async fn pay_inner(host: &Host, vm_id: &str, payment: Payment) -> Result<PaymentReceipt, ApiError> {
-    let vm = host.vm(vm_id).ok_or_else(|| ApiError::not_found(vm_id))?;
+    let vm = host
+        .vm(vm_id)
+        .ok_or_else(|| moved_or_not_found(host, vm_id))?;
     let mut state = vm.state.lock().await;
-    // Checked under the lock: stopping takes it too, so no payment slips in after the final
-    // claim was made.
-    if vm.phase() != Phase::Running {
+    // Checked under the lock: stopping and the migration switchover take it too, so no
+    // payment slips in after the final claim was made.
+    if vm.phase() == Phase::Moved {
+        return Err(moved_or_not_found(host, vm_id));
+    }
+    if !matches!(vm.phase(), Phase::Running | Phase::Migrating) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "vm_not_running",

@@ -4,12 +4,11 @@
 
 use std::path::Path;
 
+use laundromat_api::hostd::{BlobDigest, BootMode};
 use serde::{Deserialize, Serialize};
 use token::chain::verifier::VerifierState;
 use token::SignedToken;
-use vmm::config::BootMode;
 
-use crate::images::BlobDigest;
 use crate::vmm_process::ProcessId;
 
 pub const RECORD_FILE: &str = "vm.json";

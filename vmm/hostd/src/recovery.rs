@@ -73,10 +73,12 @@ async fn recover_one(host: &Arc<Host>, dir: &Path) -> Result<(), String> {
     };
     // The host's own skip limit, whatever the file says; and the stored link is checked to
     // be on the token's chain, so a damaged file cannot make up paid time.
-    let mut state = record.payment.clone();
-    state.max_skip = host.config.max_skip;
-    let verifier = Verifier::restore(record.token.token(), state)
-        .map_err(|e| format!("its payment state does not match its token: {e}"))?;
+    let verifier = Verifier::restore(
+        record.token.token(),
+        record.payment.clone(),
+        host.config.max_skip,
+    )
+    .map_err(|e| format!("its payment state does not match its token: {e}"))?;
     let id = record.process.or_else(|| {
         let pid = find_by_socket(&dir.join(API_SOCKET))?;
         Some(ProcessId {

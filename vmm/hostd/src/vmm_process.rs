@@ -311,6 +311,26 @@ impl VmmProcess {
         }
     }
 
+    /// Sends a streaming request (`migrate`) and returns its answer lines: `{"event": ...}`
+    /// lines while it runs, then the answer.
+    pub async fn stream(
+        &self,
+        request: &Request,
+    ) -> Result<tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>, ProcessError> {
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(ProcessError::Control)?;
+        let (read, mut write) = stream.into_split();
+        let mut line = serde_json::to_string(request)
+            .map_err(|e| ProcessError::Control(std::io::Error::other(e)))?;
+        line.push('\n');
+        write
+            .write_all(line.as_bytes())
+            .await
+            .map_err(ProcessError::Control)?;
+        Ok(BufReader::new(read).lines())
+    }
+
     /// Whether the process has exited (a pidfd becomes readable at exit).
     pub fn has_exited(&self) -> bool {
         let mut poll = libc::pollfd {

@@ -45,7 +45,10 @@ async fn each_refusal_is_distinct_and_leaves_nothing() {
     }
     .buy();
     let leased = good.buy();
-    let other_host = hostd::identity::HostIdentity::from_key(SigningKey::from_bytes(&[0x77; 32]));
+    let other_host = hostd::identity::HostIdentity::from_key(
+        SigningKey::from_bytes(&[0x77; 32]),
+        std::path::PathBuf::new(),
+    );
     let hostd = Hostd::start(
         &[],
         &[&admitted, &leased],

@@ -13,7 +13,10 @@ use laundromat_api::types::Advert;
 use token::{Claim, SignedClaim, SigningKey, Verifier};
 
 fn host(seed: u8, broker: &RealBroker) -> (HostIdentity, HttpBroker) {
-    let identity = HostIdentity::from_key(SigningKey::from_bytes(&[seed; 32]));
+    let identity = HostIdentity::from_key(
+        SigningKey::from_bytes(&[seed; 32]),
+        std::path::PathBuf::new(),
+    );
     let client = HttpBroker::new(
         &broker.base,
         identity.key.clone(),
@@ -112,7 +115,7 @@ async fn leases_handover_and_stepped_redemption_on_the_real_broker() {
     assert_eq!(broker.host_balance(&a.host_id).await, 19 * PRICE);
 
     // B is paid from where A's range ended; A's claims earn nothing more.
-    let mut b_verifier = Verifier::restore(bought.token(), verifier.state().clone()).unwrap();
+    let mut b_verifier = Verifier::restore(bought.token(), verifier.state().clone(), 1024).unwrap();
     b_verifier
         .accept_payment(&bought.payer.pay(3).unwrap())
         .unwrap();

@@ -59,7 +59,7 @@ async fn only_the_tenant_can_stop_or_read_its_vm() {
         String::from_utf8_lossy(&console)
     );
     let stopped = hostd.client.stop(&vm.vm_id, &bought.tenant).await.unwrap();
-    assert_eq!(stopped["paid_index"], 2);
+    assert_eq!(stopped.paid_index, 2);
     assert!(!process_alive(pid));
     assert_eq!(hostd.vm_dirs(), 0);
     let broker = hostd.broker();
@@ -72,11 +72,6 @@ async fn only_the_tenant_can_stop_or_read_its_vm() {
         hostd.client.vm(&vm.vm_id).await.unwrap_err().code(),
         Some("vm_not_found")
     );
-}
-
-/// Runs a future to completion from synchronous code inside a multi-threaded runtime.
-fn futures_block<F: std::future::Future>(future: F) -> F::Output {
-    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -100,10 +100,6 @@ async fn a_console_flood_is_kept_in_a_bounded_ring() {
     assert!(process_alive(vm.pid.unwrap()));
 }
 
-fn futures_block<F: std::future::Future>(future: F) -> F::Output {
-    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_flood_is_shed_and_paying_vms_stay_paid() {
     if !kvm_available() {

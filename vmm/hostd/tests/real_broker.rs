@@ -105,7 +105,10 @@ async fn a_lease_held_elsewhere_and_an_unregistered_host_are_refused() {
     broker
         .register_host(hostd.identity.host_id, hostd.identity.public_key())
         .await;
-    let other = hostd::identity::HostIdentity::from_key(token::SigningKey::from_bytes(&[0x77; 32]));
+    let other = hostd::identity::HostIdentity::from_key(
+        token::SigningKey::from_bytes(&[0x77; 32]),
+        std::path::PathBuf::new(),
+    );
     broker
         .register_host(other.host_id, other.public_key())
         .await;

@@ -7,10 +7,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn futures_block<F: std::future::Future>(future: F) -> F::Output {
-    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_hostd_re_adopts_its_vms() {
     if !kvm_available() {

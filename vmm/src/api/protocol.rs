@@ -19,6 +19,13 @@ pub enum Request {
     /// Live-migrate to another `vmm --incoming`. The answer is a stream: one
     /// `{"event":"progress",...}` line per pre-copy round, then the final statistics.
     Migrate(migrator::MigrateParams),
+    /// Let a migration held before commit (`hold_before_commit_s`) switch over.
+    Commit {},
+    /// Call a migration held before commit off: the VM resumes here, unchanged.
+    Cancel {
+        #[serde(default)]
+        reason: Option<String>,
+    },
     /// Pause, write state and memory into `dir`, then resume (or stop if `stop`).
     Snapshot {
         dir: std::path::PathBuf,
@@ -72,6 +79,7 @@ mod tests {
             "null",
             r#"{"cmd":"explode"}"#,
             r#"{"cmd":"pause","x":1}"#,
+            r#"{"cmd":"commit","now":true}"#,
             "[1]",
         ] {
             assert!(Request::parse(bad).is_err(), "{bad:?} parsed");
@@ -82,6 +90,10 @@ mod tests {
     fn requests_round_trip_through_json() {
         for req in [
             Request::Resume {},
+            Request::Commit {},
+            Request::Cancel {
+                reason: Some("lease".into()),
+            },
             Request::Snapshot {
                 dir: "/tmp/s".into(),
                 stop: true,

@@ -3,9 +3,12 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use migrator::source::CommitDecision;
+
+use super::hold::CommitGate;
 use super::protocol::{response, Request, MAX_REQUEST_BYTES};
 use crate::controller::VmController;
 use crate::persist::snapshot;
@@ -42,9 +45,63 @@ impl Drop for ApiServer {
     }
 }
 
+/// What the socket serves: a VM, or (while `vmm run --incoming` waits for it) a migration
+/// that is not a VM yet; and the hold of an outgoing migration.
+#[derive(Default)]
+pub struct Served {
+    vm: OnceLock<Arc<VmController>>,
+    incoming: Mutex<&'static str>,
+    gate: CommitGate,
+}
+
+impl Served {
+    fn with_vm(vm: Arc<VmController>) -> Self {
+        let served = Self::default();
+        let _ = served.vm.set(vm);
+        served
+    }
+
+    /// From now on requests go to `vm` (the incoming migration is committed and runs).
+    pub fn attach(&self, vm: Arc<VmController>) {
+        if self.vm.set(vm).is_err() {
+            tracing::warn!("the control socket already serves a VM");
+        }
+    }
+
+    /// What `status` says before a VM is attached: `listening`, `ready` (everything
+    /// received, waiting for the source's commit).
+    pub fn set_incoming_phase(&self, phase: &'static str) {
+        *self.incoming.lock().unwrap_or_else(|e| e.into_inner()) = phase;
+    }
+}
+
+/// The answer to a request while the VM is still arriving: only `status` is served.
+fn incoming_answer(served: &Served, req: &Request) -> Result<serde_json::Value, String> {
+    match req {
+        Request::Status {} => Ok(serde_json::json!({
+            "state": "incoming",
+            "phase": *served.incoming.lock().unwrap_or_else(|e| e.into_inner()),
+        })),
+        _ => Err(
+            "the VM is still arriving by migration: only status is served until it runs here"
+                .into(),
+        ),
+    }
+}
+
 /// Carries out one request and returns its answer line. `migrate` also streams progress
 /// lines to `writer` before its answer.
-fn dispatch(vm: &Arc<VmController>, req: Request, writer: &mut UnixStream) -> String {
+fn dispatch(served: &Served, req: Request, writer: &mut UnixStream) -> String {
+    let Some(vm) = served.vm.get() else {
+        return response(incoming_answer(served, &req));
+    };
+    let decide = |decision| {
+        served
+            .gate
+            .decide(decision)
+            .map(|()| serde_json::json!({}))
+            .map_err(|e| e.to_string())
+    };
     let status = |vm: &VmController| serde_json::to_value(vm.status()).map_err(|e| e.to_string());
     let result = match req {
         Request::Pause {} => vm
@@ -61,7 +118,11 @@ fn dispatch(vm: &Arc<VmController>, req: Request, writer: &mut UnixStream) -> St
             Ok(serde_json::json!({ "state": "stopped" }))
         }
         Request::Snapshot { dir, stop } => snapshot(vm, &dir, stop),
-        Request::Migrate(params) => return migrate(vm, &params, writer),
+        Request::Migrate(params) => return migrate(vm, &served.gate, &params, writer),
+        Request::Commit {} => decide(CommitDecision::Commit),
+        Request::Cancel { reason } => decide(CommitDecision::Cancel(
+            reason.unwrap_or_else(|| "cancelled over the control socket".into()),
+        )),
     };
     response(result)
 }
@@ -105,7 +166,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Answers requests on one connection until the peer hangs up.
 fn serve_connection(
-    vm: &Arc<VmController>,
+    vm: &Served,
     stream: UnixStream,
     in_flight: &AtomicUsize,
 ) -> std::io::Result<()> {
@@ -130,24 +191,40 @@ fn serve_connection(
     }
 }
 
-/// Migrates the VM, streaming progress lines to `writer`; returns the final answer.
+/// Writes one `{"event": NAME, ...fields}` line; a client that went away must not stop the
+/// migration, so a failed write is ignored.
+fn event(writer: &mut UnixStream, name: &str, fields: &impl serde::Serialize) {
+    let mut line = serde_json::json!({ "event": name });
+    if let (Some(obj), Ok(serde_json::Value::Object(fields))) =
+        (line.as_object_mut(), serde_json::to_value(fields))
+    {
+        obj.extend(fields);
+    }
+    let _ = writer.write_all(format!("{line}\n").as_bytes());
+}
+
+/// Migrates the VM, streaming progress lines to `writer`; returns the final answer. With a
+/// hold, a `ready_to_commit` event announces it and `gate` brings the decision.
 fn migrate(
     vm: &Arc<VmController>,
+    gate: &CommitGate,
     params: &migrator::MigrateParams,
     writer: &mut UnixStream,
 ) -> String {
     let source = crate::migration::Source(vm.clone());
-    let mut report = |p: &migrator::Progress| {
-        let mut line = serde_json::json!({ "event": "progress" });
-        if let (Some(obj), Ok(serde_json::Value::Object(fields))) =
-            (line.as_object_mut(), serde_json::to_value(p))
-        {
-            obj.extend(fields);
+    let mut events = writer.try_clone().ok();
+    let mut report = |p: &migrator::Progress| event(writer, "progress", p);
+    let mut hold = |ready: &migrator::source::ReadyToCommit| match params.hold_before_commit_s {
+        None => CommitDecision::Commit,
+        Some(seconds) => {
+            if let Some(w) = events.as_mut() {
+                event(w, "ready_to_commit", ready);
+            }
+            tracing::info!(seconds, "migration held before commit");
+            gate.wait(Duration::from_secs(seconds))
         }
-        // A client that went away must not stop the migration.
-        let _ = writer.write_all(format!("{line}\n").as_bytes());
     };
-    let stats = migrator::source::migrate(&source, params, &mut report);
+    let stats = migrator::source::migrate_with_hold(&source, params, &mut report, &mut hold);
     match stats.status {
         migrator::Status::Completed => {
             tracing::info!(downtime_ms = stats.downtime_ms, total_ms = stats.total_time_ms, "migration completed");
@@ -171,12 +248,7 @@ fn migrate(
 }
 
 /// Handles one request line and writes its answer.
-fn answer(
-    vm: &Arc<VmController>,
-    line: &str,
-    n: usize,
-    writer: &mut UnixStream,
-) -> std::io::Result<()> {
+fn answer(vm: &Served, line: &str, n: usize, writer: &mut UnixStream) -> std::io::Result<()> {
     let reply = if n > MAX_REQUEST_BYTES {
         response(Err(format!(
             "request longer than {MAX_REQUEST_BYTES} bytes"
@@ -192,6 +264,18 @@ fn answer(
 
 /// Starts serving `vm` on a Unix socket at `path`, replacing a stale socket file.
 pub fn start(path: &Path, vm: Arc<VmController>) -> Result<ApiServer, ServerError> {
+    serve(path, Arc::new(Served::with_vm(vm)))
+}
+
+/// Starts serving an incoming migration at `path`: `status` answers `incoming` until
+/// [`Served::attach`] gives it the VM.
+pub fn start_incoming(path: &Path) -> Result<(ApiServer, Arc<Served>), ServerError> {
+    let served = Arc::new(Served::default());
+    served.set_incoming_phase("listening");
+    Ok((serve(path, served.clone())?, served))
+}
+
+fn serve(path: &Path, vm: Arc<Served>) -> Result<ApiServer, ServerError> {
     if path.exists() && UnixStream::connect(path).is_err() {
         let _ = std::fs::remove_file(path);
     }

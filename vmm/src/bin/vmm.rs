@@ -8,6 +8,7 @@ use vmm::api::server::error_chain;
 use vmm::api::{client, protocol::Request, server};
 use vmm::builder::{self, BuiltVm};
 use vmm::config::{BootMode, VmConfig};
+use vmm::devices::virtio::block::DiskConfig;
 use vmm::devices::virtio::net::{announce, NetConfig};
 use vmm::migration;
 use vmm::persist::snapshot;
@@ -55,6 +56,15 @@ enum CtlCommand {
     Status,
     /// Stop the VM; the vmm process exits.
     Shutdown,
+    /// Let a migration started with --hold-before-commit switch over.
+    Commit,
+    /// Call a migration held before commit off: the VM resumes here, unchanged, and the
+    /// destination never runs it.
+    Cancel {
+        /// Why, for the migration's statistics and the logs.
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Live-migrate the VM to a `vmm run --incoming` on another host; prints one JSON line per
     /// pre-copy round, then the final statistics.
     Migrate {
@@ -88,6 +98,11 @@ enum CtlCommand {
         /// Page compression (only none is implemented).
         #[arg(long, value_enum, default_value_t = CompressArg::None)]
         compress: CompressArg,
+        /// Once the destination is ready, hold the switchover (the VM paused) for up to
+        /// SECONDS (1 to 30), printing a ready_to_commit event, until `vmm ctl SOCKET commit`
+        /// or `cancel`; no answer cancels and the VM resumes here.
+        #[arg(long, value_name = "SECONDS")]
+        hold_before_commit: Option<u64>,
     },
     /// Pause, write state and memory into DIR, then resume (or stop with --stop).
     Snapshot {
@@ -125,6 +140,7 @@ impl CtlCommand {
                 auto_converge,
                 connections,
                 compress,
+                hold_before_commit,
             } => Request::Migrate(migrator::MigrateParams {
                 url,
                 // The VMM may run in another directory: send an absolute path.
@@ -144,11 +160,14 @@ impl CtlCommand {
                     CompressArg::Zstd => migrator::Compression::Zstd,
                     CompressArg::Lz4 => migrator::Compression::Lz4,
                 },
+                hold_before_commit_s: hold_before_commit,
             }),
             CtlCommand::Pause => Request::Pause {},
             CtlCommand::Resume => Request::Resume {},
             CtlCommand::Status => Request::Status {},
             CtlCommand::Shutdown => Request::Shutdown {},
+            CtlCommand::Commit => Request::Commit {},
+            CtlCommand::Cancel { reason } => Request::Cancel { reason },
             CtlCommand::Snapshot { dir, stop } => {
                 // The VMM may run in another directory: send an absolute path.
                 let dir = std::path::absolute(&dir).unwrap_or(dir);
@@ -213,6 +232,12 @@ struct RunArgs {
     /// device; the saved MAC is kept and, if MAC is given, must match.
     #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
     net: Vec<NetConfig>,
+    /// A virtio-blk device backed by the raw image FILE (repeatable, one device each, in the
+    /// MMIO windows after the network devices'; Linux names them /dev/vda, /dev/vdb, ...).
+    /// readonly=on opens the file read-only and tells the guest. The image does not migrate:
+    /// with --incoming or --restore, give one per saved disk, naming the same storage.
+    #[arg(long = "disk", value_name = "path=FILE[,readonly=on|off]")]
+    disk: Vec<DiskConfig>,
 }
 
 /// Prints a fatal error and returns the VMM-error exit code.
@@ -238,6 +263,7 @@ fn boot(args: &RunArgs, started: Instant) -> Result<BuiltVm, Box<dyn std::error:
             Some(mem),
             &backing(args),
             &args.net,
+            &args.disk,
             started,
             console,
         )?);
@@ -251,6 +277,7 @@ fn boot(args: &RunArgs, started: Instant) -> Result<BuiltVm, Box<dyn std::error:
         vcpus: args.vcpus,
         backing: backing(args),
         net: args.net.clone(),
+        disks: args.disk.clone(),
     };
     Ok(builder::build(&cfg, started, console)?)
 }
@@ -300,8 +327,30 @@ fn incoming(args: &RunArgs, url: &str, started: Instant) -> ExitCode {
         peer: args.peer.as_deref().unwrap_or_default(),
         timeout: Duration::from_secs(args.incoming_timeout),
     };
+    let listener = match migration::listen(url) {
+        Ok(l) => l,
+        Err(e) => return fail(&e),
+    };
+    // The control socket answers from now on (`status` says `incoming` until the VM runs),
+    // so whoever started this vmm knows the migration port is bound.
+    let (_api, served) = match &args.api_sock {
+        Some(path) => match server::start_incoming(path) {
+            Ok((api, served)) => (Some(api), Some(served)),
+            Err(e) => return fail(&e),
+        },
+        None => (None, None),
+    };
     let console = Box::new(std::io::stdout());
-    let received = migration::receive(url, &auth, &backing(args), &args.net, started, console);
+    let received = migration::receive(
+        &listener,
+        &auth,
+        &backing(args),
+        &args.net,
+        &args.disk,
+        started,
+        console,
+    );
+    drop(listener);
     let (mut vm, mut conn) = match received {
         Ok(v) => v,
         Err(e) => return fail(&e),
@@ -311,19 +360,18 @@ fn incoming(args: &RunArgs, url: &str, started: Instant) -> ExitCode {
         eprintln!("vmm: error: {e}");
         return ExitCode::from(vmm::EXIT_VMM_ERROR as u8);
     }
-    let _api = match &args.api_sock {
-        Some(path) => match server::start(path, vm.controller.clone()) {
-            Ok(s) => Some(s),
-            Err(e) => return fail(&e),
-        },
-        None => None,
-    };
+    if let Some(served) = &served {
+        served.set_incoming_phase("ready");
+    }
     if let Err(e) = conn.ready_and_wait_for_commit() {
         // No commit: the source keeps (or takes back) the VM; this copy never runs.
         return fail(&e);
     }
     if let Err(e) = vm.start(false) {
         return fail(&e);
+    }
+    if let Some(served) = &served {
+        served.attach(vm.controller.clone());
     }
     conn.running();
     // Bridges still send the guest's frames to the old host: tell them where it is now.

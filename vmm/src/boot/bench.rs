@@ -24,13 +24,14 @@ fn boot_info(cfg: &VmConfig, index: u8, free: &[Region]) -> BootInfo {
         console_base: bench_abi::CONSOLE_BASE,
         control_base: bench_abi::CONTROL_BASE,
         free: [Region::default(); MAX_REGIONS],
-        virtio_count: cfg.net.len().min(bench_abi::MAX_VIRTIO) as u32,
+        virtio_count: crate::devices::virtio::device_count(cfg).min(bench_abi::MAX_VIRTIO) as u32,
         cmdline_len: cfg.cmdline.len() as u32,
         virtio: Default::default(),
         cmdline: [0; CMDLINE_MAX],
     };
     info.free[..free.len()].copy_from_slice(free);
-    for (i, dev) in info.virtio.iter_mut().take(cfg.net.len()).enumerate() {
+    let count = crate::devices::virtio::device_count(cfg);
+    for (i, dev) in info.virtio.iter_mut().take(count).enumerate() {
         *dev = bench_abi::VirtioDevice {
             base: bench_abi::VIRTIO_BASE + i as u64 * bench_abi::VIRTIO_STRIDE,
             len: bench_abi::VIRTIO_STRIDE,
@@ -134,6 +135,7 @@ mod tests {
             vcpus,
             backing: Backing::Anonymous,
             net: Vec::new(),
+            disks: Vec::new(),
         }
     }
 

@@ -8,6 +8,7 @@ use linux_loader::loader::{BzImage, Elf, KernelLoader};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::{elf_check, load_initrd, open, pod_bytes, write_cmdline, BootError, BootPlan};
+use crate::arch::x86_64::acpi::{self, VirtioMmio};
 use crate::arch::x86_64::layout::{self, *};
 use crate::arch::x86_64::mptable;
 use crate::arch::x86_64::paging::{self, Privilege};
@@ -35,6 +36,16 @@ fn is_bzimage(file: &mut File) -> Result<bool, std::io::Error> {
     let is = file.read_exact(&mut magic).is_ok() && u32::from_le_bytes(magic) == HDRS;
     file.rewind()?;
     Ok(is)
+}
+
+/// Whether the command line turns ACPI off (the last `acpi=` wins, as in the kernel's parser
+/// for this value).
+fn acpi_off(cmdline: &str) -> bool {
+    cmdline
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("acpi="))
+        .next_back()
+        .is_some_and(|v| v == "off")
 }
 
 /// The e820 map: conventional memory below the EBDA, then RAM from 1 MiB, then high RAM.
@@ -73,7 +84,11 @@ pub fn load(mem: &GuestMemory, cfg: &VmConfig) -> Result<BootPlan, BootError> {
         (elf.entry, elf.end, None)
     };
 
-    let cmdline = crate::devices::virtio::linux_cmdline(&cfg.cmdline, cfg.net.len());
+    // The DSDT declares the virtio-mmio devices; a kernel told `acpi=off` learns of them from
+    // the command line instead (declaring them both ways would register each device twice).
+    let devices = crate::devices::virtio::device_count(cfg);
+    let on_cmdline = if acpi_off(&cfg.cmdline) { devices } else { 0 };
+    let cmdline = crate::devices::virtio::linux_cmdline(&cfg.cmdline, on_cmdline);
     write_cmdline(mem, &cmdline, CMDLINE_ADDR, CMDLINE_MAX)?;
 
     let mut params = boot_params::default();
@@ -108,6 +123,13 @@ pub fn load(mem: &GuestMemory, cfg: &VmConfig) -> Result<BootPlan, BootError> {
         };
     }
     params.e820_entries = map.len() as u8;
+    let acpi_devices: Vec<VirtioMmio> = (0..devices)
+        .map(|i| VirtioMmio {
+            base: crate::devices::virtio::mmio_base(i),
+            irq: crate::devices::virtio::irq(i),
+        })
+        .collect();
+    params.acpi_rsdp_addr = acpi::write(mem, cfg.vcpus, &acpi_devices)?;
     // SAFETY: boot_params is the kernel's repr(C, packed) zero page: integers and arrays only.
     mem.write_slice(unsafe { pod_bytes(&params) }, GuestAddress(ZERO_PAGE_ADDR))?;
 
@@ -145,6 +167,14 @@ pub fn load(mem: &GuestMemory, cfg: &VmConfig) -> Result<BootPlan, BootError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn acpi_off_is_read_from_the_command_line() {
+        assert!(!acpi_off("console=ttyS0"));
+        assert!(acpi_off("console=ttyS0 acpi=off"));
+        assert!(!acpi_off("acpi=off acpi=force"));
+        assert!(!acpi_off("noacpi=off"));
+    }
 
     #[test]
     fn e820_covers_conventional_low_and_high_ram() {

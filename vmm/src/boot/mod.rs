@@ -42,6 +42,8 @@ pub enum BootError {
     NoPvhNote,
     #[error("cannot build page tables")]
     Paging(#[from] PagingError),
+    #[error("cannot write the ACPI tables")]
+    Acpi(#[from] crate::arch::x86_64::acpi::AcpiError),
     #[error("cannot write the MP table")]
     MpTable(#[from] MpTableError),
     #[error("cannot write boot structures to guest memory")]

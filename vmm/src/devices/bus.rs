@@ -4,8 +4,10 @@ use std::sync::{Arc, Mutex};
 use bench_abi::{CONSOLE_BASE, CONTROL_BASE, VIRTIO_BASE, VIRTIO_STRIDE};
 
 use super::control::Control;
+use super::event_loop::EventHandler;
 use super::event_loop::{EventLoop, EventLoopError};
 use super::serial::{self, Uart, COM1_PORT};
+use super::virtio::block::Block;
 use super::virtio::net::Net;
 
 /// Exit counters, by reason, for `status`.
@@ -18,11 +20,19 @@ pub struct ExitCounts {
     pub unhandled: u64,
 }
 
+/// A virtio device on the bus.
+enum Virtio<'a> {
+    Net(&'a Net),
+    Block(&'a Block),
+}
+
 pub struct Devices {
     console: Mutex<Uart>,
     pub control: Control,
     /// virtio-net devices; device `i` is at `VIRTIO_BASE + i * VIRTIO_STRIDE`.
     net: Vec<Arc<Net>>,
+    /// virtio-blk devices, in the windows after the network devices'.
+    disks: Vec<Arc<Block>>,
     /// Runs the virtio devices' data path; stops when the devices go.
     _events: Option<EventLoop>,
 }
@@ -37,26 +47,40 @@ impl Devices {
             console: Mutex::new(console),
             control,
             net: Vec::new(),
+            disks: Vec::new(),
             _events: None,
         })
     }
 
-    /// The devices with virtio-net devices `net`, whose data path starts on the event loop.
-    pub fn with_net(
+    /// The devices with virtio-net devices `net` and virtio-blk devices `disks` (in that
+    /// order of MMIO windows), whose data path starts on the event loop.
+    pub fn with_virtio(
         console: Uart,
         control: Control,
         net: Vec<Arc<Net>>,
+        disks: Vec<Arc<Block>>,
     ) -> Result<Arc<Self>, EventLoopError> {
-        let events = match net.is_empty() {
+        let handlers: Vec<Arc<dyn EventHandler>> = net
+            .iter()
+            .map(|n| n.clone() as Arc<dyn EventHandler>)
+            .chain(disks.iter().map(|d| d.clone() as Arc<dyn EventHandler>))
+            .collect();
+        let events = match handlers.is_empty() {
             true => None,
-            false => Some(EventLoop::start(net.clone())?),
+            false => Some(EventLoop::start(handlers)?),
         };
         Ok(Arc::new(Self {
             console: Mutex::new(console),
             control,
             net,
+            disks,
             _events: events,
         }))
+    }
+
+    /// The virtio-blk devices, in address order.
+    pub fn disks(&self) -> &[Arc<Block>] {
+        &self.disks
     }
 
     /// The virtio-net devices, in address order.
@@ -65,20 +89,26 @@ impl Devices {
     }
 
     /// The virtio device whose window holds `addr`, and the offset in it.
-    fn virtio_at(&self, addr: u64) -> Option<(&Net, u64)> {
+    fn virtio_at(&self, addr: u64) -> Option<(Virtio<'_>, u64)> {
         let off = addr.checked_sub(VIRTIO_BASE)?;
-        let dev = self.net.get((off / VIRTIO_STRIDE) as usize)?;
+        let index = usize::try_from(off / VIRTIO_STRIDE).ok()?;
+        let dev = match self.net.get(index) {
+            Some(n) => Virtio::Net(n),
+            None => Virtio::Block(self.disks.get(index - self.net.len())?),
+        };
         Some((dev, off % VIRTIO_STRIDE))
     }
 
     /// Stops the devices' data path from touching guest memory (the VM pauses).
     pub fn pause_io(&self) {
         self.net.iter().for_each(|n| n.pause());
+        self.disks.iter().for_each(|d| d.pause());
     }
 
     /// Lets the devices' data path run again.
     pub fn resume_io(&self) {
         self.net.iter().for_each(|n| n.resume());
+        self.disks.iter().for_each(|d| d.resume());
     }
 
     fn console(&self) -> std::sync::MutexGuard<'_, Uart> {
@@ -95,7 +125,10 @@ impl Devices {
         } else if let Some(off) = within(addr, CONTROL_BASE, bench_abi::control::SIZE) {
             self.control.read(off, data);
         } else if let Some((dev, off)) = self.virtio_at(addr) {
-            dev.mmio_read(off, data);
+            match dev {
+                Virtio::Net(n) => n.mmio_read(off, data),
+                Virtio::Block(b) => b.mmio_read(off, data),
+            }
         } else {
             return false;
         }
@@ -110,7 +143,10 @@ impl Devices {
         } else if let Some(off) = within(addr, CONTROL_BASE, bench_abi::control::SIZE) {
             self.control.write(off, data);
         } else if let Some((dev, off)) = self.virtio_at(addr) {
-            dev.mmio_write(off, data);
+            match dev {
+                Virtio::Net(n) => n.mmio_write(off, data),
+                Virtio::Block(b) => b.mmio_write(off, data),
+            }
         } else {
             return false;
         }

@@ -7,7 +7,22 @@ use std::thread::JoinHandle;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::virtio::net::Net;
+/// A device whose data path runs on the loop: the descriptors it waits on, and what it does
+/// when one is ready.
+pub trait EventHandler: Send + Sync {
+    fn fds(&self) -> Vec<RawFd>;
+    fn handle(&self, fd: RawFd);
+}
+
+impl EventHandler for super::virtio::net::Net {
+    fn fds(&self) -> Vec<RawFd> {
+        super::virtio::net::Net::fds(self)
+    }
+
+    fn handle(&self, fd: RawFd) {
+        super::virtio::net::Net::handle(self, fd);
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum EventLoopError {
@@ -29,7 +44,7 @@ const EVENTS: usize = 32;
 impl EventLoop {
     /// Starts the loop over `devices`. Every descriptor is edge-triggered: a handler drains
     /// what is ready (or remembers what it could not place) before returning.
-    pub fn start(devices: Vec<Arc<Net>>) -> Result<Self, EventLoopError> {
+    pub fn start(devices: Vec<Arc<dyn EventHandler>>) -> Result<Self, EventLoopError> {
         let epoll = Epoll::new().map_err(EventLoopError::Epoll)?;
         let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(EventLoopError::Epoll)?;
         let mut routes: Vec<(RawFd, usize)> = Vec::new();
@@ -56,7 +71,7 @@ impl EventLoop {
     }
 }
 
-fn run(epoll: &Epoll, stop: RawFd, routes: &[(RawFd, usize)], devices: &[Arc<Net>]) {
+fn run(epoll: &Epoll, stop: RawFd, routes: &[(RawFd, usize)], devices: &[Arc<dyn EventHandler>]) {
     let mut events = vec![EpollEvent::default(); EVENTS];
     loop {
         let n = match epoll.wait(-1, &mut events) {

@@ -11,8 +11,10 @@ use bincode::Options;
 use super::VmState;
 
 pub const MAGIC: [u8; 8] = *b"LNDRVMST";
-/// The state format this `vmm` writes and reads.
-pub const VERSION: u32 = 2;
+/// The state format this `vmm` writes. Version 3 added the virtio-blk devices.
+pub const VERSION: u32 = 3;
+/// The oldest version it reads: version 2 states (no disks) are upgraded on reading.
+pub const OLDEST_READABLE: u32 = 2;
 /// No VM state comes near this; anything larger is corrupt.
 pub const MAX_PAYLOAD: u64 = 64 << 20;
 const HEADER: usize = 8 + 4 + 8;
@@ -24,7 +26,10 @@ pub enum FormatError {
     TooShort(usize),
     #[error("not a Laundromat VM state (bad magic)")]
     BadMagic,
-    #[error("state format version {found} is not supported: this vmm reads version {VERSION}")]
+    #[error(
+        "state format version {found} is not supported: this vmm reads versions \
+         {OLDEST_READABLE} to {VERSION}"
+    )]
     UnsupportedVersion { found: u32 },
     #[error("the state header claims {claimed} payload bytes but {actual} are present")]
     LengthMismatch { claimed: u64, actual: u64 },
@@ -69,7 +74,7 @@ pub fn decode(bytes: &[u8]) -> Result<VmState, FormatError> {
     let mut word = [0u8; 4];
     word.copy_from_slice(&header[8..12]);
     let version = u32::from_le_bytes(word);
-    if version != VERSION {
+    if !(OLDEST_READABLE..=VERSION).contains(&version) {
         return Err(FormatError::UnsupportedVersion { found: version });
     }
     let mut len = [0u8; 8];
@@ -89,9 +94,14 @@ pub fn decode(bytes: &[u8]) -> Result<VmState, FormatError> {
     if found != expected {
         return Err(FormatError::BadCrc { found, expected });
     }
-    codec()
-        .deserialize(&body[HEADER..])
-        .map_err(FormatError::Decode)
+    let payload = &body[HEADER..];
+    match version {
+        2 => codec()
+            .deserialize::<super::VmStateV2>(payload)
+            .map(VmState::from)
+            .map_err(FormatError::Decode),
+        _ => codec().deserialize(payload).map_err(FormatError::Decode),
+    }
 }
 
 #[cfg(test)]
@@ -116,7 +126,34 @@ mod tests {
             serial: SerialSnapshot::default(),
             boot_time_ns: Some(42),
             net: Vec::new(),
+            disks: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_version_2_state_is_read_as_one_without_disks() {
+        // Version 2 is version 3's payload without the trailing disk list (an empty
+        // Vec is its 8-byte length), framed with version 2 and its own CRC.
+        let v3 = encode(&sample()).unwrap();
+        let payload = &v3[HEADER..v3.len() - TRAILER - 8];
+        let mut v2 = Vec::new();
+        v2.extend_from_slice(&MAGIC);
+        v2.extend_from_slice(&2u32.to_le_bytes());
+        v2.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        v2.extend_from_slice(payload);
+        let crc = crc32fast::hash(&v2);
+        v2.extend_from_slice(&crc.to_le_bytes());
+        let state = decode(&v2).unwrap();
+        assert_eq!(state.machine, sample().machine);
+        assert!(state.disks.is_empty());
+        assert_eq!(encode(&state).unwrap(), v3);
+        // A version 3 payload under a version 2 header does not decode (trailing bytes).
+        let mut mislabeled = v3.clone();
+        mislabeled[8] = 2;
+        let n = mislabeled.len() - TRAILER;
+        let crc = crc32fast::hash(&mislabeled[..n]);
+        mislabeled[n..].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(decode(&mislabeled), Err(FormatError::Decode(_))));
     }
 
     #[test]
@@ -137,10 +174,16 @@ mod tests {
         bad[0] ^= 1;
         assert!(matches!(decode(&bad), Err(FormatError::BadMagic)));
         let mut newer = good.clone();
-        newer[8] = 3;
+        newer[8] = 4;
         let err = decode(&newer).unwrap_err();
-        assert!(matches!(err, FormatError::UnsupportedVersion { found: 3 }));
-        assert!(err.to_string().contains("version 3 is not supported"));
+        assert!(matches!(err, FormatError::UnsupportedVersion { found: 4 }));
+        assert!(err.to_string().contains("version 4 is not supported"));
+        let mut older = good.clone();
+        older[8] = 1;
+        assert!(matches!(
+            decode(&older),
+            Err(FormatError::UnsupportedVersion { found: 1 })
+        ));
         assert!(matches!(
             decode(&good[..good.len() - 1]),
             Err(FormatError::LengthMismatch { .. })

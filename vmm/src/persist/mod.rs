@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::BootMode;
 use crate::devices::serial::SerialSnapshot;
+use crate::devices::virtio::block::persist::BlockSnapshot;
 use crate::devices::virtio::net::persist::NetSnapshot;
 use crate::vstate::vcpu_state::VcpuState;
 use crate::vstate::vm_state::IrqchipState;
@@ -38,4 +39,33 @@ pub struct VmState {
     pub boot_time_ns: Option<u64>,
     /// The virtio-net devices, in MMIO order (state format version 2).
     pub net: Vec<NetSnapshot>,
+    /// The virtio-blk devices, in MMIO order after the network devices (version 3).
+    pub disks: Vec<BlockSnapshot>,
+}
+
+/// [`VmState`] as format version 2 wrote it: no disks. Read and upgraded, never written.
+#[derive(Deserialize)]
+pub(crate) struct VmStateV2 {
+    machine: MachineState,
+    clock_ns: u64,
+    vcpus: Vec<VcpuState>,
+    irqchip: Option<IrqchipState>,
+    serial: SerialSnapshot,
+    boot_time_ns: Option<u64>,
+    net: Vec<NetSnapshot>,
+}
+
+impl From<VmStateV2> for VmState {
+    fn from(v: VmStateV2) -> Self {
+        Self {
+            machine: v.machine,
+            clock_ns: v.clock_ns,
+            vcpus: v.vcpus,
+            irqchip: v.irqchip,
+            serial: v.serial,
+            boot_time_ns: v.boot_time_ns,
+            net: v.net,
+            disks: Vec::new(),
+        }
+    }
 }

@@ -241,6 +241,7 @@ mod tests {
             serial: SerialSnapshot::default(),
             boot_time_ns: Some(42),
             net: Vec::new(),
+            disks: Vec::new(),
         }
     }
 

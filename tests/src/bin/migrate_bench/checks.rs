@@ -10,11 +10,16 @@ pub(super) struct MigrateOptions {
     /// `--timeout-s`, with `--on-timeout force` so the migration always ends.
     pub(super) timeout_s: Option<u64>,
     pub(super) auto_converge: bool,
+    /// `--connections`.
+    pub(super) connections: Option<u32>,
 }
 
 impl MigrateOptions {
     pub(super) fn ctl_args(self) -> Vec<String> {
         let mut args = Vec::new();
+        if let Some(connections) = self.connections {
+            args.extend(["--connections".into(), connections.to_string()]);
+        }
         if let Some(rounds) = self.max_rounds {
             args.extend(["--max-rounds".into(), rounds.to_string()]);
         }
@@ -49,6 +54,7 @@ pub(super) fn fill_ours(migration: &mut Migration, stats: &OurStats) {
     migration.dirty_pages_rate = stats.ram.dirty_pages_rate;
     migration.throttle_percent = u64::from(stats.cpu_throttle_percentage);
     migration.downtime_parts = Some(stats.downtime_parts.clone());
+    migration.final_pages = stats.rounds.last().map_or(0, |r| r.pages);
     migration.set_throughput();
 }
 

@@ -30,10 +30,12 @@ use laundromat_tests::{
         free_port, parse_ctl_output, DowntimeParts, Integrity, OurStats, StopReason,
     },
     bench_peers::{find_qemu, require_kvm, QEMU_MICROVM},
+    bench_tls,
     host_keys::HostKeys,
     machine::Machine,
     netns,
     process::{command_line, BoundedChild},
+    qemu_tls::{QemuTlsCreds, QEMU_TLS_PRIORITY},
     qmp::{self, capabilities, Qmp},
     stats::Summary,
     workspace::{Image, Workspace},
@@ -66,8 +68,8 @@ const BENCH_TIMEOUT_S: u64 = 20;
 /// Our default downtime target and round cap, and QEMU's default downtime-limit.
 const DOWNTIME_TARGET_MS: f64 = 300.0;
 const DEFAULT_MAX_ROUNDS: u32 = 30;
-/// QEMU "best": multifd channels, and a bandwidth cap (bytes/s) high enough to be no cap.
-const MULTIFD_CHANNELS: u64 = 2;
+/// QEMU "best": a bandwidth cap (bytes/s) high enough to be no cap (its multifd channels are
+/// `--connections`).
 const UNLIMITED_BANDWIDTH: u64 = 1_000_000_000_000;
 /// QEMU's largest downtime-limit (2000 s): setting it makes QEMU switch over at once.
 const QEMU_FORCE_DOWNTIME_MS: u64 = 2_000_000;
@@ -127,27 +129,50 @@ struct Args {
     /// Run only the idle bench guests with untouched memory (256 MiB, 1 GiB, 4 GiB).
     #[arg(long)]
     idle_untouched_only: bool,
+    /// Run only the machine's limits (loopback TCP and TLS, memcpy), then stop.
+    #[arg(long)]
+    limits_only: bool,
+    /// Our `vmm ctl migrate --connections` in the PVH scenarios; QEMU's multifd settings use
+    /// as many channels.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
+    connections: u32,
+    /// Which VMM settings run the PVH scenarios (repeatable; default all). The bench-guest
+    /// runs are ours only and are skipped when `ours` is not listed.
+    #[arg(long = "vmm", value_enum)]
+    vmms: Vec<Vmm>,
+    /// Skip the bench guest's write-rate runs (section 3).
+    #[arg(long)]
+    no_write_rates: bool,
 }
 
 /// Who migrates, with which settings.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 enum Vmm {
     #[default]
     Ours,
     QemuDefault,
     QemuBest,
+    /// QEMU best over TLS 1.3 (x509 credentials, both ends verified): the like-for-like peer
+    /// for our encrypted stream.
+    QemuTls,
 }
 
 impl Vmm {
-    const ALL: [Vmm; 3] = [Vmm::Ours, Vmm::QemuDefault, Vmm::QemuBest];
+    const ALL: [Vmm; 4] = [Vmm::Ours, Vmm::QemuDefault, Vmm::QemuBest, Vmm::QemuTls];
 
     fn label(self) -> &'static str {
         match self {
             Vmm::Ours => "ours",
             Vmm::QemuDefault => "QEMU defaults",
             Vmm::QemuBest => "QEMU best",
+            Vmm::QemuTls => "QEMU TLS",
         }
+    }
+
+    /// QEMU with multifd (and an uncapped link).
+    fn multifd(self) -> bool {
+        matches!(self, Vmm::QemuBest | Vmm::QemuTls)
     }
 }
 
@@ -190,6 +215,8 @@ struct Migration {
     stop: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     downtime_parts: Option<DowntimeParts>,
+    /// Ours: pages sent while paused (the final round).
+    final_pages: u64,
     /// What was checked after the switchover, and whether it passed.
     integrity: String,
     integrity_ok: Option<bool>,
@@ -255,7 +282,19 @@ impl PvhGuest {
 struct Limits {
     tcp_bytes: u64,
     tcp_write_bytes: usize,
+    /// One loopback TCP stream: the denominator for our throughput.
     tcp_gbit: Summary,
+    /// The same bytes over as many streams as our migration uses connections, TCP and TLS.
+    streams: u32,
+    tcp_streams_gbit: Summary,
+    tls_streams_gbit: Summary,
+    /// One TLS stream, for the cost of TLS on one core.
+    tls_gbit: Summary,
+    /// The same with rustls' defaults (`StreamOwned` on a plain socket), to show what the
+    /// migration's socket tuning gains.
+    rustls_gbit: Summary,
+    rustls_streams_gbit: Summary,
+    cipher_suite: String,
     memcpy_bytes: usize,
     memcpy_gbyte: Summary,
 }
@@ -263,8 +302,17 @@ struct Limits {
 #[derive(Serialize)]
 struct Targets {
     total_vs_qemu_best: Verdict,
+    /// The same target against the encrypted peer.
+    total_vs_qemu_tls: Verdict,
     downtime_ms: Verdict,
+    /// Against one loopback TCP stream (the denominator) and against as many streams
+    /// as we use connections.
     throughput_vs_tcp: Verdict,
+    throughput_vs_tcp_streams: Verdict,
+    /// Not targets: how our stream compares with raw TLS on as many streams, and raw TLS
+    /// with raw TCP (what encryption costs by itself).
+    throughput_vs_tls_streams: Option<f64>,
+    tls_vs_tcp_streams: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -317,8 +365,10 @@ struct Ratio {
     scenario: String,
     total_vs_qemu_default: Option<f64>,
     total_vs_qemu_best: Option<f64>,
+    total_vs_qemu_tls: Option<f64>,
     downtime_vs_qemu_default: Option<f64>,
     downtime_vs_qemu_best: Option<f64>,
+    downtime_vs_qemu_tls: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -328,6 +378,7 @@ struct Report {
     loadavg_start: String,
     loadavg_end: String,
     quick: bool,
+    connections: u32,
     idle_runs: u32,
     qemu_converge_secs: u64,
     limits: Limits,
@@ -371,14 +422,28 @@ fn run(args: Args) -> Result<()> {
         pvh: workspace.image(Image::PvhDirty)?,
         bench: workspace.image(Image::Bench)?,
         keys: HostKeys::create(&workspace.vmm()?, scratch.path())?,
+        qemu_tls: QemuTlsCreds::create(&scratch.join("qemu-tls"))?,
+        connections: args.connections,
         scratch,
         timeout: Duration::from_secs(args.timeout_secs),
         qemu_converge: Duration::from_secs(args.qemu_converge_secs),
+        vmms: match args.vmms.is_empty() {
+            true => Vmm::ALL.to_vec(),
+            false => args.vmms.clone(),
+        },
         next_id: 0,
     };
     let loadavg_start = loadavg();
     let idle_runs = if args.quick { 1 } else { args.runs };
 
+    if args.limits_only {
+        let limits = measure_limits(args.quick, args.connections)?;
+        match args.json {
+            true => println!("{}", serde_json::to_string_pretty(&limits)?),
+            false => print_limits(&limits),
+        }
+        return Ok(());
+    }
     let idle_untouched = bench_idle::run_all(&IdleSetup {
         vmm: &bench.vmm,
         bench_image: &bench.bench,
@@ -396,16 +461,16 @@ fn run(args: Args) -> Result<()> {
     }
 
     // The limits first, while no guest competes for the CPUs.
-    let limits = measure_limits(args.quick)?;
+    let limits = measure_limits(args.quick, args.connections)?;
 
     let idle = bench.idle_runs(idle_runs)?;
-    let idle_medians: Vec<Medians> = Vmm::ALL.iter().map(|&v| medians(&idle, v)).collect();
+    let idle_medians: Vec<Medians> = bench.vmms.iter().map(|&v| medians(&idle, v)).collect();
     let targets = targets(&idle, &limits);
 
     let working_sets_mib: &[u64] = if args.quick { &[64] } else { &[64, 256] };
     let mut working_sets = Vec::new();
     for &wss_mib in working_sets_mib {
-        for vmm in Vmm::ALL {
+        for vmm in bench.vmms.clone() {
             let guest = PvhGuest {
                 wss_mib,
                 mem_mib: WSS_MEM_MIB,
@@ -417,9 +482,11 @@ fn run(args: Args) -> Result<()> {
         }
     }
     let mut ratios = vec![ratio(&idle)];
-    ratios.extend(working_sets.chunks(Vmm::ALL.len()).map(ratio));
+    ratios.extend(working_sets.chunks(bench.vmms.len()).map(ratio));
 
-    let rates: &[u64] = if args.quick {
+    let rates: &[u64] = if args.no_write_rates || !bench.vmms.contains(&Vmm::Ours) {
+        &[]
+    } else if args.quick {
         &[200_000, 0]
     } else {
         &[50_000, 200_000, 500_000, 1_000_000, 0]
@@ -437,6 +504,7 @@ fn run(args: Args) -> Result<()> {
         loadavg_start,
         loadavg_end: loadavg(),
         quick: args.quick,
+        connections: args.connections,
         idle_runs,
         qemu_converge_secs: args.qemu_converge_secs,
         limits,
@@ -469,27 +537,47 @@ fn loadavg() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// Loopback TCP (3 transfers) and memcpy (5 copies of 256 MiB).
-fn measure_limits(quick: bool) -> Result<Limits> {
+/// Loopback TCP and TLS (3 transfers each, one stream and `streams` streams) and memcpy (5
+/// copies of 256 MiB).
+fn measure_limits(quick: bool, streams: u32) -> Result<Limits> {
     let tcp_bytes: u64 = if quick { 1 << 30 } else { 2 << 30 };
-    eprintln!("migrate-bench: limits: loopback TCP, memcpy");
-    let mut tcp = Vec::new();
+    eprintln!("migrate-bench: limits: loopback TCP and TLS, memcpy");
+    let (mut tcp, mut tcp_streams, mut tls, mut tls_streams) = (vec![], vec![], vec![], vec![]);
+    let (mut rustls, mut rustls_streams) = (vec![], vec![]);
+    let mut cipher_suite = String::new();
     for _ in 0..3 {
-        tcp.push(gbit_per_s(
-            tcp_bytes,
-            bench_limits::loopback_tcp(tcp_bytes)?,
-        ));
+        let time = bench_limits::loopback_tcp(tcp_bytes)?;
+        tcp.push(gbit_per_s(tcp_bytes, time));
+        let time = bench_limits::loopback_tcp_streams(tcp_bytes, streams)?;
+        tcp_streams.push(gbit_per_s(tcp_bytes, time));
+        let transfer = bench_tls::loopback_migration_tls(tcp_bytes, 1)?;
+        tls.push(gbit_per_s(tcp_bytes, transfer.time));
+        let transfer = bench_tls::loopback_migration_tls(tcp_bytes, streams)?;
+        tls_streams.push(gbit_per_s(tcp_bytes, transfer.time));
+        cipher_suite = transfer.cipher_suite;
+        let transfer = bench_tls::loopback_rustls(tcp_bytes, 1)?;
+        rustls.push(gbit_per_s(tcp_bytes, transfer.time));
+        let transfer = bench_tls::loopback_rustls(tcp_bytes, streams)?;
+        rustls_streams.push(gbit_per_s(tcp_bytes, transfer.time));
     }
     let memcpy_bytes = 256 << 20;
     let memcpy: Vec<f64> = bench_limits::memcpy(memcpy_bytes, 5)
         .into_iter()
         .map(|time| gbyte_per_s(memcpy_bytes as u64, time))
         .collect();
+    let summary = |samples: &[f64]| Summary::of(samples).context("no transfer samples");
     Ok(Limits {
         tcp_bytes,
         tcp_write_bytes: bench_limits::TCP_WRITE,
-        tcp_gbit: Summary::of(&tcp).context("no TCP samples")?,
+        tcp_gbit: summary(&tcp)?,
+        streams,
+        tcp_streams_gbit: summary(&tcp_streams)?,
+        tls_streams_gbit: summary(&tls_streams)?,
+        tls_gbit: summary(&tls)?,
+        rustls_gbit: summary(&rustls)?,
+        rustls_streams_gbit: summary(&rustls_streams)?,
+        cipher_suite,
         memcpy_bytes,
-        memcpy_gbyte: Summary::of(&memcpy).context("no memcpy samples")?,
+        memcpy_gbyte: summary(&memcpy)?,
     })
 }

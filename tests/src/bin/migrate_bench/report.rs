@@ -40,21 +40,34 @@ pub(super) fn medians(runs: &[Migration], vmm: Vmm) -> Medians {
 pub(super) fn targets(idle: &[Migration], limits: &Limits) -> Targets {
     let total = |vmm| median(idle, vmm, |m| m.total_ms);
     let throughput = median(idle, Vmm::Ours, |m| m.throughput_gbit);
-    Targets {
-        total_vs_qemu_best: Verdict::new(
-            divide(total(Vmm::Ours), total(Vmm::QemuBest)),
+    let vs_total = |peer| {
+        Verdict::new(
+            divide(total(Vmm::Ours), total(peer)),
             TARGET_TOTAL_VS_QEMU_BEST,
             false,
-        ),
+        )
+    };
+    let vs_link = |link: &Summary| {
+        Verdict::new(
+            divide(throughput, Some(link.median)),
+            TARGET_THROUGHPUT_VS_TCP,
+            true,
+        )
+    };
+    Targets {
+        total_vs_qemu_best: vs_total(Vmm::QemuBest),
+        total_vs_qemu_tls: vs_total(Vmm::QemuTls),
         downtime_ms: Verdict::new(
             median(idle, Vmm::Ours, |m| m.downtime_ms),
             TARGET_DOWNTIME_MS,
             false,
         ),
-        throughput_vs_tcp: Verdict::new(
-            divide(throughput, Some(limits.tcp_gbit.median)),
-            TARGET_THROUGHPUT_VS_TCP,
-            true,
+        throughput_vs_tcp: vs_link(&limits.tcp_gbit),
+        throughput_vs_tcp_streams: vs_link(&limits.tcp_streams_gbit),
+        throughput_vs_tls_streams: divide(throughput, Some(limits.tls_streams_gbit.median)),
+        tls_vs_tcp_streams: divide(
+            Some(limits.tls_streams_gbit.median),
+            Some(limits.tcp_streams_gbit.median),
         ),
     }
 }
@@ -76,8 +89,10 @@ pub(super) fn ratio(runs: &[Migration]) -> Ratio {
         scenario: runs.first().map(|m| m.scenario.clone()).unwrap_or_default(),
         total_vs_qemu_default: ratio(|m| m.total_ms, Vmm::QemuDefault),
         total_vs_qemu_best: ratio(|m| m.total_ms, Vmm::QemuBest),
+        total_vs_qemu_tls: ratio(|m| m.total_ms, Vmm::QemuTls),
         downtime_vs_qemu_default: ratio(|m| m.downtime_ms, Vmm::QemuDefault),
         downtime_vs_qemu_best: ratio(|m| m.downtime_ms, Vmm::QemuBest),
+        downtime_vs_qemu_tls: ratio(|m| m.downtime_ms, Vmm::QemuTls),
     }
 }
 
@@ -166,24 +181,7 @@ pub(super) fn print_report(report: &Report) {
         "machine: {} CPUs, {}, Linux {}; load average {} at start, {} at end",
         machine.nproc, machine.cpu_model, machine.kernel, report.loadavg_start, report.loadavg_end
     );
-    let limits = &report.limits;
-    println!();
-    println!("Physical limits (median of 3 transfers / 5 copies; min..max)");
-    println!(
-        "  loopback TCP, one stream, {} GiB in {} KiB writes: {:.2} Gbit/s ({:.2}..{:.2})",
-        limits.tcp_bytes >> 30,
-        limits.tcp_write_bytes >> 10,
-        limits.tcp_gbit.median,
-        limits.tcp_gbit.min,
-        limits.tcp_gbit.max
-    );
-    println!(
-        "  memcpy, {} MiB buffer: {:.2} GB/s ({:.2}..{:.2})",
-        limits.memcpy_bytes >> 20,
-        limits.memcpy_gbyte.median,
-        limits.memcpy_gbyte.min,
-        limits.memcpy_gbyte.max
-    );
+    print_limits(&report.limits);
 
     println!();
     println!(
@@ -226,26 +224,34 @@ pub(super) fn print_report(report: &Report) {
     print_runs(&report.idle);
     let targets = &report.targets;
     println!("  targets:");
+    let n = report.connections;
     println!(
-        "    total time, ours / QEMU best:      {}",
+        "    total time, ours / QEMU best (plain):        {}",
         targets.total_vs_qemu_best.show("x")
     );
     println!(
-        "    downtime, ours:                    {}",
+        "    total time, ours / QEMU TLS:                 {}",
+        targets.total_vs_qemu_tls.show("x")
+    );
+    println!(
+        "    downtime, ours:                              {}",
         targets.downtime_ms.show(" ms")
     );
     println!(
-        "    throughput, ours / loopback TCP:   {}",
+        "    throughput, ours / loopback TCP, 1 stream:   {}",
         targets.throughput_vs_tcp.show("x")
     );
-    for m in report.idle.iter().filter(|m| m.vmm == Vmm::Ours) {
-        if let Some(parts) = &m.downtime_parts {
-            println!(
-                "  ours, run {}: downtime {:.1} ms = final pages {:.1} + state {:.1} + resume {:.1}",
-                m.run, m.downtime_ms, parts.final_pages_ms, parts.state_ms, parts.resume_ms
-            );
-        }
-    }
+    println!(
+        "    throughput, ours / loopback TCP, {n} streams:  {}",
+        targets.throughput_vs_tcp_streams.show("x")
+    );
+    let show = |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.2}x"));
+    println!(
+        "  not targets: ours / raw TLS, {n} streams: {}; raw TLS / raw TCP, {n} streams: {}",
+        show(targets.throughput_vs_tls_streams),
+        show(targets.tls_vs_tcp_streams)
+    );
+    print_parts(&report.idle);
 
     println!();
     println!(
@@ -254,22 +260,31 @@ pub(super) fn print_report(report: &Report) {
         report.qemu_converge_secs
     );
     print_runs(&report.working_sets);
+    print_parts(&report.working_sets);
 
     println!();
     println!("Ratios ours / QEMU (below 1 is better for ours)");
     println!(
-        "  {:<28} {:>14} {:>14} {:>14} {:>14}",
-        "scenario", "total/default", "total/best", "down/default", "down/best"
+        "  {:<24} {:>13} {:>10} {:>9} {:>12} {:>9} {:>8}",
+        "scenario",
+        "total/default",
+        "total/best",
+        "total/TLS",
+        "down/default",
+        "down/best",
+        "down/TLS"
     );
     for ratio in &report.ratios {
         let show = |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.3}"));
         println!(
-            "  {:<28} {:>14} {:>14} {:>14} {:>14}",
+            "  {:<24} {:>13} {:>10} {:>9} {:>12} {:>9} {:>8}",
             ratio.scenario,
             show(ratio.total_vs_qemu_default),
             show(ratio.total_vs_qemu_best),
+            show(ratio.total_vs_qemu_tls),
             show(ratio.downtime_vs_qemu_default),
-            show(ratio.downtime_vs_qemu_best)
+            show(ratio.downtime_vs_qemu_best),
+            show(ratio.downtime_vs_qemu_tls)
         );
     }
 
@@ -305,8 +320,17 @@ pub(super) fn print_report(report: &Report) {
         println!("  {line}");
     }
     println!(
-        "  QEMU best = multifd with {MULTIFD_CHANNELS} channels, max-bandwidth \
-         {UNLIMITED_BANDWIDTH} B/s, downtime-limit {DOWNTIME_TARGET_MS} ms."
+        "  ours = vmm ctl migrate --connections {}: mutual TLS 1.3 (rustls), pinned ed25519 keys.",
+        report.connections
+    );
+    println!(
+        "  QEMU best = multifd with {} channels, max-bandwidth {UNLIMITED_BANDWIDTH} B/s, \
+         downtime-limit {DOWNTIME_TARGET_MS} ms, plaintext.",
+        report.connections
+    );
+    println!(
+        "  QEMU TLS = QEMU best with tls-creds-x509 on both ends (certtool CA, ed25519 keys, \
+         verify-peer=on, priority {QEMU_TLS_PRIORITY})."
     );
 
     println!();
@@ -325,6 +349,81 @@ pub(super) fn print_report(report: &Report) {
             println!("    {command}");
         }
         seen.push(key);
+    }
+}
+
+/// The machine's limits: loopback TCP and TLS, one stream and as many as our connections, and
+/// memcpy.
+pub(super) fn print_limits(limits: &Limits) {
+    println!();
+    println!("Physical limits (median of 3 transfers / 5 copies; min..max)");
+    let gib = limits.tcp_bytes >> 30;
+    let kib = limits.tcp_write_bytes >> 10;
+    let line = |what: String, s: &Summary| {
+        println!(
+            "  {what:<44} {:>6.2} Gbit/s ({:.2}..{:.2})",
+            s.median, s.min, s.max
+        )
+    };
+    let n = limits.streams;
+    line(
+        format!("loopback TCP, 1 stream, {gib} GiB in {kib} KiB writes:"),
+        &limits.tcp_gbit,
+    );
+    line(
+        format!("loopback TCP, {n} streams:"),
+        &limits.tcp_streams_gbit,
+    );
+    line(
+        "loopback TLS, our connections, 1 stream:".into(),
+        &limits.tls_gbit,
+    );
+    line(
+        format!("loopback TLS, our connections, {n} streams:"),
+        &limits.tls_streams_gbit,
+    );
+    line(
+        "loopback TLS, rustls defaults, 1 stream:".into(),
+        &limits.rustls_gbit,
+    );
+    line(
+        format!("loopback TLS, rustls defaults, {n} streams:"),
+        &limits.rustls_streams_gbit,
+    );
+    println!(
+        "  TLS = mutual TLS 1.3, pinned ed25519 keys, {}; our connections = \
+         migrator::transport; TLS / TCP = {:.2} (1 \
+         stream), {:.2} ({n} streams)",
+        limits.cipher_suite,
+        limits.tls_gbit.median / limits.tcp_gbit.median,
+        limits.tls_streams_gbit.median / limits.tcp_streams_gbit.median,
+    );
+    println!(
+        "  memcpy, {} MiB buffer: {:.2} GB/s ({:.2}..{:.2})",
+        limits.memcpy_bytes >> 20,
+        limits.memcpy_gbyte.median,
+        limits.memcpy_gbyte.min,
+        limits.memcpy_gbyte.max
+    );
+}
+
+/// Our downtime's parts, per run.
+pub(super) fn print_parts(runs: &[Migration]) {
+    for m in runs.iter().filter(|m| m.vmm == Vmm::Ours) {
+        if let Some(p) = &m.downtime_parts {
+            println!(
+                "  {}: downtime {:.1} ms = final pages {:.1} (pause {:.1}, dirty log \
+                 {:.1}, {} pages sent) + state {:.1} + resume {:.1}",
+                row_label(m),
+                m.downtime_ms,
+                p.final_pages_ms,
+                p.pause_ms,
+                p.final_sync_ms,
+                m.final_pages,
+                p.state_ms,
+                p.resume_ms
+            );
+        }
     }
 }
 

@@ -15,6 +15,12 @@ pub(super) struct Bench {
     pub(super) keys: HostKeys,
     /// Numbers the sockets, so no two children ever share one.
     pub(super) next_id: u32,
+    /// QEMU TLS's credentials.
+    pub(super) qemu_tls: QemuTlsCreds,
+    /// Our connections and QEMU's multifd channels in the PVH scenarios.
+    pub(super) connections: u32,
+    /// The VMM settings that run the PVH scenarios.
+    pub(super) vmms: Vec<Vmm>,
 }
 
 impl Bench {
@@ -41,7 +47,7 @@ impl Bench {
         };
         let mut results = Vec::new();
         for run in 1..=runs {
-            for vmm in Vmm::ALL {
+            for vmm in self.vmms.clone() {
                 eprintln!(
                     "migrate-bench: idle 1 GiB, {}, run {run}/{runs}",
                     vmm.label()
@@ -71,7 +77,9 @@ impl Bench {
         let mut migration = Migration::new(scenario, vmm);
         let outcome = match vmm {
             Vmm::Ours => self.ours_pvh(guest, &mut migration),
-            Vmm::QemuDefault | Vmm::QemuBest => self.qemu_pvh(guest, vmm, &mut migration),
+            Vmm::QemuDefault | Vmm::QemuBest | Vmm::QemuTls => {
+                self.qemu_pvh(guest, vmm, &mut migration)
+            }
         };
         record_error(&mut migration, outcome);
         migration
@@ -110,8 +118,11 @@ impl Bench {
         let dest_file = guest.files.as_ref().map(|files| files.dest.as_path());
         let timeout = self.timeout;
         let ready = |source: &mut BoundedChild| Ok(source.wait_for(PVH_DIRTYING, timeout)?);
-        let defaults = MigrateOptions::default();
-        let mut run = self.ours_migrate(source, ready, dest_file, defaults, migration)?;
+        let options = MigrateOptions {
+            connections: Some(self.connections),
+            ..MigrateOptions::default()
+        };
+        let mut run = self.ours_migrate(source, ready, dest_file, options, migration)?;
         if !migration.completed() {
             return Ok(());
         }
@@ -140,6 +151,7 @@ impl Bench {
             max_rounds: Some(BENCH_MAX_ROUNDS),
             timeout_s: Some(BENCH_TIMEOUT_S),
             auto_converge: migration.auto_converge,
+            connections: None,
         };
         let timeout = self.timeout;
         let ready = |source: &mut BoundedChild| bench_populated(source, timeout);
@@ -273,8 +285,13 @@ impl Bench {
         mem_file: Option<&Path>,
         qmp_sock: &Path,
         incoming: bool,
+        tls: bool,
     ) -> Command {
         let mut command = Command::new(&self.qemu);
+        if tls {
+            // The destination is the TLS server, the source its client.
+            command.args(["-object", &self.qemu_tls.object(incoming)]);
+        }
         let mem = format!("{}M", guest.mem_mib);
         match mem_file {
             Some(file) => {
@@ -316,9 +333,11 @@ impl Bench {
             self.scratch_file("qemu-dest", "qmp"),
         );
         let files = guest.files.as_ref();
-        let mut dest = self.qemu_command(guest, files.map(|f| f.dest.as_path()), &dest_qmp, true);
-        let mut source =
-            self.qemu_command(guest, files.map(|f| f.source.as_path()), &source_qmp, false);
+        let tls = vmm == Vmm::QemuTls;
+        let dest_file = files.map(|f| f.dest.as_path());
+        let mut dest = self.qemu_command(guest, dest_file, &dest_qmp, true, tls);
+        let source_file = files.map(|f| f.source.as_path());
+        let mut source = self.qemu_command(guest, source_file, &source_qmp, false, tls);
         migration.commands = vec![command_line(&dest), command_line(&source)];
 
         let mut dest = BoundedChild::spawn("QEMU destination", &mut dest)?;
@@ -327,8 +346,8 @@ impl Bench {
         let mut source_qmp = Qmp::connect(&source_qmp, self.timeout)?;
         source.wait_for(PVH_DIRTYING, self.timeout)?;
 
-        if vmm == Vmm::QemuBest {
-            // Both ends must have multifd, and the same number of channels.
+        if vmm.multifd() {
+            // Both ends must have multifd, the same number of channels, and the same TLS.
             for (side, qmp) in [("destination", &mut dest_qmp), ("source", &mut source_qmp)] {
                 let multifd = capabilities(&[("multifd", true)]);
                 qmp_run(
@@ -338,7 +357,10 @@ impl Bench {
                     "migrate-set-capabilities",
                     multifd,
                 )?;
-                let channels = json!({ "multifd-channels": MULTIFD_CHANNELS });
+                let mut channels = json!({ "multifd-channels": self.connections });
+                if tls {
+                    channels["tls-creds"] = json!("tls0");
+                }
                 qmp_run(
                     &mut migration.commands,
                     qmp,

@@ -10,8 +10,9 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
-use token::{BootToken, HostId, SignedClaim, SignedToken, TokenId};
+use token::{BootToken, ClusterId, HostId, SignedClaim, SignedToken, TokenId};
 
+use super::file_lock::FileLock;
 use super::{
     BoxFuture, BrokerClient, BrokerError, BrokerKey, CapacityAdvert, Handover, HostRecord, Lease,
     Redeemed,
@@ -38,20 +39,12 @@ pub struct FakeState {
     pub credits: BTreeMap<HostId, u64>,
     #[serde(default)]
     pub adverts: BTreeMap<HostId, CapacityAdvert>,
-    /// Prepared, unconfirmed handovers by token id.
-    #[serde(default)]
-    pub handovers: BTreeMap<TokenId, PendingHandover>,
     /// Redemption calls received, for tests.
     #[serde(default)]
     pub redemptions: u64,
-}
-
-/// A handover the source prepared and the destination has not confirmed yet.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PendingHandover {
-    pub from: HostId,
-    pub to: HostId,
-    pub final_claim: SignedClaim,
+    /// Prepared lease handovers by token, until confirmed or cancelled.
+    #[serde(default)]
+    pub handovers: BTreeMap<TokenId, Handover>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,27 +94,56 @@ impl FakeBroker {
     }
 
     pub fn snapshot(&self) -> FakeState {
-        self.lock().clone()
+        self.read()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, FakeState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs `change` under the lock and persists the state if it succeeded.
+    /// The current state: with a file, as the file says now (several hostd processes may
+    /// share one file broker, e.g. two hosts in a test or a demo).
+    fn read(&self) -> FakeState {
+        let mut state = self.lock();
+        if let Some(path) = &self.file {
+            let current = FileLock::exclusive(path).ok().and_then(|_lock| {
+                let bytes = std::fs::read(path).ok()?;
+                serde_json::from_slice(&bytes).ok()
+            });
+            if let Some(current) = current {
+                *state = current;
+            }
+        }
+        state.clone()
+    }
+
+    /// Runs `change` under the lock (and, with a file, under an exclusive `flock` of
+    /// `PATH.lock`, on the file's current contents) and persists the state if it succeeded.
     fn change<T>(
         &self,
         change: impl FnOnce(&mut FakeState) -> Result<T, BrokerError>,
     ) -> Result<T, BrokerError> {
+        let unavailable = |what: &str, e: &dyn std::fmt::Display| {
+            BrokerError::Unavailable(format!("{what} the broker file: {e}"))
+        };
         let mut state = self.lock();
+        let _file_lock = match &self.file {
+            Some(path) => {
+                let lock = FileLock::exclusive(path).map_err(|e| unavailable("cannot lock", &e))?;
+                let bytes = std::fs::read(path).map_err(|e| unavailable("cannot read", &e))?;
+                *state =
+                    serde_json::from_slice(&bytes).map_err(|e| unavailable("cannot parse", &e))?;
+                Some(lock)
+            }
+            None => None,
+        };
         let mut next = state.clone();
         let result = change(&mut next)?;
         if let Some(path) = &self.file {
             let bytes = serde_json::to_vec_pretty(&next)
                 .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-            crate::durable::write_atomic(path, &bytes).map_err(|e| {
-                BrokerError::Unavailable(format!("cannot write the broker file: {e}"))
-            })?;
+            crate::durable::write_atomic(path, &bytes)
+                .map_err(|e| unavailable("cannot write", &e))?;
         }
         *state = next;
         Ok(result)
@@ -172,16 +194,19 @@ fn ready<'a, T: Send + 'a>(value: T) -> BoxFuture<'a, T> {
 
 impl BrokerClient for FakeBroker {
     fn broker_keys(&self) -> BoxFuture<'_, Result<Vec<BrokerKey>, BrokerError>> {
-        ready(Ok(self.lock().broker_keys.clone()))
+        ready(Ok(self.read().broker_keys))
     }
 
     fn host(&self, host_id: HostId) -> BoxFuture<'_, Result<Option<HostRecord>, BrokerError>> {
-        let found = self
-            .lock()
-            .hosts
-            .iter()
-            .find(|h| h.host_id == host_id)
-            .cloned();
+        let state = self.read();
+        let found = state.hosts.iter().find(|h| h.host_id == host_id).map(|h| {
+            let mut record = h.clone();
+            // Where it listens: registered, or else as it last advertised.
+            if record.url.is_none() {
+                record.url = state.adverts.get(&host_id).map(|a| a.url.clone());
+            }
+            record
+        });
         ready(Ok(found))
     }
 
@@ -217,35 +242,25 @@ impl BrokerClient for FakeBroker {
                 from,
                 to,
                 final_claim,
-            } = handover;
-            if state.leases.get(&token_id) != Some(&from) {
+            } = &handover;
+            let token_id = *token_id;
+            if state.leases.get(&token_id) != Some(from) {
                 return Err(BrokerError::NotLeaseHolder { token_id });
             }
-            if !state.hosts.iter().any(|h| h.host_id == to) {
-                return Err(BrokerError::UnknownHost(to));
+            if !state.hosts.iter().any(|h| h.host_id == *to) || to == from {
+                return Err(BrokerError::UnknownHost(*to));
             }
-            if final_claim.claim.host_id != from || final_claim.claim.token_id != token_id {
+            if final_claim.claim.host_id != *from || final_claim.claim.token_id != token_id {
                 return Err(BrokerError::ClaimRefused(
                     "the final claim is not the source's claim for this token".into(),
                 ));
             }
-            if to == from {
-                return Err(BrokerError::ClaimRefused(
-                    "a host cannot hand a lease over to itself".into(),
-                ));
-            }
-            check_claim(state, &final_claim)?;
-            state.handovers.insert(
-                token_id,
-                PendingHandover {
-                    from,
-                    to,
-                    final_claim,
-                },
-            );
+            // Checked now, paid at confirmation.
+            redeem(&mut state.clone(), final_claim)?;
+            state.handovers.insert(token_id, handover.clone());
             Ok(Lease {
                 token_id,
-                holder: from,
+                holder: *from,
             })
         }))
     }
@@ -256,17 +271,23 @@ impl BrokerClient for FakeBroker {
         host_id: HostId,
     ) -> BoxFuture<'_, Result<Lease, BrokerError>> {
         ready(self.change(|state| {
-            let pending = match state.handovers.get(&token_id) {
-                Some(pending) if pending.to == host_id => pending.clone(),
-                _ => return Err(BrokerError::NoHandover { token_id }),
-            };
-            redeem(state, &pending.final_claim)?;
-            state.handovers.remove(&token_id);
-            state.leases.insert(token_id, host_id);
-            Ok(Lease {
+            let lease = Lease {
                 token_id,
                 holder: host_id,
-            })
+            };
+            let Some(handover) = state.handovers.get(&token_id).cloned() else {
+                return match state.leases.get(&token_id) {
+                    Some(holder) if *holder == host_id => Ok(lease),
+                    _ => Err(BrokerError::NoHandover { token_id }),
+                };
+            };
+            if handover.to != host_id {
+                return Err(BrokerError::NoHandover { token_id });
+            }
+            redeem(state, &handover.final_claim)?;
+            state.handovers.remove(&token_id);
+            state.leases.insert(token_id, host_id);
+            Ok(lease)
         }))
     }
 
@@ -276,8 +297,8 @@ impl BrokerClient for FakeBroker {
         host_id: HostId,
     ) -> BoxFuture<'_, Result<Lease, BrokerError>> {
         ready(self.change(|state| match state.handovers.get(&token_id) {
-            Some(p) if p.from == host_id || p.to == host_id => {
-                let from = p.from;
+            Some(h) if h.to == host_id || h.from == host_id => {
+                let from = h.from;
                 state.handovers.remove(&token_id);
                 Ok(Lease {
                     token_id,
@@ -297,6 +318,7 @@ impl BrokerClient for FakeBroker {
             if state.leases.get(&token_id) != Some(&host_id) {
                 return Err(BrokerError::NotLeaseHolder { token_id });
             }
+            // A lease being handed over is frozen until confirmed or cancelled.
             if state.handovers.contains_key(&token_id) {
                 return Err(BrokerError::HandoverPending { token_id });
             }
@@ -314,6 +336,20 @@ impl BrokerClient for FakeBroker {
             state.adverts.insert(advert.host_id, advert);
             Ok(())
         }))
+    }
+
+    fn directory(
+        &self,
+        cluster_id: ClusterId,
+    ) -> BoxFuture<'_, Result<Vec<CapacityAdvert>, BrokerError>> {
+        let state = self.read();
+        let registered = |id: &HostId| state.hosts.iter().any(|h| h.host_id == *id);
+        ready(Ok(state
+            .adverts
+            .values()
+            .filter(|a| a.cluster_id == cluster_id && registered(&a.host_id))
+            .cloned()
+            .collect()))
     }
 }
 
@@ -457,6 +493,69 @@ mod tests {
         let state = broker.snapshot();
         assert_eq!(state.leases.get(&token_id), Some(&b.host_id));
         assert_eq!(state.credits.get(&a.host_id), Some(&20));
+        assert!(state.handovers.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_handover_moves_the_lease_only_when_the_destination_confirms() {
+        use token::{BootToken, Payer, TOKEN_VERSION};
+        let (a, a_key) = host(1);
+        let (b, _) = host(2);
+        let broker_key = SigningKey::from_bytes(&[5; 32]);
+        let token_id = TokenId([9; 16]);
+        let mut payer = Payer::new(token_id, &Link([4; 32]), 10).unwrap();
+        let token = BootToken {
+            version: TOKEN_VERSION,
+            broker_key_id: token::KeyId(1),
+            token_id,
+            tenant_key: broker_key.verifying_key(),
+            cluster_id: ClusterId([1; 16]),
+            image_digest: token::ImageDigest([0; 32]),
+            vcpus: 1,
+            memory_mib: 32,
+            price_per_link: 7,
+            link_period_ms: 1000,
+            chain_root: payer.root(),
+            chain_length: 10,
+            not_before: 0,
+            expiry: u64::MAX / 2000,
+        };
+        let broker = FakeBroker::new(FakeState {
+            hosts: vec![a.clone(), b.clone()],
+            tokens: vec![SignedToken::sign(token, &broker_key).unwrap()],
+            ..FakeState::default()
+        });
+        broker.acquire_lease(token_id, a.host_id).await.unwrap();
+        let paid = payer.pay(3).unwrap();
+        let claim = Claim {
+            token_id,
+            host_id: a.host_id,
+            index: paid.index,
+            link: paid.link,
+        }
+        .sign(&a_key);
+        let handover = Handover {
+            token_id,
+            from: a.host_id,
+            to: b.host_id,
+            final_claim: claim,
+        };
+        // Prepared, then cancelled: nothing moved, nothing paid, the source may go on.
+        broker.hand_over_lease(handover.clone()).await.unwrap();
+        assert!(broker.release_lease(token_id, a.host_id).await.is_err());
+        broker.cancel_handover(token_id, a.host_id).await.unwrap();
+        let state = broker.snapshot();
+        assert_eq!(state.leases.get(&token_id), Some(&a.host_id));
+        assert_eq!(state.credits.get(&a.host_id), None);
+        // Prepared and confirmed by the destination (twice: a retry is harmless).
+        broker.hand_over_lease(handover).await.unwrap();
+        assert!(broker.confirm_handover(token_id, a.host_id).await.is_err());
+        for _ in 0..2 {
+            broker.confirm_handover(token_id, b.host_id).await.unwrap();
+        }
+        let state = broker.snapshot();
+        assert_eq!(state.leases.get(&token_id), Some(&b.host_id));
+        assert_eq!(state.credits.get(&a.host_id), Some(&21));
         assert!(state.handovers.is_empty());
     }
 

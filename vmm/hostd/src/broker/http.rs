@@ -5,8 +5,10 @@
 //!   scheme the broker verifies.
 //! - Requests that move money or change a lease carry an `Idempotency-Key`, made once per
 //!   operation and reused by every retry of it, so that a retry after a timeout gets the
-//!   broker's stored answer instead of running twice. A redemption's key is derived from the
-//!   signed claim itself, so even a retry by a later settlement pass is the same request.
+//!   broker's stored answer instead of running twice. (Keys are not derived from the request:
+//!   the broker stores refusals too, so a claim refused as too far would stay refused. A
+//!   claim sent again under a new key is harmless: the broker credits only links above what
+//!   it already redeemed.)
 //! - Each attempt is bounded by a connect and a request timeout. Only transient failures
 //!   (unreachable, timeout, 408/429/5xx) are retried, with exponential backoff and jitter;
 //!   refusals are answers and come back at once as [`BrokerError`]s.
@@ -23,8 +25,7 @@ use laundromat_api::types::{
 use laundromat_api::{paths, signing, types};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
-use token::{HostId, SignedClaim, SigningKey, TokenId};
+use token::{ClusterId, HostId, SignedClaim, SigningKey, TokenId};
 
 use super::refusal::{is_transient, to_error, Subject};
 use super::{
@@ -325,8 +326,7 @@ impl HttpBroker {
     }
 
     /// Redeems one claim as it is; `None` when the broker says it lies too far above what it
-    /// verified. Its idempotency key is a digest of the signed claim: the same claim is the
-    /// same request, whenever it is sent.
+    /// verified.
     async fn redeem_once(
         &self,
         claim: &SignedClaim,
@@ -334,10 +334,7 @@ impl HttpBroker {
         let bytes = encode(&Redeem {
             claim: claim.clone(),
         })?;
-        let key = format!(
-            "redeem-{}",
-            token::hex::encode(&Sha256::digest(&bytes)[..16])
-        );
+        let key = new_key();
         let answer = self
             .send(
                 reqwest::Method::POST,
@@ -453,6 +450,20 @@ fn lease_of(state: &TokenState) -> Result<Lease, BrokerError> {
     }
 }
 
+impl HttpBroker {
+    /// A body-less lease operation (`acquire`, `handover/confirm`, `handover/cancel`) for this
+    /// host, and the lease it leaves.
+    async fn lease_action(
+        &self,
+        token_id: TokenId,
+        host_id: HostId,
+        action: &str,
+    ) -> Result<Lease, BrokerError> {
+        self.me(host_id)?;
+        lease_of(&self.lease_op(token_id, action, &Empty {}).await?)
+    }
+}
+
 fn host_record(entry: HostEntry) -> HostRecord {
     HostRecord {
         host_id: entry.host.host_id,
@@ -497,10 +508,7 @@ impl BrokerClient for HttpBroker {
         token_id: TokenId,
         host_id: HostId,
     ) -> BoxFuture<'_, Result<Lease, BrokerError>> {
-        Box::pin(async move {
-            self.me(host_id)?;
-            lease_of(&self.lease_op(token_id, "acquire", &Empty {}).await?)
-        })
+        Box::pin(self.lease_action(token_id, host_id, "acquire"))
     }
 
     fn hand_over_lease(&self, handover: Handover) -> BoxFuture<'_, Result<Lease, BrokerError>> {
@@ -512,14 +520,7 @@ impl BrokerClient for HttpBroker {
         token_id: TokenId,
         host_id: HostId,
     ) -> BoxFuture<'_, Result<Lease, BrokerError>> {
-        Box::pin(async move {
-            self.me(host_id)?;
-            lease_of(
-                &self
-                    .lease_op(token_id, "handover/confirm", &Empty {})
-                    .await?,
-            )
-        })
+        Box::pin(self.lease_action(token_id, host_id, "handover/confirm"))
     }
 
     fn cancel_handover(
@@ -527,14 +528,7 @@ impl BrokerClient for HttpBroker {
         token_id: TokenId,
         host_id: HostId,
     ) -> BoxFuture<'_, Result<Lease, BrokerError>> {
-        Box::pin(async move {
-            self.me(host_id)?;
-            lease_of(
-                &self
-                    .lease_op(token_id, "handover/cancel", &Empty {})
-                    .await?,
-            )
-        })
+        Box::pin(self.lease_action(token_id, host_id, "handover/cancel"))
     }
 
     fn release_lease(
@@ -572,6 +566,30 @@ impl BrokerClient for HttpBroker {
                 .post(&paths::advert(&advert.host_id), &body, None, Subject::None)
                 .await?;
             Ok(())
+        })
+    }
+
+    fn directory(
+        &self,
+        cluster_id: ClusterId,
+    ) -> BoxFuture<'_, Result<Vec<CapacityAdvert>, BrokerError>> {
+        Box::pin(async move {
+            let entries: Vec<HostEntry> = self.get(paths::HOSTS).await?;
+            Ok(entries
+                .into_iter()
+                .filter(|e| e.host.cluster_id == cluster_id && !e.stale)
+                .filter_map(|e| {
+                    let advert = e.advert?;
+                    Some(CapacityAdvert {
+                        host_id: e.host.host_id,
+                        cluster_id,
+                        url: advert.url,
+                        free_memory_mib: advert.free_memory_mib,
+                        free_vcpus: advert.free_vcpus,
+                        min_price_per_link: advert.price_per_link,
+                    })
+                })
+                .collect())
         })
     }
 }

@@ -6,6 +6,7 @@
 //! two-phase handover) and settles claims with the `token` crate's rules, for tests.
 
 pub mod fake;
+pub mod file_lock;
 pub mod http;
 mod refusal;
 pub mod types;
@@ -13,7 +14,7 @@ pub mod types;
 use std::future::Future;
 use std::pin::Pin;
 
-use token::{HostId, SignedClaim, TokenId};
+use token::{ClusterId, HostId, SignedClaim, TokenId};
 
 pub use types::{BrokerError, BrokerKey, CapacityAdvert, Handover, HostRecord, Lease, Redeemed};
 
@@ -72,4 +73,11 @@ pub trait BrokerClient: Send + Sync + 'static {
 
     /// Publishes this host's free capacity and price in the host directory.
     fn advertise(&self, advert: CapacityAdvert) -> BoxFuture<'_, Result<(), BrokerError>>;
+
+    /// The host directory of `cluster_id`: every registered host's latest advertisement
+    /// (drain picks destinations from it).
+    fn directory(
+        &self,
+        cluster_id: ClusterId,
+    ) -> BoxFuture<'_, Result<Vec<CapacityAdvert>, BrokerError>>;
 }

@@ -7,7 +7,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::{Deserialize, Serialize};
+use laundromat_api::hostd::{ImageStored, Stopped, CONSOLE_NEXT_HEADER, CONSOLE_START_HEADER};
+use serde::Deserialize;
 use token::Payment;
 
 use super::error::{chain, ApiError};
@@ -40,18 +41,7 @@ pub async fn metrics(State(host): HostState) -> impl IntoResponse {
     )
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct HostInfo {
-    pub host_id: String,
-    pub public_key: String,
-    pub cluster_id: String,
-    pub memory_mib: u64,
-    pub vcpus: u64,
-    pub free_memory_mib: u64,
-    pub free_vcpus: u64,
-    pub max_skip: u64,
-    pub grace_ms: u64,
-}
+pub use laundromat_api::hostd::HostInfo;
 
 pub async fn host_info(State(host): HostState) -> Json<HostInfo> {
     let (free_memory_mib, free_vcpus) = host.free_capacity();
@@ -77,7 +67,6 @@ pub async fn put_image(
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_digest", e.to_string()))?;
     let created = host.images.put(&digest, body).await.map_err(|e| {
         let (status, code) = match &e {
-            ImageError::BadDigest(_) => (StatusCode::BAD_REQUEST, "bad_digest"),
             ImageError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "image_too_large"),
             ImageError::DigestMismatch { .. } => (StatusCode::BAD_REQUEST, "digest_mismatch"),
             ImageError::NotFound(_) => (StatusCode::NOT_FOUND, "image_not_found"),
@@ -91,11 +80,7 @@ pub async fn put_image(
     } else {
         StatusCode::OK
     };
-    Ok((
-        status,
-        Json(serde_json::json!({ "sha256": digest.to_string() })),
-    )
-        .into_response())
+    Ok((status, Json(ImageStored { sha256: digest })).into_response())
 }
 
 pub async fn admit(State(host): HostState, body: Bytes) -> Result<Response, ApiError> {
@@ -130,33 +115,163 @@ pub async fn pay(
     Ok(Json(crate::payments::pay(&host, &id, payment).await?))
 }
 
-/// Checks that a request about `vm` is signed by the VM's tenant.
+/// The refusal for a request whose signature does not hold; `wrong_key` is the code when it
+/// is signed, but not by whom it must be.
+pub(crate) fn auth_refusal(e: crate::auth::AuthError, wrong_key: &'static str) -> ApiError {
+    match e {
+        crate::auth::AuthError::BadSignature => {
+            ApiError::new(StatusCode::FORBIDDEN, wrong_key, e.to_string())
+        }
+        e => ApiError::from(e),
+    }
+}
+
+/// Checks that a request is signed by one of `keys` (path and query signed; each nonce once).
+fn signed_by(
+    keys: &[token::VerifyingKey],
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<token::VerifyingKey, crate::auth::AuthError> {
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    crate::auth::verify_any(keys, method.as_str(), path, body, headers, now_ms() / 1000)
+}
+
+/// Checks that a request about `vm` is signed by the VM's tenant (path and query signed).
 fn authorize(
-    host: &Host,
     vm: &crate::host::Vm,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<(), ApiError> {
-    let _ = host;
-    crate::auth::verify(
-        &vm.token.tenant_key,
-        method.as_str(),
-        uri.path(),
-        body,
-        headers,
-        now_ms() / 1000,
+    signed_by(&[vm.token.tenant_key], method, uri, headers, body)
+        .map(|_| ())
+        .map_err(|e| auth_refusal(e, "not_the_tenant"))
+}
+
+/// Checks that a request is signed by the operator (`--operator-key`).
+fn authorize_operator(
+    host: &Host,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), ApiError> {
+    let key = host.config.operator_key.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_the_operator",
+            "this host has no operator key (--operator-key)",
+        )
+    })?;
+    signed_by(&[key], method, uri, headers, body)
+        .map(|_| ())
+        .map_err(|e| auth_refusal(e, "not_the_operator"))
+}
+
+/// A JSON-lines answer that streams what `events` receives until every sender is gone.
+fn json_lines(events: tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>) -> Response {
+    (
+        [("content-type", "application/x-ndjson")],
+        Body::new(super::lines::JsonLines(events)),
     )
-    .map_err(|e| {
-        let (status, code) = match e {
-            crate::auth::AuthError::Unsigned => (StatusCode::UNAUTHORIZED, "unsigned_request"),
-            crate::auth::AuthError::Malformed => (StatusCode::BAD_REQUEST, "malformed_signature"),
-            crate::auth::AuthError::Skew { .. } => (StatusCode::UNAUTHORIZED, "request_expired"),
-            crate::auth::AuthError::BadSignature => (StatusCode::FORBIDDEN, "not_the_tenant"),
-        };
-        ApiError::new(status, code, e.to_string())
-    })
+        .into_response()
+}
+
+/// `POST /v1/vms/{id}/migrate`: signed by the VM's tenant or by the operator. Refusals come
+/// as an error answer; once the destination prepared, progress streams as JSON lines.
+pub async fn migrate(
+    State(host): HostState,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let vm = host.vm(&id).ok_or_else(|| ApiError::not_found(&id))?;
+    // One check against both keys: a request's nonce is spent by the first check.
+    let allowed: Vec<token::VerifyingKey> = std::iter::once(vm.token.tenant_key)
+        .chain(host.config.operator_key)
+        .collect();
+    signed_by(&allowed, &method, &uri, &headers, &body)
+        .map_err(|e| auth_refusal(e, "not_the_tenant"))?;
+    let request: crate::migration::messages::MigrateRequest = parse(&body)?;
+    let out = crate::migration::outgoing::begin(&host, vm, request.to).await?;
+    let (events, lines) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(crate::migration::outgoing::drive(host.clone(), out, events));
+    Ok(json_lines(lines))
+}
+
+/// `POST /v1/drain`: operator-signed; every VM to other hosts, progress as JSON lines.
+pub async fn drain(
+    State(host): HostState,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    authorize_operator(&host, &method, &uri, &headers, &body)?;
+    let (events, lines) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(crate::migration::drain::drain(host.clone(), events));
+    Ok(json_lines(lines))
+}
+
+/// `POST /v1/migrations`: a registered host asks this one to receive a VM.
+pub async fn prepare_incoming(
+    State(host): HostState,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<crate::migration::messages::Prepared>, ApiError> {
+    let source = crate::peer::authenticate(&host, &method, uri.path(), &headers, &body).await?;
+    let request = parse(&body)?;
+    Ok(Json(
+        crate::migration::incoming::prepare(&host, source, request).await?,
+    ))
+}
+
+/// `POST /v1/migrations/{id}/payment`: the source's final link at the switchover.
+pub async fn sync_payment(
+    State(host): HostState,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let source = crate::peer::authenticate(&host, &method, uri.path(), &headers, &body).await?;
+    let sync = parse(&body)?;
+    let index = crate::migration::incoming::sync_payment(&host, source.host_id, &id, sync).await?;
+    Ok(Json(serde_json::json!({ "index": index })))
+}
+
+/// `GET /v1/migrations/{id}`: how a migration from the asking host stands here.
+pub async fn incoming_outcome(
+    State(host): HostState,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Json<crate::migration::messages::OutcomeAnswer>, ApiError> {
+    let source = crate::peer::authenticate(&host, &method, uri.path(), &headers, b"").await?;
+    let outcome = crate::migration::incoming::outcome(&host, source.host_id, &id)?;
+    Ok(Json(crate::migration::messages::OutcomeAnswer { outcome }))
+}
+
+/// `DELETE /v1/migrations/{id}`: the source gave the migration up.
+pub async fn abort_incoming(
+    State(host): HostState,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let source = crate::peer::authenticate(&host, &method, uri.path(), &headers, b"").await?;
+    crate::migration::incoming::abort(&host, source.host_id, &id).await?;
+    Ok(Json(serde_json::json!({ "migration_id": id })))
 }
 
 pub async fn delete(
@@ -166,14 +281,16 @@ pub async fn delete(
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Stopped>, ApiError> {
     let vm = host.vm(&id).ok_or_else(|| ApiError::not_found(&id))?;
-    authorize(&host, &vm, &method, &uri, &headers, &body)?;
+    authorize(&vm, &method, &uri, &headers, &body)?;
     let index = vm.state.lock().await.verifier.index();
     end_vm(&host, &vm, EndReason::Deleted).await;
-    Ok(Json(
-        serde_json::json!({ "vm_id": id, "state": "stopped", "paid_index": index }),
-    ))
+    Ok(Json(Stopped {
+        vm_id: id,
+        state: "stopped".into(),
+        paid_index: index,
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -197,14 +314,14 @@ pub async fn console(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let vm = host.vm(&id).ok_or_else(|| ApiError::not_found(&id))?;
-    authorize(&host, &vm, &method, &uri, &headers, b"")?;
+    authorize(&vm, &method, &uri, &headers, b"")?;
     let max = query.max.unwrap_or(MAX_CONSOLE_READ).min(MAX_CONSOLE_READ);
     let chunk = vm.console.read_from(query.from, max);
     Ok((
         [
             ("content-type", "application/octet-stream".to_string()),
-            ("x-console-start", chunk.start.to_string()),
-            ("x-console-next", chunk.next.to_string()),
+            (CONSOLE_START_HEADER, chunk.start.to_string()),
+            (CONSOLE_NEXT_HEADER, chunk.next.to_string()),
         ],
         chunk.bytes,
     )

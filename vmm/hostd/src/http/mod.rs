@@ -5,7 +5,8 @@
 //! queued, so a flood costs neither unbounded memory nor the latency of paying tenants.
 
 pub mod error;
-mod handlers;
+pub mod handlers;
+mod lines;
 
 use std::sync::Arc;
 
@@ -36,6 +37,14 @@ pub fn router(host: Arc<Host>, max_concurrent: usize) -> Router {
         .route("/v1/vms/{id}", get(handlers::show).delete(handlers::delete))
         .route("/v1/vms/{id}/payments", post(handlers::pay))
         .route("/v1/vms/{id}/console", get(handlers::console))
+        .route("/v1/vms/{id}/migrate", post(handlers::migrate))
+        .route("/v1/drain", post(handlers::drain))
+        .route("/v1/migrations", post(handlers::prepare_incoming))
+        .route(
+            "/v1/migrations/{id}",
+            get(handlers::incoming_outcome).delete(handlers::abort_incoming),
+        )
+        .route("/v1/migrations/{id}/payment", post(handlers::sync_payment))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .with_state(host);
     // One limit for the whole API: `Router::layer` would give each route its own.

@@ -14,11 +14,11 @@ use hostd::broker::fake::FakeState;
 use hostd::broker::{BrokerKey, HostRecord};
 use hostd::client::HostdClient;
 use hostd::identity::HostIdentity;
+use laundromat_api::hostd::BootMode;
 use token::{
     BootToken, ClusterId, HostId, KeyId, Link, Payer, SignedToken, SigningKey, TokenId,
     TOKEN_VERSION,
 };
-use vmm::config::BootMode;
 
 pub const CLUSTER: ClusterId = ClusterId([0xc1; 16]);
 pub const IDLE: &str = "workload=idle report-ms=100";
@@ -68,10 +68,15 @@ pub fn bench_elf() -> Vec<u8> {
 
 /// The `vmm` binary next to `hostd` (the same target directory and profile).
 pub fn vmm_bin() -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_hostd")).with_file_name("vmm");
+    sibling_bin("vmm", "vmm")
+}
+
+/// Another package's binary `name` next to `hostd`: the same target directory and profile.
+pub fn sibling_bin(name: &str, package: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_hostd")).with_file_name(name);
     assert!(
         path.is_file(),
-        "{} is missing: build it with `cargo build --release -p vmm`",
+        "{} is missing: build it with `cargo build --release -p {package} --bin {name}`",
         path.display()
     );
     path
@@ -155,13 +160,21 @@ impl TokenSpec {
     }
 }
 
+pub fn operator() -> SigningKey {
+    SigningKey::from_bytes(&[0x0a; 32])
+}
+
 pub struct Hostd {
     pub dir: tempfile::TempDir,
+    /// The broker file (shared by every hostd of a [`cluster`]).
+    pub broker_path: PathBuf,
     pub url: String,
     pub client: HostdClient,
     pub identity: HostIdentity,
     pub args: Vec<String>,
     child: Option<Child>,
+    /// Directories that must outlive this hostd (a cluster's shared broker file).
+    keep: Vec<tempfile::TempDir>,
 }
 
 impl Hostd {
@@ -170,11 +183,30 @@ impl Hostd {
     }
 
     pub fn broker_file(&self) -> PathBuf {
-        self.dir.path().join("broker.json")
+        self.broker_path.clone()
     }
 
     pub fn broker(&self) -> FakeState {
         serde_json::from_slice(&std::fs::read(self.broker_file()).unwrap()).unwrap()
+    }
+
+    /// Changes the broker's state as an operator would, under the lock the hostds take.
+    pub fn update_broker(&self, change: impl FnOnce(&mut FakeState)) {
+        let lock = hostd::broker::file_lock::FileLock::exclusive(&self.broker_path).unwrap();
+        let mut state = self.broker();
+        change(&mut state);
+        hostd::durable::write_atomic(&self.broker_path, &serde_json::to_vec(&state).unwrap())
+            .unwrap();
+        drop(lock);
+    }
+
+    /// The live `vmm` processes of this hostd's data directory (not hostd itself).
+    pub fn vmm_processes(&self) -> Vec<u32> {
+        let hostd = self.pid();
+        processes_under(&self.data_dir())
+            .into_iter()
+            .filter(|&pid| pid != hostd)
+            .collect()
     }
 
     pub fn pid(&self) -> u32 {
@@ -183,64 +215,46 @@ impl Hostd {
 
     /// Starts hostd with `extra` flags; the broker sold `tokens`, and `leases` are held.
     pub fn start(extra: &[&str], tokens: &[&Bought], leases: &[(TokenId, HostId)]) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("hostd")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let data = dir.path().join("data");
-        std::fs::create_dir_all(&data).unwrap();
-        let identity = HostIdentity::load_or_create(&data).unwrap();
-        let other = HostIdentity::from_key(SigningKey::from_bytes(&[0x77; 32]));
-        let record = |id: &HostIdentity| HostRecord {
-            host_id: id.host_id,
-            key: id.public_key(),
-            cluster_id: CLUSTER,
-            url: None,
-        };
+        let dir = tempdir();
+        let broker_path = dir.path().join("broker.json");
+        let (identity, _) = HostIdentity::load_or_create(&prepare_data(&dir)).unwrap();
+        let other = HostIdentity::from_key(SigningKey::from_bytes(&[0x77; 32]), PathBuf::new());
         let state = FakeState {
-            broker_keys: vec![BrokerKey {
-                key_id: KeyId(1),
-                key: broker_key().verifying_key(),
-            }],
-            hosts: vec![record(&identity), record(&other)],
+            broker_keys: broker_keys(),
+            hosts: vec![host_record(&identity, None), host_record(&other, None)],
             tokens: tokens.iter().map(|b| b.signed.clone()).collect(),
             leases: leases.iter().copied().collect(),
             ..FakeState::default()
         };
-        std::fs::write(
-            dir.path().join("broker.json"),
-            serde_json::to_vec(&state).unwrap(),
-        )
-        .unwrap();
-        let broker = format!("file:{}", dir.path().join("broker.json").display());
-        Self::launch(dir, identity, &broker, extra)
+        std::fs::write(&broker_path, serde_json::to_vec(&state).unwrap()).unwrap();
+        let broker = format!("file:{}", broker_path.display());
+        Self::launch(dir, &broker, broker_path, identity, free_tcp_port(), extra)
     }
 
     /// Starts hostd against the real broker at `broker_url` (`http://…`); the operator must
     /// register `identity` there before hostd can take leases.
     pub fn start_http(broker_url: &str, extra: &[&str]) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("hostd")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let data = dir.path().join("data");
-        std::fs::create_dir_all(&data).unwrap();
-        let identity = HostIdentity::load_or_create(&data).unwrap();
-        Self::launch(dir, identity, broker_url, extra)
+        let dir = tempdir();
+        let (identity, _) = HostIdentity::load_or_create(&prepare_data(&dir)).unwrap();
+        Self::launch(
+            dir,
+            broker_url,
+            PathBuf::new(),
+            identity,
+            free_tcp_port(),
+            extra,
+        )
     }
 
     fn launch(
         dir: tempfile::TempDir,
-        identity: HostIdentity,
         broker: &str,
+        broker_path: PathBuf,
+        identity: HostIdentity,
+        port: u16,
         extra: &[&str],
     ) -> Self {
         let data = dir.path().join("data");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let url = format!("http://127.0.0.1:{port}");
         let mut args: Vec<String> = vec![
             "--broker".into(),
@@ -263,11 +277,13 @@ impl Hostd {
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut hostd = Self {
             dir,
+            broker_path,
             client: HostdClient::new(url.clone()),
             url,
             identity,
             args,
             child: None,
+            keep: Vec::new(),
         };
         hostd.spawn();
         hostd
@@ -377,10 +393,95 @@ impl Drop for Hostd {
     }
 }
 
-pub fn request(bought: &Bought, kernel: &str, cmdline: &str) -> AdmitRequest {
+fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("hostd")
+        .tempdir_in("/tmp")
+        .unwrap()
+}
+
+fn prepare_data(dir: &tempfile::TempDir) -> PathBuf {
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    data
+}
+
+fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn broker_keys() -> Vec<BrokerKey> {
+    vec![BrokerKey {
+        key_id: KeyId(1),
+        key: broker_key().verifying_key(),
+    }]
+}
+
+fn host_record(id: &HostIdentity, url: Option<String>) -> HostRecord {
+    HostRecord {
+        host_id: id.host_id,
+        key: id.public_key(),
+        cluster_id: CLUSTER,
+        url,
+    }
+}
+
+/// `n` hostds of one cluster sharing one file broker, each registered with its URL, with the
+/// operator key of [`operator`]; the broker sold `tokens`.
+pub fn cluster(n: usize, extra: &[&str], tokens: &[&Bought]) -> Vec<Hostd> {
+    let shared = tempdir();
+    let broker_path = shared.path().join("broker.json");
+    let operator_hex = token::hex::encode(operator().verifying_key().as_bytes());
+    let mut extra: Vec<&str> = extra.to_vec();
+    extra.extend([
+        "--operator-key",
+        &operator_hex,
+        "--advertise-interval-s",
+        "1",
+    ]);
+    let hosts: Vec<_> = (0..n)
+        .map(|_| {
+            let dir = tempdir();
+            let (identity, _) = HostIdentity::load_or_create(&prepare_data(&dir)).unwrap();
+            (dir, identity, free_tcp_port())
+        })
+        .collect();
+    let state = FakeState {
+        broker_keys: broker_keys(),
+        hosts: hosts
+            .iter()
+            .map(|(_, id, port)| host_record(id, Some(format!("http://127.0.0.1:{port}"))))
+            .collect(),
+        tokens: tokens.iter().map(|b| b.signed.clone()).collect(),
+        ..FakeState::default()
+    };
+    std::fs::write(&broker_path, serde_json::to_vec(&state).unwrap()).unwrap();
+    let mut out: Vec<Hostd> = hosts
+        .into_iter()
+        .map(|(dir, identity, port)| {
+            Hostd::launch(
+                dir,
+                &format!("file:{}", broker_path.display()),
+                broker_path.clone(),
+                identity,
+                port,
+                &extra,
+            )
+        })
+        .collect();
+    // The broker file's directory lives as long as the first hostd.
+    out[0].keep.push(shared);
+    out
+}
+
+pub fn request(bought: &Bought, kernel: impl AsRef<str>, cmdline: &str) -> AdmitRequest {
     AdmitRequest {
         token: bought.hex(),
-        kernel: kernel.to_string().try_into().unwrap(),
+        kernel: kernel.as_ref().to_string().try_into().unwrap(),
         initrd: None,
         cmdline: cmdline.into(),
         boot: BootMode::Bench,
@@ -393,6 +494,11 @@ pub fn process_alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| !s.contains(") Z "))
         .unwrap_or(false)
+}
+
+/// Blocks on a future from a synchronous closure (`eventually` takes one).
+pub fn futures_block<F: std::future::Future>(future: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
 }
 
 /// Polls `check` every 50 ms until it holds or `timeout` passes.

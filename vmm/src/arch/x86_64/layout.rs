@@ -35,6 +35,9 @@ pub const CMDLINE_MAX: usize = 2048;
 pub const MPTABLE_ADDR: u64 = 0x9_fc00;
 /// End of conventional memory; [EBDA_START, HIMEM_START) is reserved for firmware tables.
 pub const EBDA_START: u64 = 0x9_fc00;
+/// ACPI tables for Linux guests, RSDP first, in the BIOS area below 1 MiB (outside RAM in
+/// the e820 map).
+pub const ACPI_START: u64 = 0xe_0000;
 /// Kernels and bench images load at or above 1 MiB.
 pub const HIMEM_START: u64 = 0x10_0000;
 

@@ -1,5 +1,6 @@
 //! x86-64 specifics: guest-physical layout, descriptor tables, page tables, boot registers,
-//! CPUID, MSRs and the MP table.
+//! CPUID, MSRs, the MP table and the ACPI tables.
+pub mod acpi;
 pub mod cpuid;
 pub mod gdt;
 pub mod layout;

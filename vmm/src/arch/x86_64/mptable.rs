@@ -2,8 +2,8 @@
 //! there are and how legacy IRQs reach the IOAPIC.
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
-const APIC_DEFAULT_BASE: u32 = 0xfee0_0000;
-const IOAPIC_DEFAULT_BASE: u32 = 0xfec0_0000;
+pub const APIC_DEFAULT_BASE: u32 = 0xfee0_0000;
+pub const IOAPIC_DEFAULT_BASE: u32 = 0xfec0_0000;
 const APIC_VERSION: u8 = 0x14;
 const IOAPIC_VERSION: u8 = 0x11;
 const SPEC_REV: u8 = 4;

@@ -203,6 +203,20 @@ pub mod tests {
         memory::create(16 << 20, &Backing::Anonymous).unwrap()
     }
 
+    /// Whether the VMM-side bitmap has the page of `addr` dirty.
+    pub fn dirty(mem: &GuestMemory, addr: u64) -> bool {
+        use vm_memory::bitmap::Bitmap;
+        let region = mem.find_region(GuestAddress(addr)).unwrap();
+        region.bitmap().dirty_at(addr as usize)
+    }
+
+    /// Forgets every recorded write.
+    pub fn clear_dirty(mem: &GuestMemory) {
+        for r in mem.iter() {
+            r.bitmap().reset();
+        }
+    }
+
     const W: u16 = VRING_DESC_F_WRITE as u16;
     const N: u16 = VRING_DESC_F_NEXT as u16;
 

@@ -1,5 +1,6 @@
 //! virtio devices on the virtio-mmio transport. `transport` holds the registers every device
 //! shares, `chain` checks the guest's descriptor chains, and each device has a module.
+pub mod block;
 pub mod chain;
 pub mod net;
 pub mod transport;
@@ -14,6 +15,11 @@ pub fn mmio_base(index: usize) -> u64 {
 /// The interrupt line of virtio device `index` on irqchip machines (IRQ 4 is the serial port).
 pub fn irq(index: usize) -> u32 {
     5 + index as u32
+}
+
+/// How many virtio-mmio devices `cfg` has: the windows from index 0 up are theirs.
+pub fn device_count(cfg: &crate::config::VmConfig) -> usize {
+    cfg.net.len() + cfg.disks.len()
 }
 
 /// `cmdline` with the `virtio_mmio.device=` items that tell Linux where `count` devices are.

@@ -3,6 +3,7 @@
 //! A new workload adds a `bench_core::cmdline::Workload` variant, a module here, a `Plan`
 //! variant built by `prepare` on vCPU 0, and an arm in `run`.
 
+mod blk;
 mod dirty;
 mod evil_net;
 mod http;
@@ -29,6 +30,7 @@ enum Plan {
     Dirty(dirty::Plan),
     Http(http::Plan),
     EvilNet(u64),
+    Blk(alloc::vec::Vec<bench_abi::VirtioDevice>),
 }
 
 /// Why a workload cannot run in this VM. It is a command-line problem (the guest exits with
@@ -81,6 +83,7 @@ pub fn prepare(
                 .map(|d| d.base)
                 .ok_or(SetupError::Http(http::HttpSetupError::NoDevice))?,
         ),
+        Workload::Blk => Plan::Blk(virtio.to_vec()),
     };
     Ok(Shared {
         config,
@@ -96,6 +99,7 @@ pub fn run(shared: &'static Shared, vcpu: u32) -> ! {
         Plan::Dirty(plan) => dirty::run(plan, shared, vcpu),
         Plan::Http(plan) => http::run(plan, shared, vcpu),
         Plan::EvilNet(base) => evil_net::run(*base, shared, vcpu),
+        Plan::Blk(devices) => blk::run(devices, shared, vcpu),
     }
 }
 

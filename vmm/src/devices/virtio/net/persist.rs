@@ -52,7 +52,8 @@ impl From<&Queue> for QueueSnapshot {
 }
 
 impl QueueSnapshot {
-    fn restore(&self) -> Result<Queue, NetError> {
+    /// The queue this snapshot describes, checked by `virtio-queue`.
+    pub(crate) fn restore(&self) -> Result<Queue, String> {
         let state = QueueState {
             max_size: self.max_size,
             next_avail: self.next_avail,
@@ -64,7 +65,7 @@ impl QueueSnapshot {
             avail_ring: self.avail_ring,
             used_ring: self.used_ring,
         };
-        Queue::try_from(state).map_err(|e| NetError::BadState(format!("queue: {e}")))
+        Queue::try_from(state).map_err(|e| format!("queue: {e}"))
     }
 }
 
@@ -93,7 +94,7 @@ impl Net {
         let queues = s
             .queues
             .iter()
-            .map(QueueSnapshot::restore)
+            .map(|q| q.restore().map_err(NetError::BadState))
             .collect::<Result<Vec<_>, _>>()?;
         inner.mac = s.mac;
         let t = &mut inner.transport;

@@ -6,11 +6,13 @@ use std::os::unix::net::UnixDatagram;
 
 use virtio_bindings::virtio_mmio::*;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use vm_memory::bitmap::Bitmap;
-use vm_memory::{Bytes, GuestMemoryBackend};
+use vm_memory::Bytes;
 
 use super::*;
-use crate::devices::virtio::chain::tests::{mem, Driver};
+use crate::devices::virtio::chain::{
+    self,
+    tests::{mem, Driver},
+};
 
 const W: u16 = VRING_DESC_F_WRITE as u16;
 const N: u16 = VRING_DESC_F_NEXT as u16;
@@ -83,14 +85,11 @@ impl Rig {
     }
 
     fn dirty(&self, addr: u64) -> bool {
-        let region = self.mem.find_region(GuestAddress(addr)).unwrap();
-        region.bitmap().dirty_at(addr as usize)
+        chain::tests::dirty(&self.mem, addr)
     }
 
     fn clear_dirty(&self) {
-        for r in self.mem.iter() {
-            r.bitmap().reset();
-        }
+        chain::tests::clear_dirty(&self.mem);
     }
 
     /// The stop reason's text, if the VM was stopped.

@@ -1,7 +1,10 @@
-//! `laundromat`: the tenant's client. Keys, account, and tokens bought from the broker; the
-//! commands that talk to hosts (inject, pay, migrate, stop) come with `hostd`.
+//! `laundromat`: the tenant's client. Keys, account, and tokens bought from the broker; VMs
+//! injected into hosts on those tokens ([`vm`]) and paid for link by link ([`pay`]).
 
-#[path = "laundromat/hosts.rs"]
+mod migrate;
+mod pay;
+mod vm;
+
 mod hosts;
 
 use std::fs;
@@ -23,7 +26,7 @@ use token::{image_digest, ImageDigest, Link, Payer, SignedToken, TokenId};
 #[command(
     name = "laundromat",
     version,
-    about = "The Laundromat tenant's client: keys, account and boot tokens"
+    about = "The Laundromat tenant's client: keys, account, boot tokens, and the VMs they run"
 )]
 struct Cli {
     /// Print results as JSON.
@@ -60,6 +63,13 @@ enum Command {
     },
     /// The host directory: every host's advertised price and free capacity, cheapest first.
     Hosts,
+    /// VMs on hosts: inject, status, console, stop.
+    Vm {
+        #[command(subcommand)]
+        action: vm::VmAction,
+    },
+    /// Pay a VM's next link; with --follow, keep it paid one link ahead.
+    Pay(pay::PayArgs),
 }
 
 #[derive(Subcommand)]
@@ -171,6 +181,34 @@ enum CliError {
     TokenId(String),
     #[error("cannot build the hash chain")]
     Chain(#[source] token::chain::payer::PayerError),
+    #[error(transparent)]
+    Hostd(laundromat_api::hostd_client::ClientError),
+    #[error("{0:?} is not a VM id")]
+    VmId(String),
+    #[error("no --host given, and VM {0} is not one this client injected")]
+    UnknownVm(String),
+    #[error("{} holds no bought token (its purchase did not complete)", .0.display())]
+    NotBought(PathBuf),
+    #[error("the kernel, initrd and command line do not match the token's image digest")]
+    WrongImage,
+    #[error("VM {vm} runs token {vm_token}, but the token file is for token {file_token}")]
+    OtherToken {
+        vm: String,
+        vm_token: String,
+        file_token: String,
+    },
+    #[error("another `laundromat pay` is paying from {}", .0.display())]
+    ChainBusy(PathBuf),
+    #[error("every link of the token's chain has been paid")]
+    ChainSpent,
+    #[error("other payers keep paying this VM's links first")]
+    PaymentRace,
+    #[error("the host's answer ended before the migration's result")]
+    MigrationUnfinished,
+    #[error(
+        "the migration ended {0}, not completed; `laundromat vm status` shows where the VM runs"
+    )]
+    MigrationFailed(String),
 }
 
 fn config_dir(cli: &Cli) -> Result<PathBuf, CliError> {
@@ -215,7 +253,12 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
     file.write_all(bytes)
         .and_then(|()| file.sync_all())
         .map_err(error)?;
-    fs::rename(&tmp, path).map_err(error)
+    fs::rename(&tmp, path).map_err(error)?;
+    // The rename is durable only once the directory is.
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    fs::File::open(parent.unwrap_or(Path::new(".")))
+        .and_then(|dir| dir.sync_all())
+        .map_err(error)
 }
 
 fn image(args: &BuyArgs) -> Result<ImageDigest, CliError> {
@@ -379,6 +422,8 @@ async fn run(cli: &Cli) -> Result<(), CliError> {
             action: TokenAction::Show { token_id },
         } => show_token(cli, &dir, token_id).await?,
         Command::Hosts => hosts::run(&cli.broker, cli.json).await?,
+        Command::Vm { action } => vm::run(cli.json, &dir, action).await?,
+        Command::Pay(args) => pay::run(cli.json, &dir, args).await?,
     }
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! agent-bench: the timeline workload on three `guest-agentd` processes on loopback, in four
 //! modes: data shipping, moving continuations, continuations after placement, and ship-or-fetch
 //! after placement. Prints bytes and hops per request, p50/p99 latency, requests per second, the
-//! hops and bytes per round while placement converges, and each target's verdict.
+//! hops and bytes per round while placement converges, and each target's verdict; draws those
+//! rounds over time to `docs/agent-bench.png`.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
@@ -15,6 +16,8 @@ use clap::Parser;
 use guest_agent::timeline::Params;
 use guest_agent::{Policy, Stats};
 use guest_agentd::api::{Client, Request, Response};
+use laundromat_tests::plot::{self, Line, Panel};
+use laundromat_tests::workspace::Workspace;
 
 #[derive(Parser)]
 #[command(about = "The guest agent's timeline benchmark (four modes, placement convergence)")]
@@ -34,6 +37,9 @@ struct Args {
     /// Placement rounds (requests, then one pass per agent in turn).
     #[arg(long, default_value_t = 8)]
     rounds: u32,
+    /// Where the PNG goes.
+    #[arg(long, default_value = "docs")]
+    out: PathBuf,
 }
 
 struct Cluster {
@@ -52,12 +58,10 @@ impl Drop for Cluster {
     }
 }
 
-fn daemon_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap_or_default();
-    exe.with_file_name("guest-agentd")
-}
-
 fn start(params: Params) -> Result<Cluster, String> {
+    let daemon = Workspace::locate()
+        .and_then(|w| w.guest_agentd())
+        .map_err(|e| e.to_string())?;
     let dir = std::env::temp_dir().join(format!("agent-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -82,13 +86,13 @@ fn start(params: Params) -> Result<Cluster, String> {
         });
         let path = dir.join(format!("agent{id}.json"));
         std::fs::write(&path, config.to_string()).map_err(|e| e.to_string())?;
-        let child = Command::new(daemon_binary())
+        let child = Command::new(&daemon)
             .args(["run", "--config"])
             .arg(&path)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", daemon_binary().display()))?;
+            .map_err(|e| format!("cannot start {}: {e}", daemon.display()))?;
         cluster.children.push(child);
     }
     for &addr in &addrs {
@@ -271,8 +275,11 @@ fn run(mut args: Args) -> Result<(), String> {
     print_row("2 continuations (random placement)", &moving);
 
     println!("placement converging (round: hops/req, bytes/req, objects moved so far):");
+    let converging = Instant::now();
+    let mut series = Vec::new();
     for round in 0..args.rounds {
         let f = measure(&cluster, params, per_round, args.concurrency)?;
+        series.push((converging.elapsed().as_secs_f64(), f));
         for &addr in &cluster.addrs {
             call(addr, &Request::Place)?;
             std::thread::sleep(Duration::from_millis(50));
@@ -284,11 +291,18 @@ fn run(mut args: Args) -> Result<(), String> {
         );
     }
     let placed = measure(&cluster, params, args.requests, args.concurrency)?;
+    series.push((converging.elapsed().as_secs_f64(), placed));
     print_row("3 continuations after placement", &placed);
     set_policy(&cluster, Policy::ShipOrFetch)?;
     let mixed = measure(&cluster, params, args.requests, args.concurrency)?;
     print_row("4 ship-or-fetch after placement", &mixed);
 
+    let community = params.community_hops();
+    println!(
+        "bound: with each community on one agent (an oracle), a read would take {community:.2} \
+         hops, {:.2}x fewer than random placement",
+        moving.hops / community
+    );
     verdict(
         "mode 3 moves fewer bytes than mode 1",
         shipping.bytes / placed.bytes.max(1.0),
@@ -304,5 +318,44 @@ fn run(mut args: Args) -> Result<(), String> {
         placed.rps / moving.rps.max(0.01),
         2.0,
     );
+    let png = args.out.join("agent-bench.png");
+    draw(&png, &series, &shipping, &moving)?;
+    println!("wrote {}", png.display());
     Ok(())
+}
+
+/// Hops and bytes per request in each window while placement converges, against the random
+/// placement (mode 2) and data shipping (mode 1) levels.
+fn draw(
+    png: &std::path::Path,
+    series: &[(f64, Figures)],
+    shipping: &Figures,
+    moving: &Figures,
+) -> Result<(), String> {
+    let line = |name: &str, value: &dyn Fn(&Figures) -> f64| Line {
+        name: name.into(),
+        points: series.iter().map(|(t, f)| (*t, Some(value(f)))).collect(),
+    };
+    let flat = |name: &str, value: f64| Line {
+        name: name.into(),
+        points: series.iter().map(|(t, _)| (*t, Some(value))).collect(),
+    };
+    let panels = [
+        Panel {
+            y_label: "hops per request".into(),
+            lines: vec![
+                line("continuations, placement converging", &|f| f.hops),
+                flat("continuations, random placement (mode 2)", moving.hops),
+            ],
+        },
+        Panel {
+            y_label: "bytes per request".into(),
+            lines: vec![
+                line("continuations, placement converging", &|f| f.bytes),
+                flat("data shipping (mode 1)", shipping.bytes),
+            ],
+        },
+    ];
+    let title = "agent-bench: the timeline on 3 guest-agentd while placement converges";
+    plot::draw(png, title, &panels, &[]).map_err(|e| e.to_string())
 }

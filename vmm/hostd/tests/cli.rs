@@ -1,0 +1,239 @@
+//! The tenant's `laundromat` binary against a real hostd: inject a bench guest, pay for it
+//! (by hand and with `--follow`), survive a payer that crashed before recording a link, read
+//! its status and console, and stop it; another tenant can neither stop nor read it.
+//!
+//! `laundromat` is the broker package's binary: it must be built in the same profile
+//! (`cargo build --release -p broker --bin laundromat`; `cargo test --workspace` does).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use token::Payer;
+
+fn laundromat_bin() -> PathBuf {
+    sibling_bin("laundromat", "broker")
+}
+
+/// A tenant's config dir: its key and its token file, as `keygen` and `token buy` leave them.
+struct Tenant {
+    dir: PathBuf,
+    token_file: PathBuf,
+}
+
+impl Tenant {
+    fn new(root: &Path, name: &str, bought: &Bought) -> Self {
+        let dir = root.join(name);
+        std::fs::create_dir_all(dir.join("tokens")).unwrap();
+        std::fs::write(
+            dir.join("tenant.key"),
+            token::hex::encode(bought.tenant.as_bytes()),
+        )
+        .unwrap();
+        let token_file = dir
+            .join("tokens")
+            .join(format!("{}.json", bought.token().token_id));
+        let file = serde_json::json!({ "token": bought.signed, "payer": bought.payer });
+        std::fs::write(&token_file, serde_json::to_vec(&file).unwrap()).unwrap();
+        Self { dir, token_file }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(laundromat_bin());
+        command
+            .arg("--config-dir")
+            .arg(&self.dir)
+            .args(args)
+            .stdin(Stdio::null());
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// Runs a command that must succeed and prints JSON; returns it.
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let output = self.run(&[&["--json"], args].concat());
+        assert!(
+            output.status.success(),
+            "laundromat {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+
+    fn payer(&self) -> Payer {
+        let file: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&self.token_file).unwrap()).unwrap();
+        serde_json::from_value(file["payer"].clone()).unwrap()
+    }
+}
+
+/// Asserts that a command was refused, naming hostd's status and code.
+fn assert_refused(output: &Output, status: &str, code: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains(status) && stderr.contains(code),
+        "expected a {status} {code} refusal, got {:?}: {stderr}",
+        output.status
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_runs_pays_reads_and_stops_a_vm_and_no_one_else_can() {
+    if !kvm_available() {
+        return;
+    }
+    let kernel = bench_elf();
+    let spec = TokenSpec {
+        link_period_ms: 2_000,
+        ..TokenSpec::new(&kernel, IDLE)
+    };
+    let bought = spec.clone().buy();
+    let other = TokenSpec { tenant: 2, ..spec }.buy();
+    let hostd = Hostd::start(&["--grace-s", "600"], &[&bought, &other], &[]);
+    let alice = Tenant::new(hostd.dir.path(), "alice", &bought);
+    let mallory = Tenant::new(hostd.dir.path(), "mallory", &other);
+    let kernel_file = hostd.dir.path().join("bench.elf");
+    std::fs::write(&kernel_file, &kernel).unwrap();
+
+    // Inject: the kernel is uploaded because the host lacks it, then the VM admitted.
+    let injected = alice.json(&[
+        "vm",
+        "inject",
+        "--host",
+        &hostd.url,
+        "--token",
+        alice.token_file.to_str().unwrap(),
+        "--kernel",
+        kernel_file.to_str().unwrap(),
+        "--cmdline",
+        IDLE,
+    ]);
+    let vm = injected["vm_id"].as_str().unwrap().to_owned();
+    assert_eq!(injected["state"], "running");
+    let pid = injected["pid"].as_u64().unwrap() as u32;
+
+    // Pay twice; keep the payer's state from before the second payment.
+    assert_eq!(alice.json(&["pay", "--vm", &vm])["index"], 1);
+    let before = std::fs::read(&alice.token_file).unwrap();
+    let mut stale = alice.payer();
+    assert_eq!(alice.json(&["pay", "--vm", &vm])["index"], 2);
+    assert_eq!(alice.payer().next_index(), 3);
+
+    // The link revealed by the second payment, sent again, is refused and changes nothing.
+    let replay = stale.pay(1).unwrap();
+    let refused = hostd.client.pay(&vm, &replay).await.unwrap_err();
+    assert_eq!(
+        (refused.status(), refused.code()),
+        (Some(409), Some("replayed"))
+    );
+    assert_eq!(hostd.client.vm(&vm).await.unwrap().paid_index, 2);
+
+    // A payer that crashed after the host accepted link 2 but before recording it: the next
+    // `pay` takes the host's count and pays link 3, without sending link 2 again.
+    std::fs::write(&alice.token_file, &before).unwrap();
+    assert_eq!(alice.json(&["pay", "--vm", &vm])["index"], 3);
+    let metrics = hostd.client.metrics().await.unwrap();
+    assert!(
+        metrics.contains("hostd_payments_total{outcome=\"replayed\"} 1\n"),
+        "{metrics}"
+    );
+
+    // --follow keeps the VM a period ahead, printing each link, until Ctrl-C.
+    let follow = alice
+        .command(&["--json", "pay", "--vm", &vm, "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(60);
+    while hostd.client.vm(&vm).await.unwrap().paid_index < 5 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // SAFETY: kill takes plain integers; the child is ours and not yet reaped.
+    unsafe { libc::kill(follow.id() as i32, libc::SIGINT) };
+    let output = follow.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "pay --follow: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let links: Vec<u64> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line).unwrap()["index"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    let held = hostd.client.vm(&vm).await.unwrap().paid_index;
+    assert!(
+        held >= 5,
+        "--follow paid up to {held} in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(links, (4..=held).collect::<Vec<_>>());
+    assert_eq!(alice.payer().next_index(), held + 1);
+
+    // Status and console.
+    let status = alice.json(&["vm", "status", &vm]);
+    assert_eq!(
+        (status["paid_index"].as_u64(), status["state"].as_str()),
+        (Some(held), Some("running"))
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let console = loop {
+        let console = alice.json(&["vm", "console", &vm]);
+        let text = console["output"].as_str().unwrap().to_owned();
+        if text.contains("t=") || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(console.contains("t="), "console: {console}");
+
+    // Another tenant can neither stop nor read the VM, nor pay it from its own chain.
+    for args in [
+        &["vm", "stop", &vm, "--host", &hostd.url][..],
+        &["vm", "console", &vm, "--host", &hostd.url],
+    ] {
+        assert_refused(&mallory.run(args), "403", "not_the_tenant");
+    }
+    let output = mallory.run(&[
+        "pay",
+        "--vm",
+        &vm,
+        "--host",
+        &hostd.url,
+        "--token",
+        mallory.token_file.to_str().unwrap(),
+    ]);
+    assert!(
+        !output.status.success()
+            && String::from_utf8_lossy(&output.stderr).contains("but the token file is for"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(process_alive(pid));
+    assert_eq!(hostd.client.vm(&vm).await.unwrap().paid_index, held);
+
+    // The tenant stops it: the host keeps what it was paid.
+    let stopped = alice.json(&["vm", "stop", &vm]);
+    assert_eq!(stopped["paid_index"].as_u64(), Some(held));
+    assert!(!process_alive(pid));
+    assert_refused(
+        &alice.run(&["vm", "status", &vm, "--host", &hostd.url]),
+        "404",
+        "vm_not_found",
+    );
+    assert_eq!(
+        hostd.broker().credits.get(&hostd.identity.host_id),
+        Some(&(held * PRICE))
+    );
+}
