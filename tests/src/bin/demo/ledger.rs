@@ -13,8 +13,8 @@ pub(super) struct Ledger {
     pub(super) host_b: u64,
     /// What the broker returned to the tenant after expiry.
     pub(super) refund: u64,
-    /// Links the hosts were paid for, as the broker counts them.
-    pub(super) redeemed_links: u64,
+    /// What the broker paid out to hosts for the token, by its own count.
+    pub(super) paid_out: u64,
     pub(super) tenant_balance: u64,
 }
 
@@ -53,7 +53,7 @@ impl Ledger {
             host_a: earned(&story.hosts[0])?,
             host_b: earned(&story.hosts[1])?,
             refund,
-            redeemed_links: number(token, "redeemed_links")? * price,
+            paid_out: number(token, "redeemed_links")? * price,
             tenant_balance: number(&statement, "balance")?,
         })
     }
@@ -85,10 +85,10 @@ Ledger (from the broker)
                 self.escrow, self.host_a, self.host_b, self.refund
             ));
         }
-        if paid_out != self.redeemed_links {
+        if paid_out != self.paid_out {
             problems.push(format!(
                 "the hosts' ranges add up to {paid_out}, the broker paid out {}",
-                self.redeemed_links
+                self.paid_out
             ));
         }
         if TOPUP - self.escrow + self.refund != self.tenant_balance {
@@ -105,8 +105,9 @@ Ledger (from the broker)
 }
 
 /// Everything that went wrong; empty if the demo passed.
-pub(super) fn verdict(outcome: &Outcome, ledger: &Ledger) -> Vec<String> {
+pub(super) fn verdict(outcome: &Outcome, ledger: &Ledger, payments: &Payments) -> Vec<String> {
     let mut problems = ledger.problems();
+    problems.extend(payments.problems.iter().cloned());
     if outcome.migration.get("status").and_then(Value::as_str) != Some("completed") {
         problems.push(format!(
             "the migration did not complete: {}",

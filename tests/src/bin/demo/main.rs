@@ -9,10 +9,12 @@
 
 mod cli;
 mod ledger;
+mod payments;
 mod services;
 mod tenant;
 use cli::*;
 use ledger::*;
+use payments::*;
 use services::*;
 
 use std::{
@@ -133,6 +135,8 @@ struct Outcome {
     guest_errors: Option<u64>,
     /// Whether host-b reclaimed the VM once payment stopped.
     reclaimed: bool,
+    /// The links each host accepted, by the payer's receipts and the hosts' counts.
+    payments: Option<Payments>,
     ledger: Option<Ledger>,
     broker_check: Value,
 }
@@ -212,6 +216,11 @@ fn run(args: &Args, out: Out) -> Result<Outcome> {
     };
     let result =
         Story::new(args, out, &tools, &network, &kernel).and_then(|mut story| story.tell());
+    // The story's services are stopped by now; anything of theirs still running goes too.
+    let leftovers = kill_leftovers(dir.path());
+    if leftovers > 0 {
+        eprintln!("demo: killed {leftovers} process(es) the services left behind");
+    }
     let cleanup = network.delete();
     let outcome = result?;
     cleanup.context("cannot delete the demo's network namespaces")?;
@@ -305,18 +314,32 @@ impl<'a> Story<'a> {
         self.wait_paying(&mut payer, self.args.migrate_after_s)?;
         self.migrate(&vm)?;
         self.wait_paying(&mut payer, self.args.pay_after_s)?;
-        self.out.step("the tenant stops paying");
-        payer.stop();
         self.outcome.guest_errors = Some(self.guest_errors(&vm)?);
+        self.out.step("the tenant stops paying (Ctrl-C)");
+        payer.stop(self)?;
         self.reclaim()?;
         let state = self.refund(&token)?;
+        let mut payments = Payments::tally(self, &payer.receipts)?;
+        payments.print(self.out);
         let ledger = Ledger::read(self, &state)?;
         ledger.print(self.out);
+        payments.check_earnings(&ledger, self.args.price);
+        self.out.step("the operator checks the ledger's invariants");
         self.outcome.broker_check = self.broker.check(self.tools, self.out)?;
-        self.outcome.problems = verdict(&self.outcome, &ledger);
+        self.outcome.problems = verdict(&self.outcome, &ledger, &payments);
         self.outcome.ledger = Some(ledger);
+        self.outcome.payments = Some(payments);
         self.outcome.ok = self.outcome.problems.is_empty();
         print_verdict(&self.outcome, self.out);
         Ok(std::mem::take(&mut self.outcome))
+    }
+
+    /// "host-a" or "host-b" for a hostd URL; the URL itself for any other.
+    fn host_name<'u>(&self, url: &'u str) -> &'u str {
+        [HOST_A, HOST_B]
+            .into_iter()
+            .zip(&self.hosts)
+            .find(|(_, host)| host.url() == url)
+            .map_or(url, |(name, _)| name)
     }
 }

@@ -207,8 +207,9 @@ impl Hostd {
         &self.service.url
     }
 
-    /// The value of a Prometheus counter on this host's `/metrics`, summed over its labels.
-    pub(super) fn metric(&self, name: &str) -> Result<f64> {
+    /// The value of one Prometheus series on this host's `/metrics`, e.g.
+    /// `hostd_payments_total{outcome="accepted"}`; 0 if the host has not reported it yet.
+    pub(super) fn metric(&self, series: &str) -> Result<f64> {
         let url = format!("{}/metrics", self.url());
         let output = self
             .service
@@ -218,10 +219,40 @@ impl Hostd {
             .output()?;
         ensure!(output.status.success(), "cannot read {url}");
         let text = String::from_utf8_lossy(&output.stdout);
-        Ok(text
+        let value = text
             .lines()
-            .filter(|line| line.split(['{', ' ']).next() == Some(name))
-            .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
-            .sum())
+            .filter_map(|line| line.rsplit_once(' '))
+            .find(|(name, _)| *name == series)
+            .map(|(_, value)| value.parse::<f64>())
+            .transpose()
+            .with_context(|| format!("{url} shows {series} with a value that is not a number"))?;
+        Ok(value.unwrap_or(0.0))
     }
+}
+
+/// Kills, by pid, whatever process still names the demo's private directory on its command line
+/// (a `vmm` that outlived a hostd killed after its stop timeout): only the demo's own children
+/// and theirs can. Returns how many there were.
+pub(super) fn kill_leftovers(dir: &Path) -> usize {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut killed = 0;
+    for pid in entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+    {
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        if cmdline.windows(needle.len()).any(|w| w == needle) {
+            // SAFETY: kill(2) with a pid and a signal number; no memory is shared.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            killed += 1;
+        }
+    }
+    killed
 }

@@ -1,37 +1,88 @@
 //! The tenant's side of the story: the `laundromat` commands a tenant types, in order.
 use super::*;
 
-/// The payer: `laundromat pay --follow` running in the background, its lines shown as they come.
+use serde::Deserialize;
+
+/// The payer: `laundromat --json pay --follow` running in the background. Each link it pays
+/// prints one receipt line (JSON); they are shown, and kept for the checks at the end.
 pub(super) struct Payer {
     child: Option<BoundedChild>,
-    shown: usize,
+    /// Receipt lines already read.
+    read: usize,
+    /// Stderr lines already shown (retries, following the VM to its new host).
+    noted: usize,
+    pub(super) receipts: Vec<Receipt>,
+}
+
+/// One accepted payment, as `laundromat pay --json` prints it.
+#[derive(Debug, Clone, Deserialize)]
+pub(super) struct Receipt {
+    pub(super) index: u64,
+    pub(super) links_paid: u64,
+    /// The hostd URL that accepted it.
+    pub(super) host: String,
 }
 
 impl Payer {
-    /// Shows the lines printed since last time; fails if the payer has exited.
-    fn show(&mut self, out: Out) -> Result<()> {
+    /// Shows what the payer printed since last time; fails if it has exited.
+    fn show(&mut self, story: &Story) -> Result<()> {
         let Some(child) = self.child.as_mut() else {
             bail!("the payer is not running");
         };
-        let console = child.console();
-        for line in console.lines().skip(self.shown) {
-            out.line(format_args!("  [pay] {line}"));
-            self.shown += 1;
-        }
+        let (console, stderr) = (child.console(), child.stderr());
+        let running = child.is_running()?;
+        self.take(story, &console, &stderr)?;
         ensure!(
-            child.is_running()?,
-            "`laundromat pay --follow` stopped on its own"
+            running,
+            "`laundromat pay --follow` stopped on its own: {}",
+            stderr.trim()
         );
         Ok(())
     }
 
-    /// Stops paying: SIGINT, as a tenant's Ctrl-C.
-    pub(super) fn stop(&mut self) {
-        if let Some(child) = self.child.take() {
-            // SAFETY: kill(2) on the pid of a child we have not reaped yet.
-            unsafe { libc::kill(child.pid() as libc::pid_t, libc::SIGINT) };
-            thread::sleep(Duration::from_millis(500));
+    /// Reads and shows the receipts and notes in `console` and `stderr` not seen yet.
+    fn take(&mut self, story: &Story, console: &str, stderr: &str) -> Result<()> {
+        // Only whole lines: the last one may still be arriving.
+        let complete = console.rfind('\n').map_or("", |end| &console[..end]);
+        for line in complete.lines().skip(self.read) {
+            self.read += 1;
+            let receipt: Receipt = serde_json::from_str(line)
+                .with_context(|| format!("the payer printed an odd receipt: {line}"))?;
+            story.out.line(format_args!(
+                "  [pay] link {:>3} accepted by {}",
+                receipt.index,
+                story.host_name(&receipt.host)
+            ));
+            self.receipts.push(receipt);
         }
+        for line in stderr.lines().skip(self.noted) {
+            self.noted += 1;
+            story.out.line(format_args!("  [pay] {line}"));
+        }
+        Ok(())
+    }
+
+    /// Stops paying: SIGINT, as a tenant's Ctrl-C; the payer finishes the payment in flight
+    /// and exits. Its last receipts are read.
+    pub(super) fn stop(&mut self, story: &Story) -> Result<()> {
+        let Some(child) = self.child.as_mut() else {
+            return Ok(());
+        };
+        // SAFETY: kill(2) on the pid of a child we have not reaped yet.
+        unsafe { libc::kill(child.pid() as libc::pid_t, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.is_running()? {
+            ensure!(
+                Instant::now() < deadline,
+                "the payer did not stop on Ctrl-C"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        // Let the pipe readers take in the last lines.
+        thread::sleep(Duration::from_millis(200));
+        let (console, stderr) = (child.console(), child.stderr());
+        self.child = None;
+        self.take(story, &console, &stderr)
     }
 }
 
@@ -118,7 +169,7 @@ impl Story<'_> {
         let kernel = self.kernel.to_string_lossy().into_owned();
         let cmdline = self.cmdline();
         let host = self.hosts[0].url().to_owned();
-        let vm = self.laundromat(&[
+        let injected = self.laundromat(&[
             "vm",
             "inject",
             "--host",
@@ -130,25 +181,30 @@ impl Story<'_> {
             "--cmdline",
             &cmdline,
         ])?;
-        string(&vm, "id")
+        let vm = string(&injected, "vm_id")?;
+        self.out.line(format_args!("  VM {vm} runs on host-a"));
+        Ok(vm)
     }
 
-    /// Starts `laundromat pay --follow`: one link ahead of each period, to whichever host runs it.
+    /// Starts `laundromat pay --follow`: one link ahead of each period, to whichever host runs
+    /// it.
     pub(super) fn pay(&mut self, vm: &str) -> Result<Payer> {
         self.out
             .step("the tenant pays as the VM runs (laundromat pay --follow)");
         let host = self.hosts[0].url().to_owned();
-        let args = self.tenant_args(&["pay", "--vm", vm, "--host", &host, "--follow"]);
+        let args = self.tenant_args(&["--json", "pay", "--vm", vm, "--host", &host, "--follow"]);
         let mut command = self.tools.command(self.laptop, "laundromat", &args);
         self.out.line(format_args!(
             "[{}] $ laundromat {} &",
             self.laptop.name(),
-            args.join(" ")
+            shown(&args)
         ));
         let child = BoundedChild::spawn("pay", &mut command)?;
         Ok(Payer {
             child: Some(child),
-            shown: 0,
+            read: 0,
+            noted: 0,
+            receipts: Vec::new(),
         })
     }
 
@@ -157,10 +213,10 @@ impl Story<'_> {
         let until = Instant::now() + Duration::from_secs(seconds);
         while Instant::now() < until {
             check_stop()?;
-            payer.show(self.out)?;
+            payer.show(self)?;
             thread::sleep(POLL);
         }
-        payer.show(self.out)
+        payer.show(self)
     }
 
     /// Live-migrates the VM to host-b while the tenant keeps paying.
@@ -169,10 +225,17 @@ impl Story<'_> {
             .step("the tenant live-migrates the VM to host-b while paying");
         let host = self.hosts[0].url().to_owned();
         let to = self.hosts[1].id.clone();
-        let stats =
-            self.laundromat(&["vm", "migrate", "--vm", vm, "--host", &host, "--to", &to])?;
-        self.out.line(format_args!("  {stats}"));
-        self.outcome.migration = stats;
+        let result = self.laundromat(&["vm", "migrate", vm, "--host", &host, "--to", &to])?;
+        let stats = &result["stats"];
+        self.out.line(format_args!(
+            "  {}: {} rounds, {} MiB sent, downtime {:.0} ms, total {:.0} ms",
+            result["status"].as_str().unwrap_or("?"),
+            stats["rounds"].as_array().map_or(0, Vec::len),
+            stats["ram"]["transferred"].as_u64().unwrap_or(0) >> 20,
+            stats["downtime-ms"].as_f64().unwrap_or(f64::NAN),
+            stats["total-time-ms"].as_f64().unwrap_or(f64::NAN),
+        ));
+        self.outcome.migration = result;
         Ok(())
     }
 
@@ -180,7 +243,7 @@ impl Story<'_> {
     /// the guest never reported on host-b.
     pub(super) fn guest_errors(&mut self, vm: &str) -> Result<u64> {
         let host = self.hosts[1].url().to_owned();
-        let args = self.tenant_args(&["vm", "console", "--vm", vm, "--host", &host]);
+        let args = self.tenant_args(&["vm", "console", vm, "--host", &host]);
         let console = self
             .tools
             .text(self.laptop, "laundromat", &args, self.out)?;
@@ -205,7 +268,7 @@ impl Story<'_> {
             + SLACK;
         let host_b = &self.hosts[1];
         wait_for("host-b's reclaim", budget, || {
-            Ok((host_b.metric("hostd_vms_reclaimed_total")? >= 1.0).then_some(()))
+            Ok((host_b.metric(RECLAIMED_UNPAID)? >= 1.0).then_some(()))
         })?;
         self.outcome.reclaimed = true;
         self.out
@@ -223,7 +286,7 @@ impl Story<'_> {
         self.out.line(format_args!(
             "[{}] $ laundromat {} (until refunded)",
             self.laptop.name(),
-            args.join(" ")
+            shown(&args)
         ));
         wait_for("the refund", budget, || {
             let state = self.tools.json(self.laptop, "laundromat", &args, quiet)?;
@@ -235,6 +298,9 @@ impl Story<'_> {
         })
     }
 }
+
+/// hostd's count of VMs it stopped because their payments ran out.
+const RECLAIMED_UNPAID: &str = "hostd_vms_reclaimed_total{reason=\"unpaid\"}";
 
 /// The number in `key=N` among a line's words.
 fn field(line: &str, key: &str) -> Option<u64> {
