@@ -42,6 +42,11 @@ impl Payer {
 
     /// Reads and shows the receipts and notes in `console` and `stderr` not seen yet.
     fn take(&mut self, story: &Story, console: &str, stderr: &str) -> Result<()> {
+        // The payer's notes first: they tell why the receipts after them changed host.
+        for line in stderr.lines().skip(self.noted) {
+            self.noted += 1;
+            story.out.line(format_args!("  [pay] {line}"));
+        }
         // Only whole lines: the last one may still be arriving.
         let complete = console.rfind('\n').map_or("", |end| &console[..end]);
         for line in complete.lines().skip(self.read) {
@@ -54,10 +59,6 @@ impl Payer {
                 story.host_name(&receipt.host)
             ));
             self.receipts.push(receipt);
-        }
-        for line in stderr.lines().skip(self.noted) {
-            self.noted += 1;
-            story.out.line(format_args!("  [pay] {line}"));
         }
         Ok(())
     }
