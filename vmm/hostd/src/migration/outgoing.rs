@@ -261,6 +261,9 @@ pub async fn drive(host: Arc<Host>, out: Outgoing, events: Events) -> &'static s
         _ => IncomingOutcome::Failed,
     };
     let result = if outcome == IncomingOutcome::Running {
+        if let Some(ms) = answer.as_ref().and_then(|a| a["downtime-ms"].as_f64()) {
+            host.metrics.observe_downtime(ms / 1000.0);
+        }
         moved(&host, &out, status == "unknown").await;
         "completed"
     } else {
