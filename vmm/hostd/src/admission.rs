@@ -296,6 +296,24 @@ pub(crate) fn reserve(host: &Host, vm: &Arc<crate::host::Vm>) -> Result<(), ApiE
 /// Starts `vmm` for a VM whose record is saved, records its process and starts supervising it.
 async fn start(host: &Arc<Host>, vm: &Arc<crate::host::Vm>) -> Result<(), ApiError> {
     let mut state = vm.state.lock().await;
+    let args = vmm_args(host, &state.record);
+    let process = spawn_vmm(host, vm, &mut state, &args).await?;
+    vm.set_phase(Phase::Running);
+    drop(state);
+    crate::lifecycle::supervise(host.clone(), vm.clone(), process);
+    Ok(())
+}
+
+/// Gives a VM whose record is saved its tap (if it has a network), starts its `vmm` with
+/// `args`, and records the process durably, so a restarted hostd re-adopts it. Shared by
+/// admission and incoming migrations.
+pub(crate) async fn spawn_vmm(
+    host: &Host,
+    vm: &crate::host::Vm,
+    state: &mut crate::host::VmState,
+    args: &[String],
+) -> Result<Arc<VmmProcess>, ApiError> {
+    // The tap exists, on this host's bridge, before the VM can run and announce itself.
     if let Some(net) = &vm.net {
         crate::network::create_vm_tap(host, &vm.id, net)
             .await
@@ -303,10 +321,9 @@ async fn start(host: &Arc<Host>, vm: &Arc<crate::host::Vm>) -> Result<(), ApiErr
                 ApiError::internal(format!("cannot give the VM its tap: {}", chain(&e)))
             })?;
     }
-    let args = vmm_args(host, &state.record);
     let process = VmmProcess::spawn(
         &host.config.vmm,
-        &args,
+        args,
         &vm.dir,
         vm.console.clone(),
         vm.log.clone(),
@@ -314,7 +331,7 @@ async fn start(host: &Arc<Host>, vm: &Arc<crate::host::Vm>) -> Result<(), ApiErr
     )
     .await
     .map_err(|e| {
-        ApiError::new(
+        refuse(
             StatusCode::UNPROCESSABLE_ENTITY,
             "vm_failed_to_start",
             chain(&e),
@@ -327,8 +344,5 @@ async fn start(host: &Arc<Host>, vm: &Arc<crate::host::Vm>) -> Result<(), ApiErr
     }
     let process = Arc::new(process);
     state.process = Some(process.clone());
-    vm.set_phase(Phase::Running);
-    drop(state);
-    crate::lifecycle::supervise(host.clone(), vm.clone(), process);
-    Ok(())
+    Ok(process)
 }

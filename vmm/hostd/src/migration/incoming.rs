@@ -228,38 +228,7 @@ async fn start(host: &Host, vm: &Vm, args: &[String]) -> Result<Arc<VmmProcess>,
         .record
         .save(&vm.dir)
         .map_err(|e| ApiError::internal(chain(&e)))?;
-    // The tap exists, on this host's bridge, before the VM can run and announce itself.
-    if let Some(net) = &vm.net {
-        crate::network::create_vm_tap(host, &vm.id, net)
-            .await
-            .map_err(|e| {
-                ApiError::internal(format!("cannot give the VM its tap: {}", chain(&e)))
-            })?;
-    }
-    let process = VmmProcess::spawn(
-        &host.config.vmm,
-        args,
-        &vm.dir,
-        vm.console.clone(),
-        vm.log.clone(),
-        host.config.start_timeout,
-    )
-    .await
-    .map_err(|e| {
-        refuse(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "vm_failed_to_start",
-            chain(&e),
-        )
-    })?;
-    state.record.process = Some(process.id);
-    if let Err(e) = state.record.save(&vm.dir) {
-        process.kill_and_wait(Duration::from_secs(5)).await;
-        return Err(ApiError::internal(chain(&e)));
-    }
-    let process = Arc::new(process);
-    state.process = Some(process.clone());
-    Ok(process)
+    crate::admission::spawn_vmm(host, vm, &mut state, args).await
 }
 
 /// Follows the incoming `vmm` until it runs the VM or ends.

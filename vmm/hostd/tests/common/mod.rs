@@ -2,7 +2,10 @@
 //! key, host and tokens, and the `hostd` binary as a child process killed on drop.
 #![allow(dead_code)]
 
+pub mod processes;
 pub mod real_broker;
+
+pub use processes::*;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -554,12 +557,6 @@ pub fn request(bought: &Bought, kernel: impl AsRef<str>, cmdline: &str) -> Admit
     }
 }
 
-pub fn process_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.contains(") Z "))
-        .unwrap_or(false)
-}
-
 /// Blocks on a future from a synchronous closure (`eventually` takes one).
 pub fn futures_block<F: std::future::Future>(future: F) -> F::Output {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
@@ -575,29 +572,4 @@ pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> b
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     check()
-}
-
-/// Resident memory of a process, KiB.
-pub fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
-/// The live processes whose command line mentions `dir`: the `vmm`s of a data directory.
-pub fn processes_under(dir: &Path) -> Vec<u32> {
-    let needle = dir.as_os_str().as_encoded_bytes();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|entry| {
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            let mentions = cmdline.windows(needle.len()).any(|w| w == needle);
-            (mentions && process_alive(pid) && pid != std::process::id()).then_some(pid)
-        })
-        .collect()
 }
