@@ -181,6 +181,31 @@ pub fn sort_cheapest_first(entries: &mut [HostEntry]) {
     });
 }
 
+/// The hosts a token's VM may run on, cheapest first: fresh adverts only, of the token's
+/// cluster, with room for `memory_mib` and `vcpus`, asking no more than the token pays per
+/// link. Each comes with its advertised URL.
+pub fn hosts_that_fit(
+    entries: &[HostEntry],
+    token: &token::BootToken,
+    memory_mib: u64,
+    vcpus: u64,
+) -> Vec<HostEntry> {
+    let mut fit: Vec<HostEntry> = entries
+        .iter()
+        .filter(|entry| !entry.stale && entry.host.cluster_id == token.cluster_id)
+        .filter(|entry| {
+            entry.advert.as_ref().is_some_and(|a| {
+                a.free_memory_mib >= memory_mib
+                    && a.free_vcpus >= vcpus
+                    && a.price_per_link <= token.price_per_link
+            })
+        })
+        .cloned()
+        .collect();
+    sort_cheapest_first(&mut fit);
+    fit
+}
+
 /// The broker's directory as `GET /v1/hosts` returns it (an unsigned read).
 pub async fn fetch(broker_url: &str) -> Result<Vec<HostEntry>, crate::client::ClientError> {
     // Reads are not signed: any key will do for the client.
@@ -209,6 +234,44 @@ mod tests {
             timestamp_ms: (now - age) * 1000,
         });
         entry(host, advert, now)
+    }
+
+    #[test]
+    fn a_token_fits_fresh_hosts_of_its_cluster_with_room_at_its_price() {
+        let token = token::BootToken {
+            version: token::TOKEN_VERSION,
+            broker_key_id: token::KeyId(1),
+            token_id: token::TokenId([9; 16]),
+            tenant_key: SigningKey::from_bytes(&[9; 32]).verifying_key(),
+            cluster_id: ClusterId([1; 16]),
+            image_digest: token::ImageDigest([0; 32]),
+            vcpus: 1,
+            memory_mib: 512,
+            price_per_link: 3,
+            link_period_ms: 1000,
+            chain_root: token::Link([0; 32]),
+            chain_length: 10,
+            not_before: 0,
+            expiry: 1,
+        };
+        let mut other_cluster = host_entry(6, Some((1, 4096)), 1);
+        other_cluster.host.cluster_id = ClusterId([2; 16]);
+        let entries = vec![
+            host_entry(1, None, 0),                               // never advertised
+            host_entry(2, Some((1, 4096)), STALE_AFTER_SECS + 1), // stale
+            host_entry(3, Some((4, 4096)), 1),                    // too dear
+            host_entry(4, Some((2, 256)), 1),                     // too small
+            host_entry(5, Some((3, 1024)), 1),
+            host_entry(7, Some((2, 512)), 1),
+            other_cluster,
+        ];
+        let fit = hosts_that_fit(&entries, &token, 512, 1);
+        let order: Vec<u8> = fit.iter().map(|e| e.host.host_id.0[0]).collect();
+        assert_eq!(order, vec![7, 5]);
+        assert!(
+            hosts_that_fit(&entries, &token, 512, 3).is_empty(),
+            "no host has 3 vCPUs"
+        );
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub enum ServiceError {
     Database(#[from] sqlx::Error),
     #[error("the stored {0} is corrupt")]
     Corrupt(&'static str),
+    #[error("the broker is shutting down")]
+    Unavailable,
 }
 
 impl ServiceError {
@@ -71,6 +73,7 @@ impl ServiceError {
             },
             Self::Database(_) => (500, "internal"),
             Self::Corrupt(_) => (500, "corrupt"),
+            Self::Unavailable => (503, "unavailable"),
         }
     }
 
@@ -85,6 +88,7 @@ impl ServiceError {
                 | Self::Replayed
                 | Self::UnknownSigner(_)
                 | Self::NotOperator
+                | Self::Unavailable
         )
     }
 }

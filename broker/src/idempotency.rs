@@ -1,12 +1,17 @@
 //! Idempotency keys with Stripe's semantics, kept in the same transaction as the request's
 //! effects.
 //!
-//! The first request with a key inserts the key's row before it does anything else; its
-//! answer is written into the row before the commit. A later request with the same key
-//! finds the row: with the same method, path and body it gets the stored answer and moves
-//! nothing; with anything else, 409. On PostgreSQL, a request racing the first one blocks
-//! on the row's insert until the first commits, then finds it. A byte-for-byte copy of a
-//! request already answered (the same signature) is a replay, refused with 401.
+//! Before a request runs, its key is looked up. A key seen before with the same method, path
+//! and body gets the stored answer and moves nothing; with anything else, 409. A byte-for-byte
+//! copy of a request already answered (the same signature) is a replay, refused with 401. A
+//! new key runs the request, and its answer is inserted under the key in the transaction that
+//! holds the request's effects, so the two are durable together or not at all.
+//!
+//! All of one broker's money-moving requests go through one writer (see
+//! [`crate::group_commit`]), so nothing inserts the key between the look-up and the insert.
+//! Another broker on the same PostgreSQL database that answers the same key first makes the
+//! insert fail with a unique violation; the request is then run again and finds the stored
+//! answer.
 
 use sha2::{Digest, Sha256};
 use sqlx::{AnyConnection, Row};
@@ -44,42 +49,39 @@ pub fn request_hash(method: &str, path: &str, body: &[u8]) -> String {
     token::hex::encode(&hasher.finalize())
 }
 
-/// Takes the key for this request, or reports what it was used for before.
-pub async fn claim(
+/// A request's key and what identifies the request under it.
+#[derive(Debug, Clone)]
+pub struct KeyedRequest {
+    /// The signer's public key, hex.
+    pub signer: String,
+    pub key: String,
+    /// [`request_hash`] of the request.
+    pub hash: String,
+    /// The request's signature, hex: the same bytes again are a replay.
+    pub signature: String,
+}
+
+/// Reports what the key was used for before, if anything.
+pub async fn look_up(
     conn: &mut AnyConnection,
-    signer: &str,
-    key: &str,
-    request_hash: &str,
-    signature: &str,
-    now: u64,
+    request: &KeyedRequest,
 ) -> Result<Claimed, sqlx::Error> {
-    let inserted = sqlx::query(
-        "INSERT INTO idempotency (signer, idem_key, request_hash, signature, status, response, created_at) \
-         VALUES ($1, $2, $3, $4, 0, '', $5) ON CONFLICT (signer, idem_key) DO NOTHING",
-    )
-    .bind(signer)
-    .bind(key)
-    .bind(request_hash)
-    .bind(signature)
-    .bind(to_db(now).unwrap_or(0))
-    .execute(&mut *conn)
-    .await?;
-    if inserted.rows_affected() == 1 {
-        return Ok(Claimed::Fresh);
-    }
     let row = sqlx::query(
         "SELECT request_hash, signature, status, response FROM idempotency \
          WHERE signer = $1 AND idem_key = $2",
     )
-    .bind(signer)
-    .bind(key)
-    .fetch_one(conn)
+    .bind(&request.signer)
+    .bind(&request.key)
+    .fetch_optional(conn)
     .await?;
+    let Some(row) = row else {
+        return Ok(Claimed::Fresh);
+    };
     let (stored_hash, stored_signature): (String, String) = (row.try_get(0)?, row.try_get(1)?);
-    if stored_hash != request_hash {
+    if stored_hash != request.hash {
         return Ok(Claimed::Mismatch);
     }
-    if stored_signature == signature {
+    if stored_signature == request.signature {
         return Ok(Claimed::Replayed);
     }
     Ok(Claimed::Answered(Stored {
@@ -88,20 +90,25 @@ pub async fn claim(
     }))
 }
 
-/// Records the answer under the key claimed in this transaction.
+/// Records the answer under the request's key. Fails with a unique violation if the key was
+/// recorded meanwhile (by another broker on the same database).
 pub async fn record(
     conn: &mut AnyConnection,
-    signer: &str,
-    key: &str,
+    request: &KeyedRequest,
     answer: &Stored,
+    now: u64,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE idempotency SET status = $1, response = $2 WHERE signer = $3 AND idem_key = $4",
+        "INSERT INTO idempotency (signer, idem_key, request_hash, signature, status, response, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
+    .bind(&request.signer)
+    .bind(&request.key)
+    .bind(&request.hash)
+    .bind(&request.signature)
     .bind(i64::from(answer.status))
     .bind(&answer.body)
-    .bind(signer)
-    .bind(key)
+    .bind(to_db(now).unwrap_or(0))
     .execute(conn)
     .await?;
     Ok(())

@@ -4,6 +4,16 @@
 //! it) and the same amount leaving one balance and entering another, in one transaction. A
 //! balance only falls through a conditional `UPDATE` that refuses to take it below zero, and
 //! the table's CHECK constraint refuses it again; only the operator's mint goes negative.
+//!
+//! Credits to a host's earnings are held back to the end of the transaction
+//! ([`HeldCredits`]): a host's account is credited by every redemption and lease change of
+//! every token it runs, so on PostgreSQL its row lock, taken at the first credit and held
+//! until the commit, would serialize all of them. Held, the row is locked only for the
+//! moment between the last statement and the commit. Host accounts are never debited, so no
+//! balance check ever needs the held amount.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
 
 use sqlx::AnyConnection;
 use token::{HostId, TokenId, VerifyingKey};
@@ -68,23 +78,7 @@ pub async fn transfer(
     if movement.amount == 0 {
         return Ok(());
     }
-    let amount = to_db(movement.amount)
-        .ok_or_else(|| ServiceError::Unprocessable("the amount does not fit the ledger".into()))?;
-    let debited = sqlx::query(
-        "UPDATE accounts SET balance = balance - $1 \
-         WHERE id = $2 AND (kind = 'mint' OR balance >= $1)",
-    )
-    .bind(amount)
-    .bind(movement.from)
-    .execute(&mut *conn)
-    .await?;
-    if debited.rows_affected() != 1 {
-        let balance = balance(conn, movement.from).await?.unwrap_or(0);
-        return Err(ServiceError::InsufficientBalance {
-            balance,
-            needed: movement.amount,
-        });
-    }
+    let amount = debit(conn, movement.from, movement.amount).await?;
     let credited = sqlx::query("UPDATE accounts SET balance = balance + $1 WHERE id = $2")
         .bind(amount)
         .bind(movement.to)
@@ -93,6 +87,16 @@ pub async fn transfer(
     if credited.rows_affected() != 1 {
         return Err(ServiceError::NotFound(format!("account {}", movement.to)));
     }
+    insert_transfer(conn, &movement, amount).await?;
+    Ok(())
+}
+
+/// Writes the ledger row of a movement.
+async fn insert_transfer(
+    conn: &mut AnyConnection,
+    movement: &Movement<'_>,
+    amount: i64,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO transfers (id, from_account, to_account, amount, kind, at) \
          VALUES ($1, $2, $3, $4, $5, $6)",
@@ -106,4 +110,105 @@ pub async fn transfer(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Takes `amount` from an account, refusing, changing nothing, if its balance does not
+/// cover it.
+async fn debit(conn: &mut AnyConnection, account: &str, amount: u64) -> Result<i64, ServiceError> {
+    let value = to_db(amount)
+        .ok_or_else(|| ServiceError::Unprocessable("the amount does not fit the ledger".into()))?;
+    let debited = sqlx::query(
+        "UPDATE accounts SET balance = balance - $1 \
+         WHERE id = $2 AND (kind = 'mint' OR balance >= $1)",
+    )
+    .bind(value)
+    .bind(account)
+    .execute(&mut *conn)
+    .await?;
+    if debited.rows_affected() != 1 {
+        let balance = balance(conn, account).await?.unwrap_or(0);
+        return Err(ServiceError::InsufficientBalance {
+            balance,
+            needed: amount,
+        });
+    }
+    Ok(value)
+}
+
+/// Credits to host accounts made in a transaction and not yet applied: account -> amount.
+#[derive(Debug, Default)]
+pub struct HeldCredits(Mutex<BTreeMap<String, u64>>);
+
+impl HeldCredits {
+    fn credits(&self) -> MutexGuard<'_, BTreeMap<String, u64>> {
+        // A panic while holding the lock cannot leave the map half-changed: every change
+        // is one insert.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// What is held for `account`.
+    pub fn of(&self, account: &str) -> u64 {
+        self.credits().get(account).copied().unwrap_or(0)
+    }
+
+    fn add(&self, account: &str, amount: u64) -> Result<(), ServiceError> {
+        let mut credits = self.credits();
+        let held = credits.entry(account.to_owned()).or_insert(0);
+        *held = held
+            .checked_add(amount)
+            .filter(|total| to_db(*total).is_some())
+            .ok_or_else(|| {
+                ServiceError::Unprocessable("the amount does not fit the ledger".into())
+            })?;
+        Ok(())
+    }
+
+    /// Adds what `other` holds to this: a request's credits joining its batch's.
+    pub fn absorb(&self, other: HeldCredits) -> Result<(), ServiceError> {
+        let other = other
+            .0
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (account, amount) in other {
+            self.add(&account, amount)?;
+        }
+        Ok(())
+    }
+
+    /// Applies the held credits, in the order of the account ids (so that two transactions
+    /// applying theirs cannot deadlock), and forgets them.
+    pub async fn apply(&self, conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+        let credits = std::mem::take(&mut *self.credits());
+        for (account, amount) in credits {
+            let credited = sqlx::query("UPDATE accounts SET balance = balance + $1 WHERE id = $2")
+                .bind(to_db(amount).unwrap_or(i64::MAX))
+                .bind(&account)
+                .execute(&mut *conn)
+                .await?;
+            if credited.rows_affected() != 1 {
+                return Err(sqlx::Error::RowNotFound);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Moves `amount` from an account to a host's, holding the host's credit in `held` (see
+/// [`HeldCredits`]); the debit and the ledger row are written now. A zero amount moves
+/// nothing and writes nothing.
+pub async fn transfer_to_host(
+    conn: &mut AnyConnection,
+    movement: Movement<'_>,
+    held: &HeldCredits,
+) -> Result<(), ServiceError> {
+    if movement.amount == 0 {
+        return Ok(());
+    }
+    let amount = debit(conn, movement.from, movement.amount).await?;
+    // The row's foreign key refuses a host account that does not exist, now rather than
+    // when the credit is applied.
+    insert_transfer(conn, &movement, amount).await?;
+    held.add(movement.to, movement.amount)
 }

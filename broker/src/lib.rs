@@ -4,7 +4,8 @@
 //! - [`db`]: the database and its write transactions; [`ledger`]: accounts and transfers;
 //!   [`store`]: rows to values.
 //! - [`rules`]: the lease and settlement rules, pure; [`ops`]: the operations on the ledger.
-//! - [`idempotency`], [`service`]: one path for every request that moves money.
+//! - [`idempotency`], [`service`]: one path for every request that moves money;
+//!   [`group_commit`]: the single writer that commits many of them at once.
 //! - [`http`], [`server`]: the axum service; [`client`]: a signing client.
 //! - [`directory`]: the host directory, from the hosts' signed adverts.
 //! - [`check`]: the invariants, proved from the rows.
@@ -16,6 +17,7 @@ pub mod clock;
 pub mod db;
 pub mod directory;
 pub mod error;
+pub mod group_commit;
 pub mod http;
 pub mod idempotency;
 pub mod keys;

@@ -52,6 +52,19 @@ pub struct Context<'a> {
     pub now: u64,
     /// Unique per (signer, idempotency key): names the transfers the request makes.
     pub request_id: &'a str,
+    /// This request's credits to hosts, applied at the end of its transaction.
+    pub held: &'a ledger::HeldCredits,
+    /// The credits to hosts held by the requests before this one in the same transaction.
+    pub held_before: &'a ledger::HeldCredits,
+}
+
+impl Context<'_> {
+    /// What the transaction holds for `account` so far, beyond its stored balance.
+    fn held_for(&self, account: &str) -> u64 {
+        self.held
+            .of(account)
+            .saturating_add(self.held_before.of(account))
+    }
 }
 
 /// A successful answer: status and JSON body.
@@ -350,16 +363,16 @@ pub async fn refund(
 
 async fn pay_credit(
     conn: &mut AnyConnection,
+    ctx: &Context<'_>,
     token_id: &TokenId,
     credit: Option<Credit>,
-    now: u64,
 ) -> Result<u64, ServiceError> {
     let Some(credit) = credit else {
         return Ok(0);
     };
     let id = format!("redeem:{token_id}:{}:{}", credit.range, credit.to_index);
     let host_account = ledger::host_account(&credit.host);
-    ledger::transfer(
+    ledger::transfer_to_host(
         conn,
         Movement {
             id: &id,
@@ -367,8 +380,9 @@ async fn pay_credit(
             to: &host_account,
             amount: credit.amount,
             kind: "redemption",
-            at: now,
+            at: ctx.now,
         },
+        ctx.held,
     )
     .await?;
     Ok(credit.amount)
@@ -391,11 +405,13 @@ async fn redeem(
     let row = store::load_token(conn, &token_id, true).await?;
     let mut book = row.book.clone();
     let credit = book.redeem(&claim, ctx.config.max_claim_distance)?;
-    let credited = pay_credit(conn, &token_id, credit, ctx.now).await?;
+    let credited = pay_credit(conn, ctx, &token_id, credit).await?;
     store::save_book(conn, &row.book, &book).await?;
-    let host_balance = ledger::balance(conn, &ledger::host_account(&host.0))
+    let host_account = ledger::host_account(&host.0);
+    let host_balance = ledger::balance(conn, &host_account)
         .await?
-        .unwrap_or(0);
+        .unwrap_or(0)
+        .saturating_add(ctx.held_for(&host_account));
     answer(
         200,
         &Redeemed {
@@ -473,7 +489,7 @@ async fn lease(
         }
         _ => None,
     };
-    pay_credit(conn, id, credit, ctx.now).await?;
+    pay_credit(conn, ctx, id, credit).await?;
     store::save_book(conn, &row.book, &book).await?;
     let row = store::TokenRow { book, ..row };
     answer(200, &store::token_state(conn, &row).await?)

@@ -1,27 +1,29 @@
 //! The broker: configuration, the one path every money-moving request takes (authenticate,
 //! claim the idempotency key, run, record, commit), the reads, and the refund sweeper.
 
-use std::time::{Duration, Instant};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use laundromat_api::types::{
     Account, BrokerInfo, ErrorBody, Host, Statement, TokenState, Transfer,
 };
 use laundromat_api::RequestSignature;
 use sha2::{Digest, Sha256};
-use sqlx::{Acquire, AnyConnection, Row};
+use sqlx::{AnyConnection, Row};
 use token::{ClusterId, HostId, KeyId, SigningKey, TokenId, VerifyingKey};
 
 use crate::clock::Clock;
-use crate::db::{from_db, is_retryable, to_db, Db};
+use crate::db::{from_db, is_retryable, to_db, Backend, Db};
 use crate::error::ServiceError;
-use crate::idempotency::{self, Claimed, Stored};
-use crate::ledger;
+use crate::group_commit::{self, Committer};
+use crate::idempotency::{self, Claimed, KeyedRequest, Stored};
+use crate::ledger::{self, HeldCredits};
 use crate::metrics::Metrics;
 use crate::ops::{self, Context, Operation, Principal, Role};
 use crate::store::{self, key_hex};
 
 /// How often a transaction that lost a race is run again before the request fails.
-const MAX_ATTEMPTS: u32 = 8;
+pub(crate) const MAX_ATTEMPTS: u32 = 8;
 
 /// The broker's settings.
 #[derive(Debug, Clone)]
@@ -58,6 +60,26 @@ pub struct Broker {
     pub config: Config,
     pub clock: Clock,
     pub metrics: Metrics,
+    /// The single writer of money-moving requests, started by the first one.
+    committer: OnceLock<Committer>,
+}
+
+/// A request ready for the writer.
+#[derive(Debug, Clone)]
+pub(crate) struct Keyed {
+    pub signer_key: VerifyingKey,
+    pub request: KeyedRequest,
+    /// Unique per (signer, idempotency key): names the transfers the request makes.
+    pub request_id: String,
+}
+
+/// What [`Broker::apply`] did with a request.
+#[derive(Debug)]
+pub(crate) enum Applied {
+    /// It ran, or was answered before; what it wrote is to be kept.
+    Done(Stored),
+    /// It was refused: what it wrote is to be undone, and the refusal recorded.
+    Refused(Stored),
 }
 
 /// The stored form of a refusal.
@@ -80,6 +102,7 @@ impl Broker {
             config,
             clock,
             metrics: Metrics::default(),
+            committer: OnceLock::new(),
         }
     }
 
@@ -113,85 +136,99 @@ impl Broker {
     }
 
     /// Runs a money-moving request exactly once per idempotency key, and returns the answer
-    /// (status and JSON body) to send.
-    pub async fn execute(&self, request: &SignedRequest, op: Operation) -> Stored {
+    /// (status and JSON body) to send. The request joins the next group commit, and is
+    /// answered once that commit is durable.
+    pub async fn execute(self: &Arc<Self>, request: &SignedRequest, op: Operation) -> Stored {
         let started = Instant::now();
-        let mut attempt = 0;
-        let answer = loop {
-            attempt += 1;
-            match self.try_execute(request, &op).await {
-                Ok(stored) => break stored,
-                Err(ServiceError::Database(error))
-                    if is_retryable(&error) && attempt < MAX_ATTEMPTS =>
-                {
-                    tracing::debug!(op = op.name(), attempt, %error, "transaction lost a race; retrying");
-                    tokio::time::sleep(Duration::from_millis(u64::from(attempt) * 2)).await;
-                }
-                Err(error) => {
-                    if matches!(error, ServiceError::Database(_) | ServiceError::Corrupt(_)) {
-                        tracing::error!(op = op.name(), error = %error, source = ?std::error::Error::source(&error), "request failed");
-                    }
-                    break error_answer(&error);
-                }
+        let name = op.name();
+        let answer = match self.prepare(request) {
+            Ok(keyed) => {
+                let committer = self
+                    .committer
+                    .get_or_init(|| group_commit::spawn(Arc::downgrade(self), self.writers()));
+                committer.submit(keyed, op).await
             }
+            Err(error) => error_answer(&error),
         };
         self.metrics
-            .observe(op.name(), answer.status, started.elapsed().as_secs_f64());
+            .observe(name, answer.status, started.elapsed().as_secs_f64());
         answer
     }
 
-    async fn try_execute(
-        &self,
-        request: &SignedRequest,
-        op: &Operation,
-    ) -> Result<Stored, ServiceError> {
+    /// How many transactions run money-moving requests at once.
+    fn writers(&self) -> usize {
+        match self.db.backend() {
+            Backend::Sqlite => 1,
+            Backend::Postgres => group_commit::POSTGRES_WRITERS,
+        }
+    }
+
+    /// What the writer needs of a request besides its operation, worked out before it
+    /// queues, so the single writer does as little as it can.
+    fn prepare(&self, request: &SignedRequest) -> Result<Keyed, ServiceError> {
         let signature = &request.signature;
         let key = signature
             .idempotency_key
-            .as_deref()
+            .clone()
             .ok_or(ServiceError::MissingIdempotencyKey)?;
-        let now = self.clock.now();
-        let mut write = self.db.begin().await?;
-        let principal = self
-            .resolve(&mut write.tx, &signature.key, op.role())
-            .await?;
         let signer = key_hex(&signature.key);
-        let hash = idempotency::request_hash(&request.method, &request.path, &request.body);
-        let signature_hex = token::hex::encode(&signature.signature.to_bytes());
-        match idempotency::claim(&mut write.tx, &signer, key, &hash, &signature_hex, now).await? {
-            Claimed::Fresh => {}
-            Claimed::Answered(stored) => return Ok(stored),
-            Claimed::Mismatch => return Err(ServiceError::IdempotencyMismatch),
-            Claimed::Replayed => return Err(ServiceError::Replayed),
-        }
         let request_id = {
             let digest = Sha256::digest(format!("{signer}/{key}"));
             token::hex::encode(&digest[..16])
         };
+        Ok(Keyed {
+            signer_key: signature.key,
+            request_id,
+            request: KeyedRequest {
+                hash: idempotency::request_hash(&request.method, &request.path, &request.body),
+                signature: token::hex::encode(&signature.signature.to_bytes()),
+                signer,
+                key,
+            },
+        })
+    }
+
+    /// Runs one request inside the writer's transaction: authorizes the signer, consults
+    /// the idempotency key, runs the operation and records its answer. A refusal is returned
+    /// as [`Applied::Refused`]: the caller undoes the request's effects, then records it.
+    /// `held` collects the batch's credits to hosts: this request's join them when it
+    /// succeeds.
+    pub(crate) async fn apply(
+        &self,
+        conn: &mut AnyConnection,
+        keyed: &Keyed,
+        op: &Operation,
+        held: &HeldCredits,
+    ) -> Result<Applied, ServiceError> {
+        let now = self.clock.now();
+        let principal = self.resolve(conn, &keyed.signer_key, op.role()).await?;
+        match idempotency::look_up(conn, &keyed.request).await? {
+            Claimed::Fresh => {}
+            Claimed::Answered(stored) => return Ok(Applied::Done(stored)),
+            Claimed::Mismatch => return Err(ServiceError::IdempotencyMismatch),
+            Claimed::Replayed => return Err(ServiceError::Replayed),
+        }
+        let own = HeldCredits::default();
         let ctx = Context {
             config: &self.config,
             now,
-            request_id: &request_id,
+            request_id: &keyed.request_id,
+            held: &own,
+            held_before: held,
         };
-        let mut savepoint = (&mut write.tx).begin().await?;
-        let stored = match op.run(&ctx, &mut savepoint, &principal).await {
+        match op.run(&ctx, conn, &principal).await {
             Ok((status, body)) => {
-                savepoint.commit().await?;
-                Stored {
+                let stored = Stored {
                     status,
                     body: body.to_string(),
-                }
+                };
+                idempotency::record(conn, &keyed.request, &stored, now).await?;
+                held.absorb(own)?;
+                Ok(Applied::Done(stored))
             }
-            Err(error) if error.is_answer() => {
-                savepoint.rollback().await?;
-                error_answer(&error)
-            }
-            Err(error) => return Err(error),
-        };
-        idempotency::record(&mut write.tx, &signer, key, &stored).await?;
-        write.tx.commit().await?;
-        tracing::info!(op = op.name(), status = stored.status, "answered");
-        Ok(stored)
+            Err(error) if error.is_answer() => Ok(Applied::Refused(error_answer(&error))),
+            Err(error) => Err(error),
+        }
     }
 
     async fn read_conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, ServiceError> {

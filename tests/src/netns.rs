@@ -116,17 +116,25 @@ impl Host {
     /// and another attach again.
     pub fn attach_tap(&self, tap: &str) -> Result<(), NetnsError> {
         let ns = self.namespace.as_str();
-        let cidr = format!("{}/{PREFIX_LEN}", self.addr);
-        let has_bridge = ip(&["-n", ns, "link", "show", HOST_BRIDGE]).is_ok();
-        if !has_bridge {
-            ip(&["-n", ns, "link", "add", HOST_BRIDGE, "type", "bridge"])?;
-            ip(&["-n", ns, "addr", "del", &cidr, "dev", HOST_LINK])?;
-            ip(&["-n", ns, "link", "set", HOST_LINK, "master", HOST_BRIDGE])?;
-            ip(&["-n", ns, "addr", "add", &cidr, "dev", HOST_BRIDGE])?;
-            ip(&["-n", ns, "link", "set", HOST_BRIDGE, "up"])?;
-        }
+        self.add_bridge()?;
         ip(&["-n", ns, "tuntap", "add", "dev", tap, "mode", "tap"])?;
         ip(&["-n", ns, "link", "set", tap, "master", HOST_BRIDGE, "up"])?;
+        Ok(())
+    }
+
+    /// Gives this host the bridge [`HOST_BRIDGE`] with `eth0` as its uplink, if it has none: VM
+    /// taps on it are on the shared switch. The host's address moves from `eth0` to the bridge.
+    pub fn add_bridge(&self) -> Result<(), NetnsError> {
+        let ns = self.namespace.as_str();
+        if ip(&["-n", ns, "link", "show", HOST_BRIDGE]).is_ok() {
+            return Ok(());
+        }
+        let cidr = format!("{}/{PREFIX_LEN}", self.addr);
+        ip(&["-n", ns, "link", "add", HOST_BRIDGE, "type", "bridge"])?;
+        ip(&["-n", ns, "addr", "del", &cidr, "dev", HOST_LINK])?;
+        ip(&["-n", ns, "link", "set", HOST_LINK, "master", HOST_BRIDGE])?;
+        ip(&["-n", ns, "addr", "add", &cidr, "dev", HOST_BRIDGE])?;
+        ip(&["-n", ns, "link", "set", HOST_BRIDGE, "up"])?;
         Ok(())
     }
 

@@ -120,6 +120,11 @@ impl BoundedChild {
         String::from_utf8_lossy(&self.console.lock().bytes).into_owned()
     }
 
+    /// The last lines the child wrote to stderr.
+    pub fn stderr(&self) -> String {
+        self.stderr_tail().0
+    }
+
     /// Whether the child is still running (it is reaped if it is not).
     pub fn is_running(&mut self) -> Result<bool, ProcessError> {
         let status = self.child.try_wait().map_err(|source| ProcessError::Wait {

@@ -37,6 +37,8 @@ pub enum ControlError {
     VcpuState(#[from] VcpuStateError),
     #[error(transparent)]
     VmState(#[from] VmStateError),
+    #[error("the VM stays paused: another VM may be running it")]
+    DiskInUse(#[source] crate::devices::virtio::block::BlockError),
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -77,6 +79,10 @@ pub struct VmController {
     /// Auto-converge duty cycle in percent; a thread enforces it while it is above zero.
     throttle: Arc<std::sync::atomic::AtomicU8>,
 }
+
+/// How long a VM resumed after a failed migration keeps trying to take its disk images'
+/// locks back from a destination that has not exited yet.
+const LOCK_RETRY: Duration = Duration::from_secs(30);
 
 /// Auto-converge period: vCPUs are held out of the guest for a share of every period.
 const THROTTLE_PERIOD: Duration = Duration::from_millis(10);
@@ -226,10 +232,65 @@ impl VmController {
         Ok(())
     }
 
+    /// Resumes a paused VM. One that let go of its disk images' locks (it was migrating away)
+    /// takes them back first and stays paused if another VM holds one: after a migration whose
+    /// outcome is unknown, that is the destination running this guest.
     pub fn resume(&self) -> Result<(), ControlError> {
         if self.run.requested() == Requested::Stopped {
             return Err(ControlError::Stopping);
         }
+        self.devices
+            .retake_disk_images()
+            .map_err(ControlError::DiskInUse)?;
+        self.resume_vcpus()
+    }
+
+    /// Resumes the VM after a migration that failed or was cancelled before `Commit`: the
+    /// destination never ran the guest, but it may hold the disk images' locks until it sees
+    /// the migration end. The VM runs at once and takes them back as soon as they are free.
+    pub fn resume_after_failed_migration(self: &Arc<Self>) -> Result<(), ControlError> {
+        if self.run.requested() == Requested::Stopped {
+            return Err(ControlError::Stopping);
+        }
+        if self.devices.retake_disk_images().is_err() {
+            self.retake_disk_images_later();
+        }
+        self.resume_vcpus()
+    }
+
+    /// Retries the disk images' locks in the background, for [`LOCK_RETRY`] at most.
+    fn retake_disk_images_later(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("disk-locks".into())
+            .spawn(move || {
+                let deadline = Instant::now() + LOCK_RETRY;
+                loop {
+                    let Some(vm) = me.upgrade() else { return };
+                    if vm.run.requested() == Requested::Stopped {
+                        return;
+                    }
+                    match vm.devices.retake_disk_images() {
+                        Ok(()) => {
+                            tracing::info!("took the disk images' locks back");
+                            return;
+                        }
+                        Err(e) if Instant::now() > deadline => {
+                            tracing::error!("running without a disk image lock: {e}");
+                            return;
+                        }
+                        Err(_) => {}
+                    }
+                    drop(vm);
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the thread that retakes the disk locks: {e}");
+        }
+    }
+
+    fn resume_vcpus(&self) -> Result<(), ControlError> {
         if let Some(values) = locked(&self.paused_tsc).take() {
             for (v, tsc) in locked(&self.vcpus).iter().zip(values) {
                 let v = vcpu::lock(v);

@@ -69,12 +69,17 @@ impl MigratableVm for Source {
     }
 
     fn resume(&self) -> Result<(), VmError> {
-        Ok(self.0.resume()?)
+        // The engine resumes the source only when the migration ended before `Commit`.
+        Ok(self.0.resume_after_failed_migration()?)
     }
 
     fn save_state(&self) -> Result<Vec<u8>, VmError> {
         let state = self.0.save_state()?;
-        Ok(format::encode(&state)?)
+        let encoded = format::encode(&state)?;
+        // The state goes to the destination next, which opens the disk images to apply it:
+        // on shared storage it needs their locks. The VM is paused, so nothing writes now.
+        self.0.devices().release_disk_images();
+        Ok(encoded)
     }
 
     fn set_throttle(&self, percent: u8) {

@@ -160,7 +160,14 @@ pub struct VmView {
     pub reclaim_at_ms: u64,
     pub redeemed_index: u64,
     pub console_bytes: u64,
+    /// When this host first saw the guest's console output (Unix ms): admission to this is
+    /// the injection latency. Restarts after a migration or a hostd restart.
+    #[serde(default)]
+    pub first_output_at_ms: Option<u64>,
     pub pid: Option<u32>,
+    /// The guest NIC's MAC (`hostd --bridge`); the guest reads it from its virtio-net device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 /// The answer to an accepted payment.
@@ -199,6 +206,46 @@ pub struct HostInfo {
     pub grace_ms: u64,
 }
 
+/// The refusal code for a request about a VM that migrated to another host.
+pub const VM_MOVED: &str = "vm_moved";
+
+/// Where a VM went, as a [`VM_MOVED`] refusal tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Moved {
+    /// The destination's host id.
+    pub host_id: String,
+    /// The destination's hostd URL, if the source knew it.
+    pub url: Option<String>,
+}
+
+const MOVED_TO: &str = " moved to host ";
+const RETRY_AT: &str = "; retry at ";
+
+/// The message of a [`VM_MOVED`] refusal: a sentence for people that [`Moved::parse`] reads
+/// back, so the tenant's client can follow the VM.
+pub fn moved_message(vm_id: &str, host_id: &str, url: &str) -> String {
+    match url.is_empty() {
+        true => format!("VM {vm_id}{MOVED_TO}{host_id}; the broker knows its address"),
+        false => format!("VM {vm_id}{MOVED_TO}{host_id}{RETRY_AT}{url}"),
+    }
+}
+
+impl Moved {
+    /// Reads a [`moved_message`] back; `None` for any other text.
+    pub fn parse(message: &str) -> Option<Self> {
+        let (_, rest) = message.split_once(MOVED_TO)?;
+        let host_id: String = rest.chars().take_while(char::is_ascii_hexdigit).collect();
+        if host_id.is_empty() {
+            return None;
+        }
+        let url = rest
+            .split_once(RETRY_AT)
+            .map(|(_, url)| url.trim().to_owned())
+            .filter(|url| url.starts_with("http://") || url.starts_with("https://"));
+        Some(Self { host_id, url })
+    }
+}
+
 /// The JSON body of every refusal hostd gives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
@@ -224,6 +271,33 @@ mod tests {
             );
         }
         assert!(serde_json::from_str::<BlobDigest>("\"../x\"").is_err());
+    }
+
+    #[test]
+    fn a_moved_refusal_reads_back_where_the_vm_went() {
+        let host = "ab".repeat(16);
+        let with_url = moved_message("v1", &host, "http://10.0.0.2:8480");
+        assert_eq!(
+            Moved::parse(&with_url),
+            Some(Moved {
+                host_id: host.clone(),
+                url: Some("http://10.0.0.2:8480".into())
+            })
+        );
+        let without = moved_message("v1", &host, "");
+        assert_eq!(
+            Moved::parse(&without),
+            Some(Moved {
+                host_id: host,
+                url: None
+            })
+        );
+        for other in [
+            "there is no VM v1 on this host",
+            "VM v1 moved to host ; retry at x",
+        ] {
+            assert_eq!(Moved::parse(other), None, "{other}");
+        }
     }
 
     #[test]

@@ -7,8 +7,8 @@ use serde::de::DeserializeOwned;
 use token::{Payment, SigningKey};
 
 use crate::hostd::{
-    self, AdmitRequest, BlobDigest, ErrorBody, HostInfo, ImageStored, PaymentReceipt, Stopped,
-    VmView, CONSOLE_NEXT_HEADER, CONSOLE_START_HEADER,
+    self, AdmitRequest, BlobDigest, ErrorBody, HostInfo, ImageStored, Moved, PaymentReceipt,
+    Stopped, VmView, CONSOLE_NEXT_HEADER, CONSOLE_START_HEADER, VM_MOVED,
 };
 use crate::signing::{self, SignatureError};
 
@@ -29,6 +29,16 @@ impl ClientError {
     pub fn code(&self) -> Option<&str> {
         match self {
             ClientError::Refused { body, .. } => Some(&body.error),
+            _ => None,
+        }
+    }
+
+    /// Where the VM went, if hostd refused because it migrated away.
+    pub fn moved(&self) -> Option<Moved> {
+        match self {
+            ClientError::Refused { body, .. } if body.error == VM_MOVED => {
+                Moved::parse(&body.message)
+            }
             _ => None,
         }
     }

@@ -23,15 +23,19 @@ pub enum Workload {
     /// The virtio-blk device (vCPU 0): verifies what the last run wrote, writes a new
     /// generation over `wss` MiB of the disk, flushes, and reads it back.
     Blk,
+    /// The virtio-blk device (vCPU 0): reads `wss` MiB of the disk again and again and prints
+    /// each pass's checksum (a disk read while the VM migrates).
+    BlkRead,
 }
 
 impl Workload {
-    const ALL: [Workload; 5] = [
+    const ALL: [Workload; 6] = [
         Workload::Idle,
         Workload::Dirty,
         Workload::Http,
         Workload::EvilNet,
         Workload::Blk,
+        Workload::BlkRead,
     ];
 
     /// The name the command line uses.
@@ -42,6 +46,7 @@ impl Workload {
             Workload::Http => "http",
             Workload::EvilNet => "evil-net",
             Workload::Blk => "blk",
+            Workload::BlkRead => "blk-read",
         }
     }
 }
@@ -333,6 +338,10 @@ mod tests {
             }
         );
         assert_eq!(parse(b"workload=idle").unwrap().workload, Workload::Idle);
+        assert_eq!(
+            parse(b"workload=blk-read wss=64").unwrap().workload,
+            Workload::BlkRead
+        );
     }
 
     #[test]
@@ -419,7 +428,7 @@ mod tests {
         let msg = parse(b"workload=x").unwrap_err().to_string();
         assert_eq!(
             msg,
-            "unknown workload \"x\"; the workloads are idle, dirty, http, evil-net, blk"
+            "unknown workload \"x\"; the workloads are idle, dirty, http, evil-net, blk, blk-read"
         );
         let msg = parse(b"wss=0").unwrap_err().to_string();
         assert_eq!(

@@ -8,6 +8,7 @@ pub mod bootinfo;
 pub mod bump;
 pub mod cmdline;
 pub mod exit_code;
+pub mod fnv;
 pub mod http;
 pub mod netcfg;
 pub mod pace;

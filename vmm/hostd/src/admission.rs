@@ -19,6 +19,7 @@ use crate::broker::BrokerError;
 use crate::host::{now_ms, vm_from_record, Host, Phase, VmView};
 use crate::http::error::{chain, ApiError};
 use crate::images::ImageError;
+use crate::network::VmNet;
 use crate::record::VmRecord;
 use crate::vmm_process::VmmProcess;
 
@@ -70,6 +71,10 @@ fn vmm_args(host: &Host, record: &VmRecord) -> Vec<String> {
         args.push("--initrd".into());
         args.push(host.images.path(initrd).display().to_string());
     }
+    if let Some(net) = &record.net {
+        args.push("--net".into());
+        args.push(net.vmm_arg());
+    }
     args
 }
 
@@ -86,6 +91,7 @@ pub async fn admit(host: &Arc<Host>, request: AdmitRequest) -> Result<VmView, Ap
 }
 
 async fn admit_inner(host: &Arc<Host>, request: AdmitRequest) -> Result<VmView, ApiError> {
+    let began = std::time::Instant::now();
     // 1-3. Form, broker key and signature, validity, cluster. The image is checked separately
     // below (it needs the blobs), so the token is first checked against its own digest.
     let bytes = token::hex::decode(request.token.trim()).map_err(|e| {
@@ -108,20 +114,18 @@ async fn admit_inner(host: &Arc<Host>, request: AdmitRequest) -> Result<VmView, 
 
     // 4. The image: blobs present, and the token's digest over kernel, initrd and cmdline.
     let missing = |e: ImageError| refuse(StatusCode::NOT_FOUND, "image_not_found", e.to_string());
-    let kernel = host.images.existing(&request.kernel).map_err(missing)?;
-    let initrd = request
-        .initrd
-        .as_ref()
-        .map(|d| host.images.existing(d))
-        .transpose()
-        .map_err(missing)?;
-    let cmdline = request.cmdline.clone();
-    let digest = tokio::task::spawn_blocking(move || {
-        crate::images::token_digest(&kernel, initrd.as_deref(), &cmdline)
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("the image digest task failed: {e}")))?
-    .map_err(|e| ApiError::internal(format!("cannot read the image: {e}")))?;
+    host.images.existing(&request.kernel).map_err(missing)?;
+    if let Some(initrd) = &request.initrd {
+        host.images.existing(initrd).map_err(missing)?;
+    }
+    let digest = host
+        .images
+        .token_digest(&request.kernel, request.initrd.as_ref(), &request.cmdline)
+        .await
+        .map_err(|e| match e {
+            ImageError::NotFound(_) => missing(e),
+            other => ApiError::internal(format!("cannot read the image: {}", chain(&other))),
+        })?;
     if digest != token.image_digest {
         return Err(token_refusal(VerifyError::WrongImage {
             expected: digest,
@@ -152,6 +156,10 @@ async fn admit_inner(host: &Arc<Host>, request: AdmitRequest) -> Result<VmView, 
 
     // 6-7. Free capacity and the token not running here, checked and reserved at once.
     let vm_id = token::hex::encode(&rand::random::<[u8; 16]>());
+    let net = match host.network {
+        Some(_) => Some(VmNet::for_vm(&vm_id).map_err(|e| ApiError::internal(e.to_string()))?),
+        None => None,
+    };
     let record = VmRecord {
         vm_id: vm_id.clone(),
         token: signed.clone(),
@@ -167,6 +175,7 @@ async fn admit_inner(host: &Arc<Host>, request: AdmitRequest) -> Result<VmView, 
             .state()
             .clone(),
         redeemed_index: 0,
+        net,
         process: None,
     };
     let verifier = Verifier::new(&token, host.config.max_skip)
@@ -177,12 +186,27 @@ async fn admit_inner(host: &Arc<Host>, request: AdmitRequest) -> Result<VmView, 
         host.vms().remove(&vm_id);
     };
 
-    // 8. The broker's lease.
-    if let Err(error) = host
-        .broker
-        .acquire_lease(token.token_id, host.host_id())
-        .await
-    {
+    // 8. The broker's lease, while the record is made durable: a record without a process
+    // is settled on restart, so writing it before the lease is held loses nothing, and the
+    // two waits overlap.
+    let checked = began.elapsed();
+    let persist = {
+        let (dir, record) = (vm.dir.clone(), vm.state.lock().await.record.clone());
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("cannot make the VM directory: {e}"))?;
+            record.save(&dir).map_err(|e| chain(&e))
+        })
+    };
+    let (lease, persisted) = tokio::join!(
+        host.broker.acquire_lease(token.token_id, host.host_id()),
+        persist
+    );
+    let persisted = persisted
+        .map_err(|e| format!("the record task failed: {e}"))
+        .and_then(|r| r);
+    if let Err(error) = lease {
+        let _ = std::fs::remove_dir_all(&vm.dir);
         unreserve();
         return Err(match error {
             BrokerError::LeaseHeld { .. } => {
@@ -198,13 +222,25 @@ async fn admit_inner(host: &Arc<Host>, request: AdmitRequest) -> Result<VmView, 
     }
 
     // Start `vmm`. From here a failure undoes the lease, the directory and the reservation.
-    match start(host, &vm).await {
+    let leased = began.elapsed();
+    let started = match persisted {
+        Ok(()) => start(host, &vm).await,
+        Err(error) => Err(ApiError::internal(error)),
+    };
+    match started {
         Ok(()) => {
-            tracing::info!(vm = %vm_id, token = %token.token_id, memory_mib, vcpus, "VM admitted");
+            // Where admission time goes: the checks (with the image digest), the broker's
+            // lease, and starting `vmm` until its control socket answers.
+            tracing::info!(vm = %vm_id, token = %token.token_id, memory_mib, vcpus,
+                checks_ms = checked.as_millis() as u64,
+                lease_ms = (leased - checked).as_millis() as u64,
+                start_ms = (began.elapsed() - leased).as_millis() as u64,
+                "VM admitted");
             host.capacity_changed.notify_one();
             Ok(host.view(&vm).await)
         }
         Err(error) => {
+            crate::network::remove_vm_tap(host, &vm_id, vm.net.as_ref()).await;
             let _ = std::fs::remove_dir_all(&vm.dir);
             if let Err(e) = host
                 .broker
@@ -257,19 +293,37 @@ pub(crate) fn reserve(host: &Host, vm: &Arc<crate::host::Vm>) -> Result<(), ApiE
     Ok(())
 }
 
-/// Writes the record, starts `vmm`, records its process and starts supervising it.
+/// Starts `vmm` for a VM whose record is saved, records its process and starts supervising it.
 async fn start(host: &Arc<Host>, vm: &Arc<crate::host::Vm>) -> Result<(), ApiError> {
     let mut state = vm.state.lock().await;
-    std::fs::create_dir_all(&vm.dir)
-        .map_err(|e| ApiError::internal(format!("cannot make the VM directory: {e}")))?;
-    state
-        .record
-        .save(&vm.dir)
-        .map_err(|e| ApiError::internal(chain(&e)))?;
     let args = vmm_args(host, &state.record);
+    let process = spawn_vmm(host, vm, &mut state, &args).await?;
+    vm.set_phase(Phase::Running);
+    drop(state);
+    crate::lifecycle::supervise(host.clone(), vm.clone(), process);
+    Ok(())
+}
+
+/// Gives a VM whose record is saved its tap (if it has a network), starts its `vmm` with
+/// `args`, and records the process durably, so a restarted hostd re-adopts it. Shared by
+/// admission and incoming migrations.
+pub(crate) async fn spawn_vmm(
+    host: &Host,
+    vm: &crate::host::Vm,
+    state: &mut crate::host::VmState,
+    args: &[String],
+) -> Result<Arc<VmmProcess>, ApiError> {
+    // The tap exists, on this host's bridge, before the VM can run and announce itself.
+    if let Some(net) = &vm.net {
+        crate::network::create_vm_tap(host, &vm.id, net)
+            .await
+            .map_err(|e| {
+                ApiError::internal(format!("cannot give the VM its tap: {}", chain(&e)))
+            })?;
+    }
     let process = VmmProcess::spawn(
         &crate::vmm_process::Launch::of(host),
-        &args,
+        args,
         &vm.dir,
         vm.console.clone(),
         vm.log.clone(),
@@ -277,7 +331,7 @@ async fn start(host: &Arc<Host>, vm: &Arc<crate::host::Vm>) -> Result<(), ApiErr
     )
     .await
     .map_err(|e| {
-        ApiError::new(
+        refuse(
             StatusCode::UNPROCESSABLE_ENTITY,
             "vm_failed_to_start",
             chain(&e),
@@ -290,8 +344,5 @@ async fn start(host: &Arc<Host>, vm: &Arc<crate::host::Vm>) -> Result<(), ApiErr
     }
     let process = Arc::new(process);
     state.process = Some(process.clone());
-    vm.set_phase(Phase::Running);
-    drop(state);
-    crate::lifecycle::supervise(host.clone(), vm.clone(), process);
-    Ok(())
+    Ok(process)
 }

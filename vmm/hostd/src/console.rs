@@ -16,6 +16,8 @@ struct Ring {
     capacity: usize,
     /// Bytes ever written; the offset just after the newest byte.
     total: u64,
+    /// When the first byte arrived (Unix ms): the end of the guest's boot as a tenant sees it.
+    first_at_ms: Option<u64>,
 }
 
 /// A read from the ring: the bytes from `start` (an absolute offset) up to `next`.
@@ -33,6 +35,7 @@ impl ConsoleRing {
                 bytes: VecDeque::with_capacity(capacity.min(64 * 1024)),
                 capacity: capacity.max(1),
                 total: 0,
+                first_at_ms: None,
             }),
         }
     }
@@ -44,6 +47,9 @@ impl ConsoleRing {
     /// Appends output, dropping the oldest bytes beyond the capacity.
     pub fn push(&self, data: &[u8]) {
         let mut ring = self.lock();
+        if ring.first_at_ms.is_none() && !data.is_empty() {
+            ring.first_at_ms = Some(crate::host::now_ms());
+        }
         ring.total = ring.total.saturating_add(data.len() as u64);
         let keep = data.len().min(ring.capacity);
         let data = &data[data.len() - keep..];
@@ -72,6 +78,11 @@ impl ConsoleRing {
         self.lock().total
     }
 
+    /// When the first byte arrived (Unix ms), if one has.
+    pub fn first_at_ms(&self) -> Option<u64> {
+        self.lock().first_at_ms
+    }
+
     /// Bytes held now (at most the capacity).
     pub fn held(&self) -> usize {
         self.lock().bytes.len()
@@ -92,7 +103,12 @@ mod tests {
     #[test]
     fn keeps_only_the_newest_bytes() {
         let ring = ConsoleRing::new(8);
+        ring.push(b"");
+        assert_eq!(ring.first_at_ms(), None, "an empty write is not output");
+        let before = crate::host::now_ms();
         ring.push(b"hello ");
+        let first = ring.first_at_ms().expect("the first byte's time");
+        assert!(first >= before && first <= crate::host::now_ms());
         ring.push(b"world, this is long");
         assert_eq!(ring.held(), 8);
         assert_eq!(ring.total(), 25);
@@ -100,6 +116,11 @@ mod tests {
         assert_eq!(chunk.start, 17);
         assert_eq!(chunk.bytes, b" is long");
         assert_eq!(chunk.next, 25);
+        assert_eq!(
+            ring.first_at_ms(),
+            Some(first),
+            "later output keeps the first time"
+        );
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub async fn run(
     stop_vms_on_exit: bool,
 ) -> std::io::Result<()> {
     crate::recovery::recover(&host).await;
+    crate::network::remove_orphan_taps(&host).await;
     crate::lifecycle::spawn_periodic(host.clone());
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(

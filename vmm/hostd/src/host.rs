@@ -80,6 +80,8 @@ pub struct Vm {
     pub memory_mib: u64,
     pub vcpus: u64,
     pub meter: PaidTime,
+    /// Its tap and MAC, when this host gives VMs a network (`--bridge`).
+    pub net: Option<crate::network::VmNet>,
     pub console: Arc<ConsoleRing>,
     pub log: Arc<ConsoleRing>,
     pub phase: Mutex<Phase>,
@@ -115,6 +117,8 @@ pub struct Host {
     pub config: HostConfig,
     pub identity: HostIdentity,
     pub broker: Arc<dyn BrokerClient>,
+    /// The bridge VM taps go on (`--bridge`); without it VMs have no NIC.
+    pub network: Option<crate::network::Network>,
     pub images: ImageStore,
     pub metrics: Metrics,
     pub vms: Mutex<BTreeMap<String, Arc<Vm>>>,
@@ -140,6 +144,7 @@ impl Host {
         config: HostConfig,
         identity: HostIdentity,
         broker: Arc<dyn BrokerClient>,
+        network: Option<crate::network::Network>,
     ) -> std::io::Result<Arc<Self>> {
         std::fs::create_dir_all(config.data_dir.join("vms"))?;
         std::fs::create_dir_all(config.data_dir.join(crate::lifecycle::PENDING_DIR))?;
@@ -148,6 +153,7 @@ impl Host {
             config,
             identity,
             broker,
+            network,
             images,
             metrics: Metrics::default(),
             vms: Mutex::new(BTreeMap::new()),
@@ -250,7 +256,9 @@ impl Host {
             reclaim_at_ms: vm.meter.reclaim_at(index),
             redeemed_index: state.record.redeemed_index,
             console_bytes: vm.console.total(),
+            first_output_at_ms: vm.console.first_at_ms(),
             pid: state.process.as_ref().map(|p| p.id.pid),
+            mac: vm.net.as_ref().map(|net| net.mac.to_string()),
         }
     }
 
@@ -282,6 +290,7 @@ pub fn vm_from_record(host: &Host, record: VmRecord, verifier: Verifier, phase: 
         vcpus: u64::from(record.vcpus),
         token,
         meter,
+        net: record.net.clone(),
         console: Arc::new(ConsoleRing::new(host.config.console_bytes)),
         log: Arc::new(ConsoleRing::new(LOG_BYTES)),
         phase: Mutex::new(phase),

@@ -3,7 +3,9 @@
 //! renamed into place when its digest is the one claimed, so a half-written or mislabelled
 //! blob is never visible.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -27,7 +29,18 @@ pub enum ImageError {
 pub struct ImageStore {
     dir: PathBuf,
     max_bytes: u64,
+    /// Token image digests already computed. A stored blob never changes, so the digest over
+    /// the same kernel, initrd and command line never changes either; admission then does not
+    /// re-read and re-hash megabytes of kernel for every VM of one image.
+    digests: Arc<Mutex<HashMap<DigestKey, token::ImageDigest>>>,
 }
+
+/// Kernel, initrd and the command line's SHA-256 (hashed, so a key stays small however long
+/// the command line).
+type DigestKey = (BlobDigest, Option<BlobDigest>, [u8; 32]);
+
+/// Digests remembered at most; the memory is forgotten all at once when full.
+const DIGESTS_KEPT: usize = 1024;
 
 pub use laundromat_api::hostd::BlobDigest;
 
@@ -40,7 +53,49 @@ impl ImageStore {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
-        Ok(Self { dir, max_bytes })
+        Ok(Self {
+            dir,
+            max_bytes,
+            digests: Arc::default(),
+        })
+    }
+
+    /// The token's image digest over stored blobs and a command line (see
+    /// `token::image_digest`), computed off the async threads the first time.
+    pub async fn token_digest(
+        &self,
+        kernel: &BlobDigest,
+        initrd: Option<&BlobDigest>,
+        cmdline: &str,
+    ) -> Result<token::ImageDigest, ImageError> {
+        let key: DigestKey = (
+            kernel.clone(),
+            initrd.cloned(),
+            Sha256::digest(cmdline.as_bytes()).into(),
+        );
+        let remembered = self.lock_digests().get(&key).copied();
+        if let Some(digest) = remembered {
+            return Ok(digest);
+        }
+        let kernel = self.existing(kernel)?;
+        let initrd = initrd.map(|d| self.existing(d)).transpose()?;
+        let cmdline = cmdline.to_string();
+        let digest =
+            tokio::task::spawn_blocking(move || token_digest(&kernel, initrd.as_deref(), &cmdline))
+                .await
+                .map_err(|e| {
+                    std::io::Error::other(format!("the image digest task failed: {e}"))
+                })??;
+        let mut digests = self.lock_digests();
+        if digests.len() >= DIGESTS_KEPT {
+            digests.clear();
+        }
+        digests.insert(key, digest);
+        Ok(digest)
+    }
+
+    fn lock_digests(&self) -> std::sync::MutexGuard<'_, HashMap<DigestKey, token::ImageDigest>> {
+        self.digests.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn max_bytes(&self) -> u64 {

@@ -4,6 +4,7 @@
 //!
 //! - [`admission`], [`payments`], [`lifecycle`] (reclaim, redemption), [`recovery`]
 //!   (re-adopting `vmm` processes after a restart): what the host does.
+//! - [`network`]: a tap per VM on the operator's bridge (`--bridge`), MACs per VM.
 //! - [`host`]: its VMs and capacity. [`vmm_process`]: one `vmm`. [`record`]: what is on disk.
 //! - [`broker`]: the [`broker::BrokerClient`] trait and an in-process fake.
 //! - [`migration`]: moving a VM to another host (both sides) and draining; [`peer`]: the
@@ -26,6 +27,7 @@ pub mod images;
 pub mod lifecycle;
 pub mod metrics;
 pub mod migration;
+pub mod network;
 pub mod payments;
 pub mod peer;
 pub mod record;

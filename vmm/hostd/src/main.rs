@@ -13,6 +13,7 @@ use hostd::broker::BrokerClient;
 use hostd::config::HostConfig;
 use hostd::host::Host;
 use hostd::identity::{HostIdentity, Origin};
+use hostd::network::Network;
 use token::ClusterId;
 
 /// Laundromat's host daemon: admits VMs on broker-signed boot tokens, runs each in its own
@@ -95,6 +96,11 @@ struct Cli {
     /// VM and drain the host. Without it, only tenants migrate their own VMs.
     #[arg(long, value_parser = parse_key)]
     operator_key: Option<token::VerifyingKey>,
+    /// Give each VM a network card: a tap of its own (`lm` + its VM id) on this existing
+    /// bridge, and a MAC fixed by its VM id (kept across migrations). Without it VMs have no
+    /// network. hostd deletes a VM's tap when the VM ends, and orphaned taps at start.
+    #[arg(long, value_name = "NAME")]
+    bridge: Option<String>,
     /// Make (if needed) and print the host identity as JSON, then exit.
     #[arg(long)]
     print_identity: bool,
@@ -240,12 +246,20 @@ fn run(cli: Cli) -> Result<(), String> {
         migration_ip: cli.migration_ip.unwrap_or(cli.listen.ip()),
         operator_key: cli.operator_key,
     };
-    let host = Host::new(config, identity, broker)
-        .map_err(|e| format!("cannot open the data directory: {e}"))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let network = match &cli.bridge {
+        Some(bridge) => Some(
+            runtime
+                .block_on(Network::open(bridge))
+                .map_err(|e| format!("--bridge: {}", hostd::http::error::chain(&e)))?,
+        ),
+        None => None,
+    };
+    let host = Host::new(config, identity, broker, network)
+        .map_err(|e| format!("cannot open the data directory: {e}"))?;
     runtime
         .block_on(hostd::daemon::run(
             host,

@@ -13,6 +13,7 @@ use crate::host::{Host, Phase};
 use crate::http::error::{chain, ApiError};
 
 pub use laundromat_api::hostd::PaymentReceipt;
+use laundromat_api::hostd::{moved_message, VM_MOVED};
 
 fn refusal(error: &LinkError) -> (StatusCode, &'static str) {
     match error {
@@ -29,8 +30,8 @@ fn moved_or_not_found(host: &Host, vm_id: &str) -> ApiError {
     match host.moved_to(vm_id) {
         Some((to, url)) => ApiError::new(
             StatusCode::CONFLICT,
-            "vm_moved",
-            format!("VM {vm_id} moved to host {to}; retry at {url}"),
+            VM_MOVED,
+            moved_message(vm_id, &to.to_string(), &url),
         ),
         None => ApiError::not_found(vm_id),
     }

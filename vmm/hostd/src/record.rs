@@ -29,6 +29,10 @@ pub struct VmRecord {
     pub payment: VerifierState,
     /// The highest index the broker has credited this host for.
     pub redeemed_index: u64,
+    /// Its tap and MAC on this host (`hostd --bridge`); none: no NIC. Written before the tap
+    /// is made, so that a restart after a crash finds the tap to delete.
+    #[serde(default)]
+    pub net: Option<crate::network::VmNet>,
     /// The `vmm` process, once started.
     pub process: Option<ProcessId>,
 }

@@ -1,6 +1,7 @@
 //! The tenant's `laundromat` binary against a real hostd: inject a bench guest, pay for it
 //! (by hand and with `--follow`), survive a payer that crashed before recording a link, read
-//! its status and console, and stop it; another tenant can neither stop nor read it.
+//! its status and console, and stop it; another tenant can neither stop nor read it; and
+//! `pay --follow` follows a VM that migrates to another host.
 //!
 //! `laundromat` is the broker package's binary: it must be built in the same profile
 //! (`cargo build --release -p broker --bin laundromat`; `cargo test --workspace` does).
@@ -236,4 +237,106 @@ async fn a_tenant_runs_pays_reads_and_stops_a_vm_and_no_one_else_can() {
         hostd.broker().credits.get(&hostd.identity.host_id),
         Some(&(held * PRICE))
     );
+}
+
+/// `pay --follow` keeps paying a VM that `vm migrate` moves to another host: the source
+/// refuses with "moved, retry at host B", the payer carries on at B from the same token file,
+/// and every link is accepted once, by exactly one host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pay_follow_follows_the_vm_across_a_migration() {
+    if !kvm_available() {
+        return;
+    }
+    const DIRTY: &str = "workload=dirty wss=4 report-ms=100";
+    let kernel = bench_elf();
+    let bought = TokenSpec {
+        link_period_ms: 500,
+        ..TokenSpec::new(&kernel, DIRTY)
+    }
+    .buy();
+    let hosts = cluster(2, &["--grace-s", "600"], &[&bought]);
+    let (a, b) = (&hosts[0], &hosts[1]);
+    let alice = Tenant::new(a.dir.path(), "alice", &bought);
+    let kernel_file = a.dir.path().join("bench.elf");
+    std::fs::write(&kernel_file, &kernel).unwrap();
+    let injected = alice.json(&[
+        "vm",
+        "inject",
+        "--host",
+        &a.url,
+        "--token",
+        alice.token_file.to_str().unwrap(),
+        "--kernel",
+        kernel_file.to_str().unwrap(),
+        "--cmdline",
+        DIRTY,
+    ]);
+    let vm = injected["vm_id"].as_str().unwrap().to_owned();
+
+    let follow = alice
+        .command(&["--json", "pay", "--vm", &vm, "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while a.client.vm(&vm).await.unwrap().paid_index < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The tenant moves the VM while the payer runs.
+    let moved = alice.json(&[
+        "vm",
+        "migrate",
+        &vm,
+        "--to",
+        &b.identity.host_id.to_string(),
+    ]);
+    assert_eq!(moved["status"], "completed", "{moved}\n{}", a.log());
+    let handed_over = b.client.vm(&vm).await.unwrap().redeemed_index;
+    assert!(handed_over >= 2);
+    // The payer goes on paying at b.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let paid_at_b = || async { b.client.vm(&vm).await.map_or(0, |v| v.paid_index) };
+    while paid_at_b().await < handed_over + 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // SAFETY: kill takes plain integers; the child is ours and not yet reaped.
+    unsafe { libc::kill(follow.id() as i32, libc::SIGINT) };
+    let output = follow.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "pay --follow: {stderr}");
+    assert!(stderr.contains("moved to host"), "{stderr}");
+    let held = b.client.vm(&vm).await.unwrap().paid_index;
+    assert!(held >= handed_over + 3, "b holds {held}: {stderr}");
+
+    // Every link once, in order, each by one host: a's up to the handover, then b's.
+    let receipts: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let indices: Vec<u64> = receipts
+        .iter()
+        .map(|r| r["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(indices, (1..=held).collect::<Vec<_>>());
+    let at = |url: &str| receipts.iter().filter(|r| r["host"] == url).count() as u64;
+    assert_eq!((at(&a.url), at(&b.url)), (handed_over, held - handed_over));
+    assert!(receipts[..handed_over as usize]
+        .iter()
+        .all(|r| r["host"] == a.url.as_str()));
+    for (host, links) in [(a, handed_over), (b, held - handed_over)] {
+        let metrics = host.client.metrics().await.unwrap();
+        let accepted = format!("hostd_payments_total{{outcome=\"accepted\"}} {links}\n");
+        assert!(metrics.contains(&accepted), "{}: {metrics}", host.url);
+    }
+    // Nothing re-spent, nothing skipped: the token file reveals the next link next.
+    assert_eq!(alice.payer().next_index(), held + 1);
+    // a was credited for its links at the handover; the client now finds the VM at b.
+    assert_eq!(
+        a.broker().credits.get(&a.identity.host_id),
+        Some(&(handed_over * PRICE))
+    );
+    let status = alice.json(&["vm", "status", &vm]);
+    assert_eq!(status["host_id"], b.identity.host_id.to_string());
+    assert_eq!(status["paid_index"].as_u64(), Some(held));
 }

@@ -99,6 +99,11 @@ async fn a_vm_migrates_while_paying_and_each_host_is_credited_for_its_own_links(
     );
     assert!(lines.iter().any(|l| l["event"] == "progress"), "{lines:?}");
     assert!(outcome["stats"]["downtime-ms"].as_f64().unwrap() > 0.0);
+    let metrics = a.client.metrics().await.unwrap();
+    assert!(
+        metrics.contains("hostd_migration_downtime_seconds_count 1\n"),
+        "{metrics}"
+    );
     for _ in 0..3 {
         let payment = bought.payer.pay(1).unwrap();
         let host = pay_following(&clients, &mut at, &vm, &payment).await;

@@ -137,3 +137,110 @@ async fn a_lease_held_elsewhere_and_an_unregistered_host_are_refused() {
         Some(other.host_id)
     );
 }
+
+/// `laundromat vm inject --host auto`: of three registered hosts advertising in the broker's
+/// directory, one asks more than the token pays and one lacks the memory; the VM lands on the
+/// one that fits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inject_auto_picks_the_cheapest_host_that_fits_the_token() {
+    if !kvm_available() {
+        return;
+    }
+    let kernel = bench_elf();
+    let broker = RealBroker::start(64).await;
+    broker.register_tenant(1, 10_000).await;
+    let bought = broker.buy(1, &kernel, IDLE, 60_000, 10).await;
+    let every_second = ["--advertise-interval-s", "1"];
+    let dear = Hostd::start_http(
+        &broker.base,
+        &[&every_second[..], &["--min-price", "5"]].concat(),
+    );
+    let fits = Hostd::start_http(
+        &broker.base,
+        &[&every_second[..], &["--min-price", "2"]].concat(),
+    );
+    let small = Hostd::start_http(
+        &broker.base,
+        &[&every_second[..], &["--min-price", "1", "--mem-mib", "16"]].concat(),
+    );
+    for host in [&dear, &fits, &small] {
+        broker
+            .register_host(host.identity.host_id, host.identity.public_key())
+            .await;
+    }
+    let mut advertised = false;
+    for _ in 0..300 {
+        let entries = broker::directory::fetch(&broker.base).await.unwrap();
+        if entries
+            .iter()
+            .filter(|e| e.advert.is_some() && !e.stale)
+            .count()
+            == 3
+        {
+            advertised = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        advertised,
+        "the three hosts did not advertise:\n{}",
+        fits.log()
+    );
+
+    // The tenant's config dir, as `keygen` and `token buy` leave it.
+    let config = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(config.path().join("tokens")).unwrap();
+    std::fs::write(
+        config.path().join("tenant.key"),
+        token::hex::encode(bought.tenant.as_bytes()),
+    )
+    .unwrap();
+    let token_file = config
+        .path()
+        .join("tokens")
+        .join(format!("{}.json", bought.token().token_id));
+    let file = serde_json::json!({ "token": bought.signed, "payer": bought.payer });
+    std::fs::write(&token_file, serde_json::to_vec(&file).unwrap()).unwrap();
+    let kernel_file = config.path().join("bench.elf");
+    std::fs::write(&kernel_file, &kernel).unwrap();
+
+    let output = std::process::Command::new(sibling_bin("laundromat", "broker"))
+        .arg("--config-dir")
+        .arg(config.path())
+        .args([
+            "--broker",
+            &broker.base,
+            "--json",
+            "vm",
+            "inject",
+            "--host",
+            "auto",
+        ])
+        .arg("--token")
+        .arg(&token_file)
+        .arg("--kernel")
+        .arg(&kernel_file)
+        .args(["--cmdline", IDLE])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "inject --host auto: {stderr}");
+    let injected: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        injected["host_id"],
+        fits.identity.host_id.to_string(),
+        "{injected}\n{stderr}"
+    );
+    assert_eq!(injected["host"], fits.url.as_str());
+    // Only the host that fits was tried: the small one was not asked and turned away.
+    assert_eq!(stderr.matches("trying host").count(), 1, "{stderr}");
+    assert_eq!(fits.client.list().await.unwrap().len(), 1);
+    for other in [&dear, &small] {
+        assert!(other.client.list().await.unwrap().is_empty());
+    }
+    assert_eq!(
+        broker.token(&bought.token().token_id).await.holder,
+        Some(fits.identity.host_id)
+    );
+}

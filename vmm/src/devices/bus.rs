@@ -7,7 +7,7 @@ use super::control::Control;
 use super::event_loop::EventHandler;
 use super::event_loop::{EventLoop, EventLoopError};
 use super::serial::{self, Uart, COM1_PORT};
-use super::virtio::block::Block;
+use super::virtio::block::{Block, BlockError};
 use super::virtio::net::Net;
 
 /// Exit counters, by reason, for `status`.
@@ -97,6 +97,16 @@ impl Devices {
             None => Virtio::Block(self.disks.get(index - self.net.len())?),
         };
         Some((dev, off % VIRTIO_STRIDE))
+    }
+
+    /// Lets go of every disk image's lock (the paused VM is moving to another `vmm`).
+    pub fn release_disk_images(&self) {
+        self.disks.iter().for_each(|d| d.release_image());
+    }
+
+    /// Takes every disk image's lock back; the first one another VM holds is the error.
+    pub fn retake_disk_images(&self) -> Result<(), BlockError> {
+        self.disks.iter().try_for_each(|d| d.retake_image())
     }
 
     /// Stops the devices' data path from touching guest memory (the VM pauses).

@@ -1,6 +1,7 @@
 //! `laundromat`: the tenant's client. Keys, account, and tokens bought from the broker; VMs
 //! injected into hosts on those tokens ([`vm`]) and paid for link by link ([`pay`]).
 
+mod follow;
 mod migrate;
 mod pay;
 mod vm;
@@ -68,7 +69,8 @@ enum Command {
         #[command(subcommand)]
         action: vm::VmAction,
     },
-    /// Pay a VM's next link; with --follow, keep it paid one link ahead.
+    /// Pay a VM's next link; with --follow, keep it paid one link ahead, following it to
+    /// whichever host runs it after a migration.
     Pay(pay::PayArgs),
 }
 
@@ -191,6 +193,13 @@ enum CliError {
     NotBought(PathBuf),
     #[error("the kernel, initrd and command line do not match the token's image digest")]
     WrongImage,
+    #[error("none of the broker's {hosts} hosts fits: a fresh advert with {memory_mib} MiB and {vcpus} vCPUs free at no more than {price} per link (see `laundromat hosts`)")]
+    NoHostFits {
+        hosts: usize,
+        memory_mib: u64,
+        vcpus: u64,
+        price: u64,
+    },
     #[error("VM {vm} runs token {vm_token}, but the token file is for token {file_token}")]
     OtherToken {
         vm: String,
@@ -201,6 +210,11 @@ enum CliError {
     ChainBusy(PathBuf),
     #[error("every link of the token's chain has been paid")]
     ChainSpent,
+    #[error(
+        "host {0} runs the VM now, but the broker's directory holds no URL for it (it has not \
+         advertised)"
+    )]
+    NoHostUrl(String),
     #[error("other payers keep paying this VM's links first")]
     PaymentRace,
     #[error("the host's answer ended before the migration's result")]
@@ -422,8 +436,8 @@ async fn run(cli: &Cli) -> Result<(), CliError> {
             action: TokenAction::Show { token_id },
         } => show_token(cli, &dir, token_id).await?,
         Command::Hosts => hosts::run(&cli.broker, cli.json).await?,
-        Command::Vm { action } => vm::run(cli.json, &dir, action).await?,
-        Command::Pay(args) => pay::run(cli.json, &dir, args).await?,
+        Command::Vm { action } => vm::run(cli.json, &dir, &cli.broker, action).await?,
+        Command::Pay(args) => pay::run(cli.json, &dir, &cli.broker, args).await?,
     }
     Ok(())
 }

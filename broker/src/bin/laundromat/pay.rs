@@ -7,19 +7,23 @@
 //! crashed between the host's answer and the write), moves the file up to it. So a crashed
 //! `pay` never reveals a link twice to buy the same time, and never skips one. One `pay` at a
 //! time may use a token file (an exclusive lock beside it).
+//!
+//! `--follow` follows the VM when it migrates: the host it left refuses with "moved, retry at
+//! host B", and the payer carries on at host B from the same token file ([`follow`]).
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use laundromat_api::hostd::{PaymentReceipt, VmView};
-use laundromat_api::hostd_client::{ClientError, HostdClient};
+use laundromat_api::hostd_client::HostdClient;
 use serde::Serialize;
 
-use crate::vm::{host_of, known, read_token_file, VmRef};
+use crate::follow;
+use crate::vm::{host_of, known, read_token_file, remember_host, VmRef};
 use crate::{print, write_private, CliError, TokenFile};
 
 #[derive(clap::Args)]
@@ -137,6 +141,8 @@ impl Chain {
 struct Paid<'a> {
     #[serde(flatten)]
     receipt: &'a PaymentReceipt,
+    /// The hostd that accepted the link.
+    host: &'a str,
     remaining_links: u64,
 }
 
@@ -181,23 +187,29 @@ async fn pay_next(
     Err(CliError::PaymentRace)
 }
 
-/// Whether a failed request is worth retrying while following: the host is unreachable or
-/// shedding load, not refusing the payment.
-fn transient(error: &CliError) -> bool {
-    match error {
-        CliError::Hostd(ClientError::Http(_)) => true,
-        CliError::Hostd(error) => error.status() == Some(503),
-        _ => false,
+/// Where the payments go: the host running the VM, and what it last said about it.
+struct Target {
+    host: HostdClient,
+    view: VmView,
+}
+
+impl Target {
+    /// The host's view of the VM, refreshed if the host answers (a host the VM is still
+    /// moving to may not know it yet).
+    async fn refresh(&mut self, vm: &str) {
+        if let Ok(view) = self.host.vm(vm).await {
+            self.view = view;
+        }
     }
 }
 
-pub async fn run(json: bool, dir: &Path, args: &PayArgs) -> Result<(), CliError> {
+pub async fn run(json: bool, dir: &Path, broker: &str, args: &PayArgs) -> Result<(), CliError> {
     let vm = VmRef {
         vm: args.vm.clone(),
         host: args.host.clone(),
     };
     let host = host_of(dir, &vm)?;
-    let mut view = host.vm(&args.vm).await?;
+    let view = host.vm(&args.vm).await?;
     let path = match (&args.token, known(dir, &args.vm)?) {
         (Some(token), _) => crate::vm::token_path(dir, token),
         (None, Some(known)) => known.token_file,
@@ -205,12 +217,13 @@ pub async fn run(json: bool, dir: &Path, args: &PayArgs) -> Result<(), CliError>
     };
     let mut chain = Chain::open(path)?;
     let token_id = chain.file.payer.token_id().to_string();
+    let other_token = |view: &VmView| CliError::OtherToken {
+        vm: args.vm.clone(),
+        vm_token: view.token_id.clone(),
+        file_token: token_id.clone(),
+    };
     if token_id != view.token_id {
-        return Err(CliError::OtherToken {
-            vm: args.vm.clone(),
-            vm_token: view.token_id.clone(),
-            file_token: token_id,
-        });
+        return Err(other_token(&view));
     }
     let period = match &chain.file.token {
         Some(signed) => signed.token().link_period_ms,
@@ -221,6 +234,10 @@ pub async fn run(json: bool, dir: &Path, args: &PayArgs) -> Result<(), CliError>
     } else {
         None
     };
+    let mut target = Target { host, view };
+    // While following: since when no host has taken a payment, and the next pause.
+    let mut failing: Option<Instant> = None;
+    let mut pause = follow::FIRST_PAUSE;
     loop {
         if chain.file.payer.remaining() == 0 {
             if args.follow {
@@ -229,25 +246,51 @@ pub async fn run(json: bool, dir: &Path, args: &PayArgs) -> Result<(), CliError>
             }
             return Err(CliError::ChainSpent);
         }
-        let receipt = match pay_next(&host, &mut chain, &view).await {
+        let receipt = match pay_next(&target.host, &mut chain, &target.view).await {
             Ok(receipt) => receipt,
-            Err(error) if args.follow && transient(&error) => {
-                eprintln!("laundromat: {error}; retrying");
-                if let Some(flag) = &interrupted {
-                    if sleep_or_interrupt(flag, Duration::from_secs(1)).await {
-                        return Ok(());
+            Err(error) => {
+                let Some(flag) = &interrupted else {
+                    return Err(error);
+                };
+                let since = *failing.get_or_insert_with(Instant::now);
+                if since.elapsed() > follow::PATIENCE {
+                    eprintln!(
+                        "laundromat: no host took a payment for {:?}; giving up",
+                        follow::PATIENCE
+                    );
+                    return Err(error);
+                }
+                let message = error.to_string();
+                match follow::after(broker, error, &token_id, &target.view.host_id).await? {
+                    follow::Next::Wait => {
+                        eprintln!("laundromat: {message}; retrying");
+                        if sleep_or_interrupt(flag, pause).await {
+                            return Ok(());
+                        }
+                        pause = (pause * 2).min(follow::MAX_PAUSE);
+                    }
+                    follow::Next::MoveTo { host_id, url } => {
+                        eprintln!(
+                            "laundromat: VM {} moved to host {host_id}; paying it at {url}",
+                            args.vm
+                        );
+                        target.host = HostdClient::new(url.clone());
+                        remember_host(dir, &args.vm, &url)?;
+                        pause = follow::FIRST_PAUSE;
                     }
                 }
-                view = match host.vm(&args.vm).await {
-                    Ok(view) => view,
-                    Err(_) => view,
-                };
+                target.refresh(&args.vm).await;
+                if target.view.token_id != token_id {
+                    return Err(other_token(&target.view));
+                }
                 continue;
             }
-            Err(error) => return Err(error),
         };
+        failing = None;
+        pause = follow::FIRST_PAUSE;
         let paid = Paid {
             receipt: &receipt,
+            host: target.host.base(),
             remaining_links: chain.file.payer.remaining(),
         };
         if args.follow && json {
@@ -255,14 +298,19 @@ pub async fn run(json: bool, dir: &Path, args: &PayArgs) -> Result<(), CliError>
         } else {
             print(json, &paid, |p| {
                 format!(
-                    "paid link {} for vm {}: paid until {} ms, {} links left",
-                    p.receipt.index, p.receipt.vm_id, p.receipt.paid_until_ms, p.remaining_links
+                    "paid link {} for vm {} at {}: paid until {} ms, {} links left",
+                    p.receipt.index,
+                    p.receipt.vm_id,
+                    p.host,
+                    p.receipt.paid_until_ms,
+                    p.remaining_links
                 )
             });
         }
         let Some(flag) = &interrupted else {
             return Ok(());
         };
+        let view = &mut target.view;
         let extended = receipt.paid_until_ms > view.paid_until_ms;
         view.paid_index = receipt.index;
         view.paid_until_ms = receipt.paid_until_ms;

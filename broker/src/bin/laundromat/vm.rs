@@ -43,7 +43,9 @@ pub enum VmAction {
 
 #[derive(clap::Args)]
 pub struct InjectArgs {
-    /// The hostd to run on, e.g. http://host-a:8480.
+    /// The hostd to run on, e.g. http://host-a:8480, or `auto`: the cheapest host in the
+    /// broker's directory that fits the token (fresh advert, room, price), trying the next
+    /// if one turns it away.
     #[arg(long)]
     host: String,
     /// The token: a file written by `token buy`, or the token id of one in the config dir.
@@ -176,7 +178,72 @@ fn read(path: &Path) -> Result<Vec<u8>, CliError> {
     })
 }
 
-async fn inject(json: bool, dir: &Path, args: &InjectArgs) -> Result<(), CliError> {
+/// Admits the VM at `host`. Images are content-addressed: they are uploaded only if the host
+/// does not have them yet.
+async fn admit(
+    host: &HostdClient,
+    request: &AdmitRequest,
+    (kernel, initrd): &(Vec<u8>, Option<Vec<u8>>),
+) -> Result<VmView, ClientError> {
+    match host.admit(request).await {
+        Err(error) if error.code() == Some("image_not_found") => {
+            host.put_image(kernel.clone()).await?;
+            if let Some(initrd) = initrd {
+                host.put_image(initrd.clone()).await?;
+            }
+            host.admit(request).await
+        }
+        other => other,
+    }
+}
+
+/// `--host auto`: the hosts that fit the token, cheapest first, until one admits the VM. A host
+/// that is full or unreachable passes to the next; any other refusal (a bad token, say) is the
+/// same everywhere and ends the search.
+async fn inject_anywhere(
+    broker: &str,
+    token: &token::BootToken,
+    request: &AdmitRequest,
+    images: &(Vec<u8>, Option<Vec<u8>>),
+) -> Result<(HostdClient, VmView), CliError> {
+    let entries = broker::directory::fetch(broker).await?;
+    let memory = u64::from(request.memory_mib.unwrap_or(token.memory_mib));
+    let vcpus = u64::from(request.vcpus.unwrap_or(token.vcpus));
+    let fit = broker::directory::hosts_that_fit(&entries, token, memory, vcpus);
+    let mut last = None;
+    for entry in &fit {
+        let Some(advert) = &entry.advert else {
+            continue;
+        };
+        eprintln!(
+            "trying host {} at {} ({} per link)",
+            entry.host.host_id, advert.url, advert.price_per_link
+        );
+        let host = HostdClient::new(advert.url.clone());
+        match admit(&host, request, images).await {
+            Ok(view) => return Ok((host, view)),
+            Err(error)
+                if error.status() == Some(503)
+                    || (matches!(error, ClientError::Http(_)) && error.status().is_none()) =>
+            {
+                eprintln!("  turned away: {error}");
+                last = Some(error);
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Err(match last {
+        Some(error) => error.into(),
+        None => CliError::NoHostFits {
+            hosts: entries.len(),
+            memory_mib: memory,
+            vcpus,
+            price: token.price_per_link,
+        },
+    })
+}
+
+async fn inject(json: bool, dir: &Path, broker: &str, args: &InjectArgs) -> Result<(), CliError> {
     let token_file = token_path(dir, &args.token);
     let file = read_token_file(&token_file)?;
     let signed: SignedToken = file
@@ -189,7 +256,6 @@ async fn inject(json: bool, dir: &Path, args: &InjectArgs) -> Result<(), CliErro
     if digest != signed.token().image_digest {
         return Err(CliError::WrongImage);
     }
-    let host = HostdClient::new(args.host.clone());
     let request = AdmitRequest {
         token: token::hex::encode(&signed.to_bytes()),
         kernel: BlobDigest::of(&kernel),
@@ -199,16 +265,13 @@ async fn inject(json: bool, dir: &Path, args: &InjectArgs) -> Result<(), CliErro
         memory_mib: args.memory,
         vcpus: args.vcpus,
     };
-    // Images are content-addressed: upload only what the host does not have yet.
-    let view = match host.admit(&request).await {
-        Err(error) if error.code() == Some("image_not_found") => {
-            host.put_image(kernel).await?;
-            if let Some(initrd) = initrd {
-                host.put_image(initrd).await?;
-            }
-            host.admit(&request).await?
-        }
-        other => other?,
+    let images = (kernel, initrd);
+    let (host, view) = if args.host == "auto" {
+        inject_anywhere(broker, signed.token(), &request, &images).await?
+    } else {
+        let host = HostdClient::new(args.host.clone());
+        let view = admit(&host, &request, &images).await?;
+        (host, view)
     };
     let remembered = KnownVm {
         vm_id: view.vm_id.clone(),
@@ -307,9 +370,9 @@ async fn console(
     }
 }
 
-pub async fn run(json: bool, dir: &Path, action: &VmAction) -> Result<(), CliError> {
+pub async fn run(json: bool, dir: &Path, broker: &str, action: &VmAction) -> Result<(), CliError> {
     match action {
-        VmAction::Inject(args) => inject(json, dir, args).await,
+        VmAction::Inject(args) => inject(json, dir, broker, args).await,
         VmAction::Status(vm) => {
             let view = host_of(dir, vm)?.vm(&vm.vm).await?;
             print(json, &view, status_text);

@@ -23,6 +23,7 @@ use super::messages::{IncomingOutcome, PaymentSync, PrepareIncoming, Prepared};
 use crate::broker::HostRecord;
 use crate::host::{now_ms, vm_from_record, Host, Phase, Vm};
 use crate::http::error::{chain, ApiError};
+use crate::network::VmNet;
 use crate::record::VmRecord;
 use crate::vmm_process::VmmProcess;
 
@@ -117,6 +118,24 @@ pub async fn prepare(
                     format!("the payment state does not match the token: {e}"),
                 )
             })?;
+    let net = match (&vm.mac, &host.network) {
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err(refuse(
+                StatusCode::CONFLICT,
+                "no_network",
+                "the VM has a network card, and this host gives VMs no network (hostd runs without --bridge)",
+            ))
+        }
+        (Some(mac), Some(_)) => {
+            let mac = mac
+                .parse()
+                .map_err(|e: String| refuse(StatusCode::BAD_REQUEST, "malformed_request", e))?;
+            Some(VmNet::arriving(&vm.vm_id, mac).map_err(|e| {
+                refuse(StatusCode::BAD_REQUEST, "malformed_request", e.to_string())
+            })?)
+        }
+    };
     let record = VmRecord {
         vm_id: vm.vm_id.clone(),
         token: vm.token.clone(),
@@ -130,6 +149,7 @@ pub async fn prepare(
         payment: verifier.state().clone(),
         // The broker pays this host only above the source's final claim.
         redeemed_index: verifier.index(),
+        net,
         process: None,
     };
     let new_vm = vm_from_record(host, record, verifier, Phase::Incoming);
@@ -167,7 +187,7 @@ pub async fn prepare(
             outcome: IncomingOutcome::Waiting,
         },
     );
-    let args = vec![
+    let mut args = vec![
         "run".to_string(),
         "--incoming".into(),
         url.clone(),
@@ -178,9 +198,14 @@ pub async fn prepare(
         "--incoming-timeout".into(),
         INCOMING_TIMEOUT_S.to_string(),
     ];
+    if let Some(net) = &new_vm.net {
+        args.push("--net".into());
+        args.push(net.vmm_arg());
+    }
     let process = match start(host, &new_vm, &args).await {
         Ok(process) => process,
         Err(e) => {
+            crate::network::remove_vm_tap(host, &new_vm.id, new_vm.net.as_ref()).await;
             let _ = std::fs::remove_dir_all(&new_vm.dir);
             unreserve();
             set_outcome(host, &migration_id, IncomingOutcome::Failed);
@@ -203,30 +228,7 @@ async fn start(host: &Host, vm: &Vm, args: &[String]) -> Result<Arc<VmmProcess>,
         .record
         .save(&vm.dir)
         .map_err(|e| ApiError::internal(chain(&e)))?;
-    let process = VmmProcess::spawn(
-        &crate::vmm_process::Launch::of(host),
-        args,
-        &vm.dir,
-        vm.console.clone(),
-        vm.log.clone(),
-        host.config.start_timeout,
-    )
-    .await
-    .map_err(|e| {
-        refuse(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "vm_failed_to_start",
-            chain(&e),
-        )
-    })?;
-    state.record.process = Some(process.id);
-    if let Err(e) = state.record.save(&vm.dir) {
-        process.kill_and_wait(Duration::from_secs(5)).await;
-        return Err(ApiError::internal(chain(&e)));
-    }
-    let process = Arc::new(process);
-    state.process = Some(process.clone());
-    Ok(process)
+    crate::admission::spawn_vmm(host, vm, &mut state, args).await
 }
 
 /// Follows the incoming `vmm` until it runs the VM or ends.
@@ -252,6 +254,7 @@ async fn watch(host: Arc<Host>, vm: Arc<Vm>, process: Arc<VmmProcess>, migration
     if !running {
         process.exited().await;
         tracing::info!(vm = %vm.id, log = %vm.log.tail_text(300), "the incoming migration ended without running the VM");
+        crate::network::remove_vm_tap(&host, &vm.id, vm.net.as_ref()).await;
         crate::vmm_process::remove_files(&vm.dir);
         let _ = std::fs::remove_dir_all(&vm.dir);
         host.vms().remove(&vm.id);

@@ -28,6 +28,9 @@ pub struct MovingVm {
     pub memory_mib: u32,
     pub vcpus: u32,
     pub admitted_at_ms: u64,
+    /// The guest NIC's MAC, if it has one: the destination gives it a tap with the same MAC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
     pub payment: VerifierState,
     pub paid_until_ms: u64,
 }

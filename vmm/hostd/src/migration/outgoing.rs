@@ -119,6 +119,7 @@ async fn prepare(host: &Arc<Host>, vm: &Arc<Vm>, to: HostId) -> Result<Outgoing,
             memory_mib: record.memory_mib,
             vcpus: record.vcpus,
             admitted_at_ms: record.admitted_at_ms,
+            mac: vm.net.as_ref().map(|net| net.mac.to_string()),
             payment: state.verifier.state().clone(),
             paid_until_ms: vm.meter.paid_until(index),
         };
@@ -260,6 +261,9 @@ pub async fn drive(host: Arc<Host>, out: Outgoing, events: Events) -> &'static s
         _ => IncomingOutcome::Failed,
     };
     let result = if outcome == IncomingOutcome::Running {
+        if let Some(ms) = answer.as_ref().and_then(|a| a["downtime-ms"].as_f64()) {
+            host.metrics.observe_downtime(ms / 1000.0);
+        }
         moved(&host, &out, status == "unknown").await;
         "completed"
     } else {
@@ -318,6 +322,8 @@ async fn moved(host: &Host, out: &Outgoing, paused_here: bool) {
     {
         out.process.kill_and_wait(Duration::from_secs(5)).await;
     }
+    // The destination announced the VM on its own tap; this one only held the old port.
+    crate::network::remove_vm_tap(host, &vm.id, vm.net.as_ref()).await;
     crate::vmm_process::remove_files(&vm.dir);
     if let Err(e) = std::fs::remove_dir_all(&vm.dir) {
         tracing::warn!(vm = %vm.id, "cannot remove the VM directory: {e}");

@@ -2,9 +2,12 @@
 //! key, host and tokens, and the `hostd` binary as a child process killed on drop.
 #![allow(dead_code)]
 
+pub mod processes;
 pub mod real_broker;
 
-use std::net::TcpListener;
+pub use processes::*;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -164,6 +167,30 @@ pub fn operator() -> SigningKey {
     SigningKey::from_bytes(&[0x0a; 32])
 }
 
+/// Where a hostd runs: a network namespace (`None`: the test's own) and the address it listens
+/// on (its migrations too).
+#[derive(Clone, Debug)]
+pub struct Place {
+    pub netns: Option<String>,
+    pub ip: IpAddr,
+}
+
+impl Place {
+    pub const LOOPBACK: Place = Place {
+        netns: None,
+        ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+    };
+
+    /// In the namespace `netns`, at `ip`: the test reaches it from a namespace that routes
+    /// there (a client namespace of the same test network).
+    pub fn netns(netns: &str, ip: impl Into<IpAddr>) -> Self {
+        Place {
+            netns: Some(netns.into()),
+            ip: ip.into(),
+        }
+    }
+}
+
 pub struct Hostd {
     pub dir: tempfile::TempDir,
     /// The broker file (shared by every hostd of a [`cluster`]).
@@ -172,6 +199,8 @@ pub struct Hostd {
     pub client: HostdClient,
     pub identity: HostIdentity,
     pub args: Vec<String>,
+    /// Run by `ip netns exec NS` (which execs hostd in place: the child is hostd).
+    pub netns: Option<String>,
     child: Option<Child>,
     /// Directories that must outlive this hostd (a cluster's shared broker file).
     keep: Vec<tempfile::TempDir>,
@@ -215,6 +244,16 @@ impl Hostd {
 
     /// Starts hostd with `extra` flags; the broker sold `tokens`, and `leases` are held.
     pub fn start(extra: &[&str], tokens: &[&Bought], leases: &[(TokenId, HostId)]) -> Self {
+        Self::start_at(Place::LOOPBACK, extra, tokens, leases)
+    }
+
+    /// [`Hostd::start`] at `place`.
+    pub fn start_at(
+        place: Place,
+        extra: &[&str],
+        tokens: &[&Bought],
+        leases: &[(TokenId, HostId)],
+    ) -> Self {
         let dir = tempdir();
         let broker_path = dir.path().join("broker.json");
         let (identity, _) = HostIdentity::load_or_create(&prepare_data(&dir)).unwrap();
@@ -228,7 +267,16 @@ impl Hostd {
         };
         std::fs::write(&broker_path, serde_json::to_vec(&state).unwrap()).unwrap();
         let broker = format!("file:{}", broker_path.display());
-        Self::launch(dir, &broker, broker_path, identity, free_tcp_port(), extra)
+        let listen = SocketAddr::new(place.ip, free_tcp_port());
+        Self::launch(
+            dir,
+            &broker,
+            broker_path,
+            identity,
+            listen,
+            place.netns,
+            extra,
+        )
     }
 
     /// Starts hostd against the real broker at `broker_url` (`http://…`); the operator must
@@ -241,7 +289,8 @@ impl Hostd {
             broker_url,
             PathBuf::new(),
             identity,
-            free_tcp_port(),
+            SocketAddr::from(([127, 0, 0, 1], free_tcp_port())),
+            None,
             extra,
         )
     }
@@ -251,29 +300,28 @@ impl Hostd {
         broker: &str,
         broker_path: PathBuf,
         identity: HostIdentity,
-        port: u16,
+        listen: SocketAddr,
+        netns: Option<String>,
         extra: &[&str],
     ) -> Self {
         let data = dir.path().join("data");
-        let url = format!("http://127.0.0.1:{port}");
-        let mut args: Vec<String> = vec![
-            "--broker".into(),
-            broker.into(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--data-dir".into(),
-            data.display().to_string(),
-            "--cluster".into(),
-            CLUSTER.to_string(),
-            "--mem-mib".into(),
-            "256".into(),
-            "--vcpus".into(),
-            "4".into(),
-            "--vmm".into(),
-            vmm_bin().display().to_string(),
-            "--reclaim-interval-ms".into(),
-            "200".into(),
+        let url = format!("http://{listen}");
+        let defaults = [
+            ("--broker", broker.to_string()),
+            ("--listen", listen.to_string()),
+            ("--data-dir", data.display().to_string()),
+            ("--cluster", CLUSTER.to_string()),
+            ("--mem-mib", "256".into()),
+            ("--vcpus", "4".into()),
+            ("--vmm", vmm_bin().display().to_string()),
+            ("--reclaim-interval-ms", "200".into()),
         ];
+        // A flag in `extra` replaces its default: clap refuses a flag given twice.
+        let mut args: Vec<String> = defaults
+            .into_iter()
+            .filter(|(flag, _)| !extra.contains(flag))
+            .flat_map(|(flag, value)| [flag.to_string(), value])
+            .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut hostd = Self {
             dir,
@@ -282,6 +330,7 @@ impl Hostd {
             url,
             identity,
             args,
+            netns,
             child: None,
             keep: Vec::new(),
         };
@@ -296,7 +345,17 @@ impl Hostd {
             .append(true)
             .open(self.dir.path().join("hostd.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_hostd"))
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut command = Command::new("ip");
+                command
+                    .args(["netns", "exec", ns])
+                    .arg(env!("CARGO_BIN_EXE_hostd"));
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_hostd")),
+        };
+        let child = command
             .args(&self.args)
             .env("HOSTD_LOG", "info")
             .stdin(Stdio::null())
@@ -435,6 +494,11 @@ fn host_record(id: &HostIdentity, url: Option<String>) -> HostRecord {
 /// `n` hostds of one cluster sharing one file broker, each registered with its URL, with the
 /// operator key of [`operator`]; the broker sold `tokens`.
 pub fn cluster(n: usize, extra: &[&str], tokens: &[&Bought]) -> Vec<Hostd> {
+    cluster_at(&vec![Place::LOOPBACK; n], extra, tokens)
+}
+
+/// [`cluster`] with a hostd at each of `places`.
+pub fn cluster_at(places: &[Place], extra: &[&str], tokens: &[&Bought]) -> Vec<Hostd> {
     let shared = tempdir();
     let broker_path = shared.path().join("broker.json");
     let operator_hex = token::hex::encode(operator().verifying_key().as_bytes());
@@ -445,18 +509,20 @@ pub fn cluster(n: usize, extra: &[&str], tokens: &[&Bought]) -> Vec<Hostd> {
         "--advertise-interval-s",
         "1",
     ]);
-    let hosts: Vec<_> = (0..n)
-        .map(|_| {
+    let hosts: Vec<_> = places
+        .iter()
+        .map(|place| {
             let dir = tempdir();
             let (identity, _) = HostIdentity::load_or_create(&prepare_data(&dir)).unwrap();
-            (dir, identity, free_tcp_port())
+            let listen = SocketAddr::new(place.ip, free_tcp_port());
+            (dir, identity, listen, place.netns.clone())
         })
         .collect();
     let state = FakeState {
         broker_keys: broker_keys(),
         hosts: hosts
             .iter()
-            .map(|(_, id, port)| host_record(id, Some(format!("http://127.0.0.1:{port}"))))
+            .map(|(_, id, listen, _)| host_record(id, Some(format!("http://{listen}"))))
             .collect(),
         tokens: tokens.iter().map(|b| b.signed.clone()).collect(),
         ..FakeState::default()
@@ -464,13 +530,14 @@ pub fn cluster(n: usize, extra: &[&str], tokens: &[&Bought]) -> Vec<Hostd> {
     std::fs::write(&broker_path, serde_json::to_vec(&state).unwrap()).unwrap();
     let mut out: Vec<Hostd> = hosts
         .into_iter()
-        .map(|(dir, identity, port)| {
+        .map(|(dir, identity, listen, netns)| {
             Hostd::launch(
                 dir,
                 &format!("file:{}", broker_path.display()),
                 broker_path.clone(),
                 identity,
-                port,
+                listen,
+                netns,
                 &extra,
             )
         })
@@ -492,12 +559,6 @@ pub fn request(bought: &Bought, kernel: impl AsRef<str>, cmdline: &str) -> Admit
     }
 }
 
-pub fn process_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.contains(") Z "))
-        .unwrap_or(false)
-}
-
 /// Blocks on a future from a synchronous closure (`eventually` takes one).
 pub fn futures_block<F: std::future::Future>(future: F) -> F::Output {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
@@ -513,45 +574,4 @@ pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> b
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     check()
-}
-
-/// Resident memory of a process, KiB.
-pub fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
-/// The live processes whose command line mentions `dir`: the `vmm`s of a data directory.
-/// A jailed VM's process (a fork of its jail supervisor, with the same command line) is
-/// counted once, as the supervisor hostd started.
-pub fn processes_under(dir: &Path) -> Vec<u32> {
-    let needle = dir.as_os_str().as_encoded_bytes();
-    let found: Vec<u32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|entry| {
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            let mentions = cmdline.windows(needle.len()).any(|w| w == needle);
-            (mentions && process_alive(pid) && pid != std::process::id()).then_some(pid)
-        })
-        .collect();
-    let parent = |pid: u32| -> Option<u32> {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("PPid:"))?
-            .trim()
-            .parse()
-            .ok()
-    };
-    found
-        .iter()
-        .copied()
-        .filter(|&pid| parent(pid).is_none_or(|p| !found.contains(&p)))
-        .collect()
 }

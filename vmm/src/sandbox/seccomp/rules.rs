@@ -50,7 +50,8 @@ const DEVICES: &[i64] = &[
     libc::SYS_readv,
 ];
 
-/// The control threads: the control socket, snapshot files, migration over TCP.
+/// The control threads: the control socket, snapshot files, migration over TCP, and disk
+/// image locks (released to a migration's destination, taken back if it fails).
 const CONTROL: &[i64] = &[
     libc::SYS_accept4,
     libc::SYS_connect,
@@ -61,6 +62,7 @@ const CONTROL: &[i64] = &[
     libc::SYS_epoll_wait,
     libc::SYS_fcntl,
     libc::SYS_fdatasync,
+    libc::SYS_flock,
     libc::SYS_fstat,
     libc::SYS_fsync,
     libc::SYS_ftruncate,

@@ -27,7 +27,7 @@ const MAGIC: u64 = u64::from_le_bytes(*b"LNDRBLK1");
 /// Sectors per request.
 const BATCH: usize = 64;
 
-type Blk = VirtIOBlk<IdentityHal, MmioTransport<'static>>;
+pub(super) type Blk = VirtIOBlk<IdentityHal, MmioTransport<'static>>;
 
 /// The first virtio-blk device among `devices`.
 fn open(devices: &[bench_abi::VirtioDevice]) -> Option<Blk> {
@@ -84,14 +84,26 @@ fn verify(blk: &mut Blk, sectors: u64, gen: u64) -> u64 {
     errors
 }
 
-pub fn run(devices: &[bench_abi::VirtioDevice], shared: &'static Shared, vcpu: u32) -> ! {
+/// The disk workloads' start: vCPU 0 gets the driver of the first virtio-blk device, the
+/// other vCPUs finish at once. A VM without one ends (`BAD_CMDLINE`), saying so as `workload`.
+pub(super) fn driver(
+    devices: &[bench_abi::VirtioDevice],
+    shared: &Shared,
+    vcpu: u32,
+    workload: &str,
+) -> Blk {
     if vcpu != 0 {
         finish(shared, vcpu, || 0);
     }
-    let Some(mut blk) = open(devices) else {
-        println!("bench: blk: no virtio-blk device");
+    let Some(blk) = open(devices) else {
+        println!("bench: {workload}: no virtio-blk device");
         control::exit(exit_code::BAD_CMDLINE);
     };
+    blk
+}
+
+pub fn run(devices: &[bench_abi::VirtioDevice], shared: &'static Shared, vcpu: u32) -> ! {
+    let mut blk = driver(devices, shared, vcpu, "blk");
     let capacity = blk.capacity();
     let sectors = (shared.config.wss_mib * MIB / SECTOR as u64).min(capacity);
     // What the previous run left: its generation and how far it wrote.

@@ -4,6 +4,7 @@
 //! variant built by `prepare` on vCPU 0, and an arm in `run`.
 
 mod blk;
+mod blk_read;
 mod dirty;
 mod evil_net;
 mod http;
@@ -83,7 +84,7 @@ pub fn prepare(
                 .map(|d| d.base)
                 .ok_or(SetupError::Http(http::HttpSetupError::NoDevice))?,
         ),
-        Workload::Blk => Plan::Blk(virtio.to_vec()),
+        Workload::Blk | Workload::BlkRead => Plan::Blk(virtio.to_vec()),
     };
     Ok(Shared {
         config,
@@ -99,6 +100,9 @@ pub fn run(shared: &'static Shared, vcpu: u32) -> ! {
         Plan::Dirty(plan) => dirty::run(plan, shared, vcpu),
         Plan::Http(plan) => http::run(plan, shared, vcpu),
         Plan::EvilNet(base) => evil_net::run(*base, shared, vcpu),
+        Plan::Blk(devices) if shared.config.workload == Workload::BlkRead => {
+            blk_read::run(devices, shared, vcpu)
+        }
         Plan::Blk(devices) => blk::run(devices, shared, vcpu),
     }
 }

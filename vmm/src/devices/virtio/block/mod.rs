@@ -13,8 +13,10 @@
 //! and so lands in the dirty bitmap that live migration merges with KVM's log.
 //!
 //! The image itself does not migrate: a destination opens its own `--disk`, which must be the
-//! same storage (shared, or copied while the VM was stopped).
+//! same storage (shared, or copied while the VM was stopped). The image is locked while a
+//! device uses it (see `lock`).
 pub mod config;
+pub mod lock;
 pub mod persist;
 pub mod request;
 
@@ -41,6 +43,7 @@ use crate::devices::event_loop::EventHandler;
 use crate::vstate::memory::GuestMemory;
 use crate::vstate::run_control::{RunControl, StopReason};
 pub use config::DiskConfig;
+use lock::{ImageLock, Taken};
 use request::{Disk, SECTOR};
 
 /// Entries in the request queue.
@@ -64,6 +67,14 @@ pub enum BlockError {
     },
     #[error("disk image {path} is smaller than one 512-byte sector")]
     Empty { path: std::path::PathBuf },
+    #[error(
+        "disk image {path} is in use by another VM, which holds its lock{}",
+        if *readonly { " for writing" } else { " (a read-write disk needs the image to itself)" }
+    )]
+    InUse {
+        path: std::path::PathBuf,
+        readonly: bool,
+    },
     #[error("cannot create an eventfd for virtio-blk")]
     EventFd(#[source] io::Error),
     #[error("the saved virtio-blk state is invalid: {0}")]
@@ -76,6 +87,8 @@ pub struct BlockCounters {
     pub requests: u64,
     pub errors: u64,
     pub kicks: u64,
+    /// Whether this VM holds the image's lock (it lets go while migrating away).
+    pub image_locked: bool,
 }
 
 struct Inner {
@@ -90,6 +103,8 @@ struct Inner {
 pub struct Block {
     inner: Mutex<Inner>,
     disk: Disk,
+    path: std::path::PathBuf,
+    image_lock: ImageLock,
     /// Queue kicks: an ioeventfd, or signalled by `mmio_write` as a fallback.
     kick: EventFd,
     /// Signalled when the device must look at its queue again (activation, resume).
@@ -133,6 +148,21 @@ impl Block {
                 .open(&cfg.path)
                 .map_err(err)?,
         };
+        let image_lock = ImageLock::new(cfg.readonly);
+        match image_lock.take(&file) {
+            Taken::Yes => {}
+            Taken::HeldElsewhere => {
+                return Err(BlockError::InUse {
+                    path: cfg.path.clone(),
+                    readonly: cfg.readonly,
+                })
+            }
+            // E.g. a file system without locks: run, as QEMU does, but say so.
+            Taken::Failed(e) => tracing::warn!(
+                path = %cfg.path.display(),
+                "cannot lock the disk image, so nothing stops another VM from using it: {e}"
+            ),
+        }
         let meta = file.metadata().map_err(err)?;
         let sectors = meta.len() / SECTOR;
         if sectors == 0 {
@@ -169,6 +199,8 @@ impl Block {
                 counters: BlockCounters::default(),
             }),
             disk,
+            path: cfg.path.clone(),
+            image_lock,
             kick: eventfd()?,
             wake: eventfd()?,
             irq: None,
@@ -192,7 +224,37 @@ impl Block {
     }
 
     pub fn counters(&self) -> BlockCounters {
-        self.lock().counters
+        BlockCounters {
+            image_locked: self.image_lock.held(),
+            ..self.lock().counters
+        }
+    }
+
+    /// The image file, as `--disk` named it.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Lets go of the image lock, so that a migration destination on the same storage can
+    /// take it. Only for a paused VM that is leaving: the device must not write any more.
+    pub fn release_image(&self) {
+        self.image_lock.release(&self.disk.file);
+    }
+
+    /// Takes the image lock back (after [`Block::release_image`]). Fails if another VM holds
+    /// it; a file system without locks is not an error (see [`Block::open`]).
+    pub fn retake_image(&self) -> Result<(), BlockError> {
+        match self.image_lock.retake(&self.disk.file) {
+            Taken::Yes => Ok(()),
+            Taken::HeldElsewhere => Err(BlockError::InUse {
+                path: self.path.clone(),
+                readonly: self.image_lock.shared(),
+            }),
+            Taken::Failed(e) => {
+                tracing::warn!(path = %self.path.display(), "cannot lock the disk image: {e}");
+                Ok(())
+            }
+        }
     }
 
     /// The eventfd to register as the queue's ioeventfd.
@@ -297,6 +359,7 @@ impl Block {
             return Ok(());
         }
         let mut used = false;
+        let mut drained = false;
         for _ in 0..BATCH {
             let q = &mut inner.transport.queues[0];
             let _ = q.disable_notification(&self.mem);
@@ -305,6 +368,7 @@ impl Block {
                 if q.enable_notification(&self.mem).unwrap_or(false) {
                     continue;
                 }
+                drained = true;
                 break;
             };
             let done = request::execute(&self.disk, &self.mem, &c);
@@ -319,6 +383,11 @@ impl Block {
         }
         if used {
             self.notify(inner);
+        }
+        if !drained {
+            // A full batch, and notifications are off: no kick will come for the rest, so
+            // come back for it after the other devices had their turn.
+            let _ = self.wake.write(1);
         }
         Ok(())
     }

@@ -174,8 +174,24 @@ fn writes_reach_the_file_and_survive_a_flush_and_a_new_device() {
     let on_disk = std::fs::read(&r.path).unwrap();
     assert!(on_disk[10 * 512..12 * 512].iter().all(|&b| b == 0xab));
     assert!(on_disk[12 * 512..13 * 512].iter().all(|&b| b == 12));
+    // Not while this device lives: it holds the image's lock.
+    let cfg = DiskConfig {
+        path: r.path.clone(),
+        readonly: true,
+    };
+    match Block::open(&cfg, r.mem.clone(), r.run.clone()) {
+        Err(e @ BlockError::InUse { .. }) => assert_eq!(
+            e.to_string(),
+            format!(
+                "disk image {} is in use by another VM, which holds its lock for writing",
+                r.path.display()
+            )
+        ),
+        other => panic!("{:?}", other.err()),
+    }
     // A new device on the same image (a restarted VM) reads what was written.
     let file = std::mem::replace(&mut r._file, image());
+    drop(r);
     let mut again = rig_on(file, false);
     let (_, _, status) = again.request(VIRTIO_BLK_T_IN, 11, 512, W);
     assert_eq!(status, OK);

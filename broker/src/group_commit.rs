@@ -1,0 +1,257 @@
+//! Group commit: one writer runs every money-moving request, many to a transaction.
+//!
+//! A request's effects, its idempotency record and its lease changes are one unit, and the
+//! cost of a durable commit (an fsync, and on PostgreSQL the row locks on hot accounts such
+//! as a host's earnings, held until it) does not depend on how many units it carries. So the
+//! writer takes every request waiting at that moment, up to [`MAX_BATCH`], runs each inside
+//! a savepoint of one transaction, commits once, and only then answers each of them: every
+//! 2xx answer is durable before it is sent.
+//!
+//! A request that is refused (bad claim, insufficient balance, ...) rolls back to its own
+//! savepoint, and its refusal is recorded under its idempotency key; the others in the batch
+//! are untouched. A request that loses a race with another transaction (a PostgreSQL
+//! deadlock or unique violation) rolls back alone and is queued again, up to
+//! [`MAX_ATTEMPTS`] runs. If the commit itself fails, nothing of the batch happened: it is
+//! run again whole when the failure is a lost race, and otherwise every request in it gets
+//! the failure.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use sqlx::Acquire;
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use crate::db::is_retryable;
+use crate::error::ServiceError;
+use crate::idempotency::{self, Stored};
+use crate::ledger::HeldCredits;
+use crate::ops::Operation;
+use crate::service::{error_answer, Applied, Broker, Keyed, MAX_ATTEMPTS};
+
+/// The most requests one transaction carries: bounds the time its locks are held and the
+/// work lost when it fails.
+pub const MAX_BATCH: usize = 128;
+
+/// Writers on PostgreSQL. With credits to hosts held to the end of each transaction (see
+/// [`crate::ledger::HeldCredits`]), batches on different tokens do not wait for each other
+/// until their last statement, so a few writers overlap one batch's statements with
+/// another's commit. SQLite has a single writer.
+pub const POSTGRES_WRITERS: usize = 4;
+
+/// Requests waiting for the writer; a full queue makes new requests wait before they join.
+const QUEUE: usize = 1024;
+
+/// A request waiting for the writer, and where its answer goes.
+struct Job {
+    keyed: Keyed,
+    op: Operation,
+    runs: u32,
+    reply: oneshot::Sender<Stored>,
+}
+
+/// What became of a request in a batch that committed.
+enum Outcome {
+    Answer(Stored),
+    /// It lost a race with another transaction; run it again.
+    Again,
+}
+
+/// The handle requests use to reach the writer. The writer ends when the broker, which
+/// holds the only strong handle, is dropped.
+#[derive(Debug)]
+pub struct Committer {
+    queue: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("op", &self.op.name())
+            .field("runs", &self.runs)
+            .finish()
+    }
+}
+
+fn unavailable() -> Stored {
+    error_answer(&ServiceError::Unavailable)
+}
+
+impl Committer {
+    /// Queues a request and waits until its batch is durable (or failed).
+    pub(crate) async fn submit(&self, keyed: Keyed, op: Operation) -> Stored {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            keyed,
+            op,
+            runs: 0,
+            reply,
+        };
+        if self.queue.send(job).await.is_err() {
+            return unavailable();
+        }
+        answer.await.unwrap_or_else(|_| unavailable())
+    }
+}
+
+/// Starts `writers` writers for `broker`, sharing one queue.
+pub(crate) fn spawn(broker: Weak<Broker>, writers: usize) -> Committer {
+    let (queue, jobs) = mpsc::channel(QUEUE);
+    let jobs = Arc::new(Mutex::new(jobs));
+    for _ in 0..writers.max(1) {
+        tokio::spawn(writer(broker.clone(), queue.downgrade(), jobs.clone()));
+    }
+    Committer { queue }
+}
+
+/// Takes the next batch: waits for one request, then takes whatever else is waiting.
+async fn next_batch(jobs: &Mutex<mpsc::Receiver<Job>>) -> Option<Vec<Job>> {
+    let mut jobs = jobs.lock().await;
+    let mut batch = vec![jobs.recv().await?];
+    while batch.len() < MAX_BATCH {
+        match jobs.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
+async fn writer(
+    broker: Weak<Broker>,
+    requeue: mpsc::WeakSender<Job>,
+    jobs: Arc<Mutex<mpsc::Receiver<Job>>>,
+) {
+    while let Some(batch) = next_batch(&jobs).await {
+        // The jobs' senders see their answers dropped, and answer "unavailable".
+        let Some(broker) = broker.upgrade() else {
+            return;
+        };
+        for job in commit_batch(&broker, batch).await {
+            let Some(queue) = requeue.upgrade() else {
+                let _ = job.reply.send(unavailable());
+                continue;
+            };
+            // Back off outside the writer, so the rest of the queue goes on meanwhile.
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(u64::from(job.runs) * 2)).await;
+                if let Err(mpsc::error::SendError(job)) = queue.send(job).await {
+                    let _ = job.reply.send(unavailable());
+                }
+            });
+        }
+    }
+}
+
+/// Runs a batch until it commits or fails for good; answers its requests, and returns those
+/// to run again.
+async fn commit_batch(broker: &Broker, mut batch: Vec<Job>) -> Vec<Job> {
+    let mut attempt = 0;
+    let outcomes = loop {
+        attempt += 1;
+        match run_batch(broker, &batch).await {
+            Ok(outcomes) => break outcomes,
+            Err(error) if is_retryable(&error) && attempt < MAX_ATTEMPTS => {
+                tracing::debug!(attempt, size = batch.len(), %error, "batch lost a race; running it again");
+                tokio::time::sleep(Duration::from_millis(u64::from(attempt) * 2)).await;
+            }
+            Err(error) => {
+                tracing::error!(size = batch.len(), %error, "batch failed");
+                let answer = error_answer(&ServiceError::Database(error));
+                for job in batch {
+                    let _ = job.reply.send(answer.clone());
+                }
+                return Vec::new();
+            }
+        }
+    };
+    if batch.len() > 1 {
+        tracing::debug!(size = batch.len(), "group commit");
+    }
+    let mut again = Vec::new();
+    for (mut job, outcome) in batch.drain(..).zip(outcomes) {
+        match outcome {
+            Outcome::Answer(stored) => {
+                tracing::info!(op = job.op.name(), status = stored.status, "answered");
+                let _ = job.reply.send(stored);
+            }
+            Outcome::Again => {
+                job.runs += 1;
+                again.push(job);
+            }
+        }
+    }
+    again
+}
+
+/// One transaction over the batch: each request in a savepoint of its own. Fails only when
+/// the transaction as a whole fails; the outcomes then mean nothing.
+async fn run_batch(broker: &Broker, batch: &[Job]) -> Result<Vec<Outcome>, sqlx::Error> {
+    let mut write = broker.db.begin().await?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let held = HeldCredits::default();
+    for job in batch {
+        let mut savepoint = (&mut write.tx).begin().await?;
+        let outcome = match broker
+            .apply(&mut savepoint, &job.keyed, &job.op, &held)
+            .await
+        {
+            Ok(Applied::Done(stored)) => {
+                savepoint.commit().await?;
+                Outcome::Answer(stored)
+            }
+            Ok(Applied::Refused(stored)) => {
+                savepoint.rollback().await?;
+                record_refusal(broker, &mut write.tx, job, stored).await?
+            }
+            Err(error) => {
+                savepoint.rollback().await?;
+                failed(job, error)
+            }
+        };
+        outcomes.push(outcome);
+    }
+    held.apply(&mut write.tx).await?;
+    write.tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// Records a refusal under the request's key (Stripe keeps those too), in a savepoint of
+/// its own so that a failure to record it touches no other request.
+async fn record_refusal(
+    broker: &Broker,
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    job: &Job,
+    stored: Stored,
+) -> Result<Outcome, sqlx::Error> {
+    let mut savepoint = tx.begin().await?;
+    let now = broker.clock.now();
+    match idempotency::record(&mut savepoint, &job.keyed.request, &stored, now).await {
+        Ok(()) => {
+            savepoint.commit().await?;
+            Ok(Outcome::Answer(stored))
+        }
+        Err(error) => {
+            savepoint.rollback().await?;
+            Ok(failed(job, ServiceError::Database(error)))
+        }
+    }
+}
+
+/// The outcome of a request that failed without an answer of its own to keep.
+fn failed(job: &Job, error: ServiceError) -> Outcome {
+    match &error {
+        ServiceError::Database(db) if is_retryable(db) && job.runs + 1 < MAX_ATTEMPTS => {
+            tracing::debug!(op = job.op.name(), %db, "request lost a race; running it again");
+            Outcome::Again
+        }
+        ServiceError::Database(_) | ServiceError::Corrupt(_) => {
+            tracing::error!(op = job.op.name(), %error, source = ?std::error::Error::source(&error), "request failed");
+            Outcome::Answer(error_answer(&error))
+        }
+        _ => Outcome::Answer(error_answer(&error)),
+    }
+}
+
+#[cfg(test)]
+#[path = "group_commit_tests.rs"]
+mod tests;

@@ -1,0 +1,208 @@
+//! One batch, built by hand so that its requests share one transaction for certain: a
+//! refused request leaves no trace but its recorded refusal, the others commit, and the
+//! same idempotency key twice in one batch runs once. On both backends.
+
+use std::sync::Arc;
+
+use laundromat_api::types::{BuyToken, NewTenant, Topup};
+use serde::Serialize;
+use token::{ClusterId, ImageDigest, Link, SigningKey, TokenId};
+
+use super::*;
+use crate::clock::Clock;
+use crate::db::Db;
+use crate::idempotency::{request_hash, KeyedRequest};
+use crate::scratch_pg::Cluster;
+use crate::service::Config;
+use crate::store::key_hex;
+
+fn operator() -> SigningKey {
+    SigningKey::from_bytes(&[0x0b; 32])
+}
+
+fn tenant() -> SigningKey {
+    SigningKey::from_bytes(&[0x1e; 32])
+}
+
+async fn broker(url: &str) -> Arc<Broker> {
+    let db = Db::open(url, 4).await.expect("open the database");
+    let signing_key = SigningKey::from_bytes(&[0xb0; 32]);
+    let config = Config {
+        cluster_id: ClusterId([0xc1; 16]),
+        key_id: crate::service::key_id_of(&signing_key.verifying_key()),
+        signing_key,
+        operator_key: operator().verifying_key(),
+        max_claim_distance: 64,
+        refund_grace_secs: 100,
+        allow_free_tokens: false,
+    };
+    Arc::new(Broker::new(db, config, Clock::default()))
+}
+
+/// A request as the writer receives it. `nonce` stands for the signature: two requests
+/// with the same bytes but different nonces are a retry, not a replay.
+fn job<T: Serialize>(
+    signer: &SigningKey,
+    key: &str,
+    path: &str,
+    body: &T,
+    nonce: u8,
+    op: Operation,
+) -> (Job, oneshot::Receiver<Stored>) {
+    let body = serde_json::to_vec(body).expect("encode the body");
+    let signer_hex = key_hex(&signer.verifying_key());
+    let (reply, answer) = oneshot::channel();
+    let job = Job {
+        keyed: Keyed {
+            signer_key: signer.verifying_key(),
+            request_id: format!("{signer_hex}/{key}"),
+            request: KeyedRequest {
+                signer: signer_hex,
+                key: key.to_owned(),
+                hash: request_hash("POST", path, &body),
+                signature: format!("{nonce:02x}"),
+            },
+        },
+        op,
+        runs: 0,
+        reply,
+    };
+    (job, answer)
+}
+
+fn topup(key: &str, amount: u64, nonce: u8) -> (Job, oneshot::Receiver<Stored>) {
+    let body = Topup {
+        tenant_key: tenant().verifying_key(),
+        amount,
+    };
+    let op = Operation::Topup(body.clone());
+    job(&operator(), key, "/v1/topups", &body, nonce, op)
+}
+
+fn balance_in(answer: &Stored) -> u64 {
+    let value: serde_json::Value = serde_json::from_str(&answer.body).expect("a JSON answer");
+    value["balance"].as_u64().expect("a balance in the answer")
+}
+
+async fn one_batch_isolates_requests(url: &str) {
+    let broker = broker(url).await;
+    let now = broker.clock.now();
+    let register = NewTenant {
+        tenant_key: tenant().verifying_key(),
+    };
+    let token_id = TokenId([0x70; 16]);
+    let too_dear = BuyToken {
+        token_id,
+        chain_root: Link([3; 32]),
+        chain_length: 1000,
+        price_per_link: 1,
+        link_period_ms: 1000,
+        image_digest: ImageDigest([1; 32]),
+        vcpus: 1,
+        memory_mib: 64,
+        not_before: now - 10,
+        expiry: now + 3600,
+    };
+    let mut answers = Vec::new();
+    let mut batch = Vec::new();
+    for (job, answer) in [
+        job(
+            &operator(),
+            "register",
+            "/v1/tenants",
+            &register,
+            1,
+            Operation::RegisterTenant(register.clone()),
+        ),
+        topup("first", 100, 2),
+        // Escrow 1000 from a balance of 100: refused after it wrote the token's row and
+        // opened its escrow account, which must be undone.
+        job(
+            &tenant(),
+            "buy",
+            "/v1/tokens",
+            &too_dear,
+            3,
+            Operation::Buy(too_dear.clone()),
+        ),
+        // The same key and body again, newly signed: the first answer, and no second credit.
+        topup("first", 100, 4),
+        // The same key with another body.
+        topup("first", 70, 5),
+        topup("second", 25, 6),
+    ] {
+        batch.push(job);
+        answers.push(answer);
+    }
+    let again = commit_batch(&broker, batch).await;
+    assert!(again.is_empty(), "nothing lost a race: {again:?}");
+    let mut got = Vec::new();
+    for answer in answers {
+        got.push(answer.await.expect("every request is answered"));
+    }
+    let statuses: Vec<u16> = got.iter().map(|a| a.status).collect();
+    assert_eq!(statuses, [201, 200, 402, 200, 409, 200], "{got:?}");
+    assert_eq!(balance_in(&got[1]), 100);
+    assert_eq!(got[3], got[1], "a retry gets the stored answer");
+    assert_eq!(balance_in(&got[5]), 125);
+
+    let mut conn = broker.db.pool().acquire().await.expect("a connection");
+    let account = crate::ledger::tenant_account(&tenant().verifying_key());
+    let balance = crate::ledger::balance(&mut conn, &account)
+        .await
+        .expect("read");
+    assert_eq!(balance, Some(125));
+    let tokens: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tokens")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("count tokens");
+    assert_eq!(tokens, 0, "the refused purchase left its token behind");
+    let escrow = crate::ledger::balance(&mut conn, &crate::ledger::escrow_account(&token_id))
+        .await
+        .expect("read");
+    assert_eq!(
+        escrow, None,
+        "the refused purchase left its escrow account behind"
+    );
+    let refusal = crate::idempotency::look_up(
+        &mut conn,
+        &KeyedRequest {
+            signer: key_hex(&tenant().verifying_key()),
+            key: "buy".into(),
+            hash: request_hash(
+                "POST",
+                "/v1/tokens",
+                &serde_json::to_vec(&too_dear).expect("encode"),
+            ),
+            signature: "ff".into(),
+        },
+    )
+    .await
+    .expect("look up the refusal");
+    assert!(
+        matches!(&refusal, crate::idempotency::Claimed::Answered(stored) if stored.status == 402),
+        "the refusal is kept under its key: {refusal:?}"
+    );
+    drop(conn);
+    let report = crate::check::check(broker.db.pool()).await.expect("check");
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    broker.db.close().await;
+}
+
+#[tokio::test]
+async fn sqlite_one_batch_isolates_requests() {
+    let dir = std::env::temp_dir().join(format!("group-commit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create a temp dir");
+    one_batch_isolates_requests(&Db::default_url(&dir)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn postgres_one_batch_isolates_requests() {
+    let cluster = tokio::task::spawn_blocking(Cluster::start)
+        .await
+        .expect("join")
+        .expect("start a scratch PostgreSQL cluster");
+    let url = cluster.fresh_database().await.expect("create a database");
+    one_batch_isolates_requests(&url).await;
+}
