@@ -95,14 +95,41 @@ impl Host {
         self.addr
     }
 
-    /// `program` run inside this host: `ip netns exec NS program`. `ip` execs the program in
-    /// place, so the spawned child's pid is the program's own (killing it kills the program).
+    /// `program` run inside this host's network namespace. The child enters it with `setns`
+    /// just before it executes `program`, so the spawned child's pid is the program's own
+    /// (killing it kills the program). Unlike `ip netns exec`, it keeps the caller's mount
+    /// namespace: `ip netns exec` remounts `/sys`, which hides `/sys/fs/cgroup`, and a hostd
+    /// started that way could not give its jailed VMs their cgroups.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
-        let mut command = Command::new("ip");
+        let mut command = Command::new(program);
+        enter_on_exec(&mut command, &self.namespace);
         command
-            .args(["netns", "exec", &self.namespace])
-            .arg(program);
-        command
+    }
+}
+
+/// Makes `command`'s child join the network namespace `namespace` (a name under
+/// `/run/netns`, as `ip netns add` makes) before it executes; if it cannot, the spawn fails
+/// with the reason. Only the network namespace changes.
+pub fn enter_on_exec(command: &mut Command, namespace: &str) {
+    use std::os::unix::process::CommandExt;
+    let path = std::ffi::CString::new(format!("{NETNS_DIR}/{namespace}"))
+        .unwrap_or_else(|_| c"/nonexistent/netns".into());
+    // SAFETY: between fork and exec the closure only makes system calls (open, setns, close)
+    // on a path allocated before the fork; it touches no lock and allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let joined = libc::setns(fd, libc::CLONE_NEWNET);
+            let error = io::Error::last_os_error();
+            libc::close(fd);
+            if joined != 0 {
+                return Err(error);
+            }
+            Ok(())
+        });
     }
 }
 

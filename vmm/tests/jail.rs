@@ -131,6 +131,21 @@ fn a_jailed_bench_guest_dirties_memory_without_errors_and_cannot_reach_the_host(
             .parse()
             .unwrap()
     };
+    // Every thread, the vCPU and device threads born after the jail joined, is inside it in
+    // every hierarchy.
+    let inside = format!("/laundromat/{id}");
+    for task in std::fs::read_dir(format!("/proc/{child}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let Ok(memberships) = std::fs::read_to_string(task.join("cgroup")) else {
+            continue; // a thread that ended meanwhile
+        };
+        let n = memberships.lines().filter(|l| l.ends_with(&inside)).count();
+        assert!(
+            n >= cgroups.len(),
+            "{} is outside the VM's cgroup:\n{memberships}",
+            task.display()
+        );
+    }
     assert_eq!(read(limit_file), (64 + 96) << 20);
     assert!(read(usage_file) <= read(limit_file));
     let pids_dir = cgroups

@@ -222,6 +222,10 @@ fn run(cli: Cli) -> Result<(), String> {
                     root, or pass --no-jail (debugging only)"
                 .into(),
         );
+    } else if let Err(e) = vmm::sandbox::jail::check_cgroups() {
+        return Err(format!(
+            "cannot jail VMs: {e} (or pass --no-jail, debugging only)"
+        ));
     }
     let config = HostConfig {
         data_dir: cli.data_dir,

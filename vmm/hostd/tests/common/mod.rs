@@ -199,7 +199,7 @@ pub struct Hostd {
     pub client: HostdClient,
     pub identity: HostIdentity,
     pub args: Vec<String>,
-    /// Run by `ip netns exec NS` (which execs hostd in place: the child is hostd).
+    /// Started in the network namespace NS (the child is hostd itself).
     pub netns: Option<String>,
     child: Option<Child>,
     /// Directories that must outlive this hostd (a cluster's shared broker file).
@@ -347,10 +347,8 @@ impl Hostd {
             .unwrap();
         let mut command = match &self.netns {
             Some(ns) => {
-                let mut command = Command::new("ip");
-                command
-                    .args(["netns", "exec", ns])
-                    .arg(env!("CARGO_BIN_EXE_hostd"));
+                let mut command = Command::new(env!("CARGO_BIN_EXE_hostd"));
+                laundromat_tests::netns::enter_on_exec(&mut command, ns);
                 command
             }
             None => Command::new(env!("CARGO_BIN_EXE_hostd")),

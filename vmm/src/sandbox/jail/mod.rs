@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicI32, Ordering};
 
-pub use cgroup::{dirs_for as cgroup_dirs, Limits};
+pub use cgroup::{check_available as check_cgroups, dirs_for as cgroup_dirs, Limits};
 pub use root::RootPlan;
 
 use crate::devices::virtio::net::tap::Tap;
@@ -36,6 +36,12 @@ pub enum JailError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "no cgroup with a memory controller is mounted under /sys/fs/cgroup (v2, or the v1 \
+         memory, pids and cpu hierarchies), and every jailed VM needs one; was /sys remounted, \
+         as `ip netns exec` does?"
+    )]
+    NoCgroups,
     #[error("cannot set up the cgroup at {path}")]
     Cgroup {
         path: PathBuf,
