@@ -112,6 +112,7 @@ fn three_agent_vms_run_the_timeline_exactly_once_across_a_live_migration() {
     let seen = src.wait_line(LIMIT, |l| {
         is_progress(l) && field(l, "results").is_some_and(|r| r >= 20)
     });
+    eprintln!("agent 2 migrates at: {seen}");
     assert!(
         field(&seen, "results").is_some_and(|r| r < TASKS),
         "the run ended before the migration could start: {seen}"
@@ -142,6 +143,7 @@ fn three_agent_vms_run_the_timeline_exactly_once_across_a_live_migration() {
             .into_iter()
             .rfind(|l| is_progress(l))
             .unwrap_or_else(|| vm.wait_line(LIMIT, is_progress));
+        eprintln!("agent {agent}: {later}");
         check_done(agent, &later);
         completed += field(&later, "completed").unwrap();
         duplicates += field(&later, "duplicates").unwrap();
