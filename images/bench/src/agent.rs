@@ -134,9 +134,17 @@ pub struct Load {
     tasks: u64,
     /// Reads per second; 0 submits them all at once.
     rate: u64,
+    /// Most reads outstanding at once (a closed loop of this many clients); 0: no limit.
+    window: u64,
     pub submitted: u64,
-    /// Futures submitted and not yet home, with the user each reads.
-    pending: BTreeMap<FutureId, u32>,
+    /// Futures submitted and not yet home, with the user each reads and when it was submitted
+    /// (VM clock, microseconds).
+    pending: BTreeMap<FutureId, (u32, u64)>,
+    /// Each read's time from submit to its result home, in microseconds.
+    latencies: Vec<u64>,
+    /// When the first read was submitted and the last result came home.
+    first_us: Option<u64>,
+    last_us: u64,
     /// Results home and equal to the expected timeline.
     pub results: u64,
     /// Results home but different from the expected timeline.
@@ -154,8 +162,12 @@ impl Load {
             me,
             tasks,
             rate,
+            window: 0,
             submitted: 0,
             pending: BTreeMap::new(),
+            latencies: Vec::new(),
+            first_us: None,
+            last_us: 0,
             results: 0,
             wrong: 0,
             twice: 0,
@@ -170,12 +182,21 @@ impl Load {
         ((i * 7919 + u64::from(self.me.0) * 104_729) % users) as u32
     }
 
-    /// Submits the reads due `elapsed_ms` into the run; returns how many.
-    pub fn submit_due(&mut self, agent: &mut Agent, elapsed_ms: u64) -> Result<u64, AgentError> {
-        let due = match self.rate {
+    /// At most `window` reads outstanding at once (0: no limit).
+    pub fn with_window(mut self, window: u64) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// Submits the reads due `now_us` (microseconds since the run began); returns how many.
+    pub fn submit_due(&mut self, agent: &mut Agent, now_us: u64) -> Result<u64, AgentError> {
+        let mut due = match self.rate {
             0 => self.tasks,
-            rate => (elapsed_ms.saturating_mul(rate) / 1000 + 1).min(self.tasks),
+            rate => (now_us.saturating_mul(rate) / 1_000_000 + 1).min(self.tasks),
         };
+        if self.window > 0 {
+            due = due.min(self.submitted - self.pending.len() as u64 + self.window);
+        }
         let before = self.submitted;
         while self.submitted < due {
             let user = self.user(self.submitted);
@@ -184,25 +205,33 @@ impl Load {
                 limit: TIMELINE_LIMIT,
             };
             let fut = agent.submit(&task)?;
-            self.pending.insert(fut, user);
+            self.pending.insert(fut, (user, now_us));
+            self.first_us.get_or_insert(now_us);
             self.submitted += 1;
         }
         Ok(self.submitted - before)
     }
 
-    /// Handles the agent's events (from [`Agent::take_events`]): takes and checks each result
-    /// that came home. Returns how many tasks completed here (for any origin).
-    pub fn observe(&mut self, agent: &mut Agent, events: impl IntoIterator<Item = Event>) -> u64 {
+    /// Handles the agent's events (from [`Agent::take_events`]) at `now_us`: takes and checks
+    /// each result that came home. Returns how many tasks completed here (for any origin).
+    pub fn observe(
+        &mut self,
+        agent: &mut Agent,
+        events: impl IntoIterator<Item = Event>,
+        now_us: u64,
+    ) -> u64 {
         let mut completed = 0;
         for event in events {
             match event {
                 Event::Completed(_) => completed += 1,
                 Event::Remembered(fut) => {
                     let result = agent.take_result(fut);
-                    let Some(user) = self.pending.remove(&fut) else {
+                    let Some((user, submitted_us)) = self.pending.remove(&fut) else {
                         self.twice += 1;
                         continue;
                     };
+                    self.latencies.push(now_us.saturating_sub(submitted_us));
+                    self.last_us = self.last_us.max(now_us);
                     match result {
                         Some(Ok(bytes)) => {
                             let want = expected_timeline(&self.params, user, TIMELINE_LIMIT);
@@ -228,6 +257,28 @@ impl Load {
     /// Reads this agent runs in all.
     pub fn tasks(&self) -> u64 {
         self.tasks
+    }
+
+    /// Each finished read's latency in microseconds, in completion order.
+    pub fn latencies(&self) -> &[u64] {
+        &self.latencies
+    }
+
+    /// The `p`th percentile (0 to 100) of the latencies so far, in microseconds.
+    pub fn percentile(&self, p: u64) -> u64 {
+        let mut sorted = self.latencies.clone();
+        sorted.sort_unstable();
+        let i = (sorted.len() as u64 * p.min(100) / 100) as usize;
+        sorted
+            .get(i.min(sorted.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// From the first submit to the last result home, in microseconds.
+    pub fn span_us(&self) -> u64 {
+        self.first_us
+            .map_or(0, |first| self.last_us.saturating_sub(first))
     }
 
     /// Reads submitted whose result is not home yet.
@@ -295,7 +346,7 @@ mod tests {
             swarm.tick(8);
             for (id, event) in core::mem::take(&mut swarm.events) {
                 let i = usize::from(id.0);
-                completed += loads[i].observe(&mut swarm.agents[i], [event]);
+                completed += loads[i].observe(&mut swarm.agents[i], [event], swarm.now);
             }
             if loads.iter().all(Load::finished) {
                 break;
@@ -319,17 +370,40 @@ mod tests {
         params.seed_agent(&mut agent).unwrap();
         let mut load = Load::new(params, AgentId(0), 10, 4);
         assert_eq!(load.submit_due(&mut agent, 0).unwrap(), 1);
-        assert_eq!(load.submit_due(&mut agent, 499).unwrap(), 1);
-        assert_eq!(load.submit_due(&mut agent, 1000).unwrap(), 3);
-        assert_eq!(load.submit_due(&mut agent, 60_000).unwrap(), 5);
+        assert_eq!(load.submit_due(&mut agent, 499_000).unwrap(), 1);
+        assert_eq!(load.submit_due(&mut agent, 1_000_000).unwrap(), 3);
+        assert_eq!(load.submit_due(&mut agent, 60_000_000).unwrap(), 5);
         assert_eq!(load.outstanding(), 10);
         agent.run(10_000);
         let events = agent.take_events();
-        assert_eq!(load.observe(&mut agent, events.iter().copied()), 10);
+        assert_eq!(
+            load.observe(&mut agent, events.iter().copied(), 61_000_000),
+            10
+        );
         assert!(load.finished());
         assert_eq!(load.results, 10);
+        assert_eq!(load.span_us(), 61_000_000);
+        assert_eq!(load.percentile(0), 1_000_000);
+        assert_eq!(load.percentile(100), 61_000_000);
+        assert_eq!(load.latencies().len(), 10);
         // The same results again (a hop applied twice would do this) are counted, not hidden.
-        load.observe(&mut agent, events);
+        load.observe(&mut agent, events, 62_000_000);
         assert_eq!((load.results, load.twice), (10, 10));
+    }
+
+    #[test]
+    fn a_window_bounds_the_reads_outstanding() {
+        let params = params(30, 1);
+        let registry = Arc::new(guest_agent::timeline::registry().unwrap());
+        let mut agent = Agent::new(AgentId(0), &[], registry, guest_agent::Config::default());
+        params.seed_agent(&mut agent).unwrap();
+        let mut load = Load::new(params, AgentId(0), 10, 0).with_window(3);
+        assert_eq!(load.submit_due(&mut agent, 0).unwrap(), 3);
+        assert_eq!(load.submit_due(&mut agent, 5).unwrap(), 0);
+        agent.run(10_000);
+        let events = agent.take_events();
+        load.observe(&mut agent, events, 10);
+        assert_eq!(load.submit_due(&mut agent, 10).unwrap(), 3);
+        assert_eq!((load.results, load.outstanding()), (3, 3));
     }
 }

@@ -6,6 +6,7 @@
 
 use crate::netcfg::{self, Cidr};
 use core::fmt;
+use guest_agent::Policy;
 
 /// What the guest runs. New workloads (http, the guest agent) add a variant here and a module
 /// under `src/guest/workload/`.
@@ -92,6 +93,24 @@ pub struct Config {
     pub task_rate: u64,
     /// `agent`: users in the timeline data set (every agent must be given the same number).
     pub users: u64,
+    /// `agent`: most reads outstanding at once; 0 for no limit.
+    pub window: u64,
+    /// `agent`: how a read of a remote object is served.
+    pub policy: Policy,
+}
+
+/// `policy=` values, as `guest-agentd` names them.
+const POLICIES: [(&str, Policy); 3] = [
+    ("move", Policy::Move),
+    ("fetch", Policy::Fetch),
+    ("ship-or-fetch", Policy::ShipOrFetch),
+];
+
+fn policy_name(policy: Policy) -> &'static str {
+    POLICIES
+        .iter()
+        .find(|(_, p)| *p == policy)
+        .map_or("move", |(name, _)| name)
 }
 
 /// Most peers `workload=agent` takes.
@@ -154,6 +173,8 @@ impl Default for Config {
             tasks: 0,
             task_rate: 0,
             users: 300,
+            window: 0,
+            policy: Policy::Move,
         }
     }
 }
@@ -186,8 +207,14 @@ impl fmt::Display for Config {
         if self.workload == Workload::Agent {
             write!(
                 f,
-                " port={} agent={} tasks={} task-rate={} users={}",
-                self.port, self.agent, self.tasks, self.task_rate, self.users
+                " port={} agent={} tasks={} task-rate={} users={} window={} policy={}",
+                self.port,
+                self.agent,
+                self.tasks,
+                self.task_rate,
+                self.users,
+                self.window,
+                policy_name(self.policy)
             )?;
             for peer in self.peers() {
                 write!(f, " peer={peer}")?;
@@ -256,7 +283,7 @@ pub const MAX_CONNS: u64 = 1024;
 /// Most timeline reads `tasks` may ask for, and most users.
 pub const MAX_TASKS: u64 = 1 << 20;
 
-const NUM_KEYS: [NumKey; 12] = [
+const NUM_KEYS: [NumKey; 13] = [
     key("wss", 1, MAX_WSS_MIB, |c, v| c.wss_mib = v),
     key("rate", 0, MAX_RATE, |c, v| c.rate = v),
     key("report-ms", 1, MAX_MS, |c, v| c.report_ms = v),
@@ -269,6 +296,7 @@ const NUM_KEYS: [NumKey; 12] = [
     key("tasks", 0, MAX_TASKS, |c, v| c.tasks = v),
     key("task-rate", 0, MAX_TASKS, |c, v| c.task_rate = v),
     key("users", 1, MAX_TASKS, |c, v| c.users = v),
+    key("window", 0, MAX_TASKS, |c, v| c.window = v),
 ];
 
 /// Why a command line was rejected. Borrowed strings point into the command line.
@@ -301,8 +329,15 @@ impl fmt::Display for Error<'_> {
                 NUM_KEYS
                     .iter()
                     .try_for_each(|k| write!(f, ", {}", k.name))?;
-                write!(f, ", ip, gw, mac, peer")
+                write!(f, ", ip, gw, mac, peer, policy")
             }
+            Error::BadAddress {
+                key: "policy",
+                value,
+            } => write!(
+                f,
+                "bad value \"{value}\" for policy: expected move, fetch or ship-or-fetch"
+            ),
             Error::BadAddress { key, value } => {
                 let example = match key {
                     "ip" => "10.77.0.10/24",
@@ -363,6 +398,14 @@ pub fn parse(line: &[u8]) -> Result<Config, Error<'_>> {
             }
             "mac" => {
                 config.mac = Some(netcfg::parse_mac(value).ok_or(bad_address("mac"))?);
+                continue;
+            }
+            "policy" => {
+                config.policy = POLICIES
+                    .iter()
+                    .find(|(name, _)| *name == value)
+                    .map(|(_, p)| *p)
+                    .ok_or(bad_address("policy"))?;
                 continue;
             }
             "peer" => {
@@ -484,10 +527,16 @@ mod tests {
 
     #[test]
     fn parses_the_agent_keys() {
-        let line = b"workload=agent ip=10.77.0.100/24 port=7000 agent=0 tasks=200 task-rate=20 users=90 peer=1@10.77.0.101:7000 peer=2@10.77.0.102:7001";
+        let line = b"workload=agent ip=10.77.0.100/24 port=7000 agent=0 tasks=200 task-rate=20 users=90 window=3 policy=ship-or-fetch peer=1@10.77.0.101:7000 peer=2@10.77.0.102:7001";
         let c = parse(line).unwrap();
         assert_eq!(c.workload, Workload::Agent);
-        assert_eq!((c.agent, c.tasks, c.task_rate, c.users), (0, 200, 20, 90));
+        assert_eq!(
+            (c.agent, c.tasks, c.task_rate, c.users, c.window),
+            (0, 200, 20, 90, 3)
+        );
+        assert_eq!(c.policy, Policy::ShipOrFetch);
+        assert_eq!(parse(b"policy=fetch").unwrap().policy, Policy::Fetch);
+        assert!(parse(b"policy=teleport").is_err());
         let peers: Vec<Peer> = c.peers().collect();
         assert_eq!(
             peers,
@@ -573,7 +622,8 @@ mod tests {
         assert_eq!(
             msg,
             "unknown key \"colour\"; the keys are workload, wss, rate, report-ms, exit-after-ms, \
-             port, size, conns, evil, agent, tasks, task-rate, users, ip, gw, mac, peer"
+             port, size, conns, evil, agent, tasks, task-rate, users, window, ip, gw, mac, peer, \
+             policy"
         );
         let msg = parse(b"workload=x").unwrap_err().to_string();
         assert_eq!(

@@ -8,12 +8,16 @@
 //! retransmission timer) and the receiver de-duplicates, so hops run exactly once.
 //!
 //! Every agent seeds its share of the timeline data set and submits `tasks` timeline reads at
-//! `task-rate` per second, checking each result against the seeded data when it comes home.
+//! `task-rate` per second (at most `window` outstanding), checking each result against the
+//! seeded data when it comes home; `policy=` sets how remote reads are served.
 //! All of it is ordinary guest memory, so a live migration carries the agent, its links and its
 //! load. Console lines (after `bench: `):
 //! - `agent t=<ms>ms submitted=<n> results=<n> wrong=<n> twice=<n> failed=<n>
-//!   outstanding=<n> completed=<n> duplicates=<n> unacked=<n> bad-frames=<n>` every `report-ms`;
-//! - `agent done ...` (the same fields) once, when every read is home and acknowledged;
+//!   outstanding=<n> completed=<n> duplicates=<n> unacked=<n> bad-frames=<n>
+//!   hops=<n> fetches=<n> bytes=<n>` every `report-ms` (`hops`, `fetches` and `bytes` are
+//!   those of the tasks that completed here, and the application bytes this agent sent);
+//! - `agent done ... p50-us=<n> p99-us=<n> span-us=<n>` once, when every read is home and
+//!   acknowledged, then `agent latencies-us <n> <n> ...` lines with every read's latency;
 //! - at `exit-after-ms`: `agent final ...`, then `done gen=<results> errors=<n>`, where errors
 //!   counts wrong, doubled, failed and missing results (the guest then exits with 3).
 
@@ -164,10 +168,14 @@ pub fn run(plan: &Plan, shared: &Shared, vcpu: u32) -> ! {
     let agents = plan.peers.len() as u16 + 1;
     let registry = Arc::new(guest_agent::timeline::registry().unwrap_or_else(|e| fail(&e)));
     let ids: Vec<AgentId> = (0..agents).map(AgentId).collect();
-    let mut agent = Agent::new(me, &ids, registry, guest_agent::Config::default());
+    let agent_config = guest_agent::Config {
+        policy: cfg.policy,
+        ..guest_agent::Config::default()
+    };
+    let mut agent = Agent::new(me, &ids, registry, agent_config);
     let params = proto::params(cfg.users as u32, agents);
     let placed = params.seed_agent(&mut agent).unwrap_or_else(|e| fail(&e));
-    let mut load = Load::new(params, me, cfg.tasks, cfg.task_rate);
+    let mut load = Load::new(params, me, cfg.tasks, cfg.task_rate).with_window(cfg.window);
 
     let mut sockets = SocketSet::new(Vec::new());
     let port = cfg.port as u16;
@@ -271,14 +279,15 @@ pub fn run(plan: &Plan, shared: &Shared, vcpu: u32) -> ! {
             }
         }
 
-        let submitted = load.submit_due(&mut agent, ms - start / NS_PER_MS);
+        let run_us = (t - start) / 1000;
+        let submitted = load.submit_due(&mut agent, run_us);
         busy |= submitted.is_ok_and(|n| n > 0);
         if agent.runnable() > 0 {
             agent.run(STEPS_PER_TURN);
             busy = true;
         }
         let events = agent.take_events();
-        counts.completed += load.observe(&mut agent, events);
+        counts.completed += load.observe(&mut agent, events, run_us);
         if t >= next_share {
             agent.report_load();
             agent.share_pairs();
@@ -297,7 +306,21 @@ pub fn run(plan: &Plan, shared: &Shared, vcpu: u32) -> ! {
 
         if !announced && load.finished() && agent.unacked() == 0 {
             announced = true;
-            println!("bench: agent done {}", line(&load, &agent, &counts));
+            println!(
+                "bench: agent done {} p50-us={} p99-us={} span-us={}",
+                line(&load, &agent, &counts),
+                load.percentile(50),
+                load.percentile(99),
+                load.span_us()
+            );
+            // Every read's latency, for a benchmark that pools them over the agents.
+            for chunk in load.latencies().chunks(32) {
+                let mut text = alloc::string::String::new();
+                for us in chunk {
+                    let _ = core::fmt::Write::write_fmt(&mut text, format_args!(" {us}"));
+                }
+                println!("bench: agent latencies-us{text}");
+            }
         }
         if t >= next_report {
             println!("bench: agent t={ms}ms {}", line(&load, &agent, &counts));
@@ -361,7 +384,7 @@ fn line(load: &Load, agent: &Agent, counts: &Counts) -> impl core::fmt::Display 
     let stats = agent.stats();
     alloc::format!(
         "submitted={} results={} wrong={} twice={} failed={} outstanding={} completed={} \
-         duplicates={} unacked={} bad-frames={}",
+         duplicates={} unacked={} bad-frames={} hops={} fetches={} bytes={}",
         load.submitted,
         load.results,
         load.wrong,
@@ -371,6 +394,9 @@ fn line(load: &Load, agent: &Agent, counts: &Counts) -> impl core::fmt::Display 
         counts.completed,
         stats.duplicates,
         agent.unacked(),
-        counts.bad_frames
+        counts.bad_frames,
+        stats.task_hops_at_completion,
+        stats.fetches,
+        stats.request_bytes()
     )
 }
