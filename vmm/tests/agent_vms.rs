@@ -2,16 +2,19 @@
 //! a namespace host of its own, run the timeline example against each other over virtio-net,
 //! and one of them live-migrates to a fourth host mid-run. Every read must come home exactly
 //! once with the right posts, and every task must complete exactly once across the agents.
-//! Every namespace, bridge and tap is the test's own and goes when the `TestNetwork` is
-//! dropped, even on failure.
+//! A second test puts a Linux `guest-agentd` in place of one VM: the two runtimes speak the
+//! same protocol. Every namespace, bridge and tap is the test's own and goes when the
+//! `TestNetwork` is dropped, even on failure.
 mod common;
 
-use std::net::Ipv4Addr;
-use std::time::Duration;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
 
 use common::hosts::Hosts;
 use common::*;
-use laundromat_tests::netns::{Host, TestNetwork};
+use laundromat_tests::netns::{is_listening, Host, TestNetwork};
+use laundromat_tests::process::BoundedChild;
+use laundromat_tests::workspace::Workspace;
 
 /// Generous: four VMs share two loaded cores.
 const LIMIT: Duration = Duration::from_secs(90);
@@ -29,9 +32,14 @@ fn guest_ip(agent: u64) -> Ipv4Addr {
 }
 
 fn cmdline(agent: u64) -> String {
+    cmdline_with(agent, guest_ip)
+}
+
+/// The command line of agent `agent` when agent `p` is at `addr(p)`.
+fn cmdline_with(agent: u64, addr: impl Fn(u64) -> Ipv4Addr) -> String {
     let peers: Vec<String> = (0..AGENTS)
         .filter(|&p| p != agent)
-        .map(|p| format!("peer={p}@{}:{PORT}", guest_ip(p)))
+        .map(|p| format!("peer={p}@{}:{PORT}", addr(p)))
         .collect();
     // The run ends long after the test does: the test stops the VMs once every agent is done.
     format!(
@@ -44,8 +52,12 @@ fn cmdline(agent: u64) -> String {
 
 /// Boots agent `agent` on `host`'s tap, with a control socket if `sock` is given.
 fn boot(host: &Host, agent: u64, sock: Option<&std::path::Path>) -> Vmm {
+    boot_with(host, agent, &cmdline(agent), sock)
+}
+
+fn boot_with(host: &Host, agent: u64, cmdline: &str, sock: Option<&std::path::Path>) -> Vmm {
     let mut cmd = host.command(vmm_bin());
-    cmd.args(bench_args(64, 1, &cmdline(agent), sock));
+    cmd.args(bench_args(64, 1, cmdline, sock));
     let mac = format!("52:54:00:77:01:{:02x}", agent + 1);
     cmd.args(["--net", &format!("tap={TAP},mac={mac}")]);
     let vm = Vmm::spawn_command(cmd);
@@ -157,5 +169,77 @@ fn three_agent_vms_run_the_timeline_exactly_once_across_a_live_migration() {
     eprintln!("{completed} tasks completed once each; {duplicates} duplicate hops dropped");
 
     drop((vm0, vm1, dst));
+    net.delete().expect("delete the test hosts");
+}
+
+#[test]
+fn a_guest_agentd_and_two_agent_vms_run_the_timeline_together() {
+    if !kvm_available() {
+        return;
+    }
+    let _serial = serial();
+    let daemon = Workspace::locate()
+        .and_then(|w| w.guest_agentd())
+        .expect("guest-agentd is built");
+    let net = TestNetwork::create(&["host-a", "host-b", "host-c"]).expect("create the test hosts");
+    let hosts: Vec<&Host> = ["host-a", "host-b", "host-c"]
+        .iter()
+        .map(|name| net.host(name).unwrap())
+        .collect();
+    // Agent 0 is the daemon, on host-a's own address; agents 1 and 2 are VMs.
+    let addr = |agent: u64| match agent {
+        0 => hosts[0].addr(),
+        n => guest_ip(n),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = serde_json::json!({
+        "id": 0,
+        "listen": format!("{}:{PORT}", addr(0)),
+        "data_dir": dir.path().join("agent0"),
+        "peers": {"1": format!("{}:{PORT}", addr(1)), "2": format!("{}:{PORT}", addr(2))},
+        // The unikernel's data set: `users=`, the rest guest-agentd's defaults.
+        "timeline": {"users": USERS, "agents": AGENTS, "follows": 12, "communities": 6,
+                     "posts_per_user": 8, "post_bytes": 120, "seed": 42},
+    });
+    let path = dir.path().join("agent0.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let mut cmd = hosts[0].command(&daemon);
+    cmd.args(["run", "--config"]).arg(&path);
+    let agentd = BoundedChild::spawn("guest-agentd", &mut cmd).expect("start guest-agentd");
+    let listen = SocketAddrV4::new(addr(0), PORT);
+    let deadline = Instant::now() + LIMIT;
+    while !is_listening(agentd.pid(), listen).unwrap_or(false) {
+        assert!(
+            Instant::now() < deadline,
+            "guest-agentd did not listen: {}",
+            agentd.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let mut vms = Vec::new();
+    for agent in 1..AGENTS {
+        let host = hosts[agent as usize];
+        host.attach_tap(TAP).expect("a tap");
+        vms.push(boot_with(host, agent, &cmdline_with(agent, addr), None));
+    }
+    for (agent, vm) in (1..AGENTS).zip(&vms) {
+        let done = vm.wait_line(LIMIT, |l| l.contains("bench: agent done"));
+        check_done(agent, &done);
+    }
+    // A third of the data lives in the daemon: reads that end there completed there, so the
+    // VMs completed fewer than they submitted, and still every result came home right.
+    let mut completed = 0;
+    for (agent, vm) in (1..AGENTS).zip(&vms) {
+        let later = vm.wait_line(LIMIT, is_progress);
+        eprintln!("agent {agent}: {later}");
+        completed += field(&later, "completed").unwrap();
+    }
+    assert!(
+        completed < (AGENTS - 1) * TASKS,
+        "the daemon completed none of the VMs' reads ({completed} completed in the VMs)"
+    );
+    drop(vms);
+    drop(agentd);
     net.delete().expect("delete the test hosts");
 }
