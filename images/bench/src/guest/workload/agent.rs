@@ -101,6 +101,10 @@ const STEPS_PER_TURN: usize = 500;
 const SHARE_MS: u64 = 500;
 /// Wait this long before reconnecting to a peer that is not there.
 const RECONNECT_MS: u64 = 100;
+/// A connection still opening after this long is started afresh: TCP backs its SYNs off for
+/// seconds, and meanwhile this agent's acknowledgements to that peer cannot leave, so the peer
+/// resends hops that already arrived.
+const CONNECT_MS: u64 = 300;
 /// First local port of outgoing connections; each new one takes the next.
 const EPHEMERAL: u16 = 49152;
 
@@ -112,6 +116,8 @@ struct Out {
     /// Whether the agent has been told this connection is up (and resent what it must).
     up: bool,
     next_try_ns: u64,
+    /// When the current connection attempt began.
+    connecting_since_ns: u64,
 }
 
 /// A connection a peer opened to this agent.
@@ -188,6 +194,7 @@ pub fn run(plan: &Plan, shared: &Shared, vcpu: u32) -> ! {
             queue: Vec::new(),
             up: false,
             next_try_ns: 0,
+            connecting_since_ns: 0,
         })
         .collect();
     // Two listeners per peer: a peer's new connection can arrive before its old one is gone.
@@ -250,9 +257,16 @@ pub fn run(plan: &Plan, shared: &Shared, vcpu: u32) -> ! {
                     };
                     if s.connect(iface.context(), remote, next_port).is_ok() {
                         out.queue.extend_from_slice(&proto::hello(me.0));
+                        out.connecting_since_ns = t;
                     }
                     out.next_try_ns = t.saturating_add(RECONNECT_MS * NS_PER_MS);
                 }
+                continue;
+            }
+            if s.state() == tcp::State::SynSent
+                && t.saturating_sub(out.connecting_since_ns) > CONNECT_MS * NS_PER_MS
+            {
+                s.abort();
                 continue;
             }
             if s.may_recv() && s.can_recv() {
