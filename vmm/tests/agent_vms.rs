@@ -120,9 +120,12 @@ fn three_agent_vms_run_the_timeline_exactly_once_across_a_live_migration() {
     let vm1 = boot(hosts[1], 1, None);
     let mut src = boot(hosts[2], 2, Some(&sock));
 
-    // Mid-run: agent 2 has results home and reads still to start or finish.
+    // Mid-run: agent 2 has results home, reads in flight, and more to start (it starts 25 a
+    // second throughout, so reads are in flight when the VM switches hosts too).
     let seen = src.wait_line(LIMIT, |l| {
-        is_progress(l) && field(l, "results").is_some_and(|r| r >= 20)
+        is_progress(l)
+            && field(l, "results").is_some_and(|r| r >= 20)
+            && field(l, "outstanding").is_some_and(|n| n > 0)
     });
     eprintln!("agent 2 migrates at: {seen}");
     assert!(

@@ -103,8 +103,10 @@ const SHARE_MS: u64 = 500;
 const RECONNECT_MS: u64 = 100;
 /// A connection still opening after this long is started afresh: TCP backs its SYNs off for
 /// seconds, and meanwhile this agent's acknowledgements to that peer cannot leave, so the peer
-/// resends hops that already arrived.
+/// resends hops that already arrived. Each attempt that fails so waits twice as long (up to
+/// `MAX_CONNECT_MS`), so a slow network still gets a connection through.
 const CONNECT_MS: u64 = 300;
+const MAX_CONNECT_MS: u64 = 5000;
 /// First local port of outgoing connections; each new one takes the next.
 const EPHEMERAL: u16 = 49152;
 
@@ -116,8 +118,9 @@ struct Out {
     /// Whether the agent has been told this connection is up (and resent what it must).
     up: bool,
     next_try_ns: u64,
-    /// When the current connection attempt began.
+    /// When the current connection attempt began, and how long it may take.
     connecting_since_ns: u64,
+    connect_ms: u64,
 }
 
 /// A connection a peer opened to this agent.
@@ -195,6 +198,7 @@ pub fn run(plan: &Plan, shared: &Shared, vcpu: u32) -> ! {
             up: false,
             next_try_ns: 0,
             connecting_since_ns: 0,
+            connect_ms: CONNECT_MS,
         })
         .collect();
     // Two listeners per peer: a peer's new connection can arrive before its old one is gone.
@@ -264,9 +268,10 @@ pub fn run(plan: &Plan, shared: &Shared, vcpu: u32) -> ! {
                 continue;
             }
             if s.state() == tcp::State::SynSent
-                && t.saturating_sub(out.connecting_since_ns) > CONNECT_MS * NS_PER_MS
+                && t.saturating_sub(out.connecting_since_ns) > out.connect_ms * NS_PER_MS
             {
                 s.abort();
+                out.connect_ms = (out.connect_ms * 2).min(MAX_CONNECT_MS);
                 continue;
             }
             if s.may_recv() && s.can_recv() {
@@ -283,6 +288,7 @@ pub fn run(plan: &Plan, shared: &Shared, vcpu: u32) -> ! {
             }
             if s.state() == tcp::State::Established && !out.up {
                 out.up = true;
+                out.connect_ms = CONNECT_MS;
                 agent.reconnected(AgentId(out.peer.id));
             }
             if !out.queue.is_empty() && s.can_send() {
