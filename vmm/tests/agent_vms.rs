@@ -120,16 +120,15 @@ fn three_agent_vms_run_the_timeline_exactly_once_across_a_live_migration() {
     let vm1 = boot(hosts[1], 1, None);
     let mut src = boot(hosts[2], 2, Some(&sock));
 
-    // Mid-run: agent 2 has results home, reads in flight, and more to start (it starts 25 a
-    // second throughout, so reads are in flight when the VM switches hosts too).
+    // Mid-run: agent 2 has results home and most of its reads still to start. It starts 25 a
+    // second throughout, each taking a few hops, so reads are in flight while the VM switches
+    // hosts (a progress line rarely catches one: they finish in milliseconds).
     let seen = src.wait_line(LIMIT, |l| {
-        is_progress(l)
-            && field(l, "results").is_some_and(|r| r >= 20)
-            && field(l, "outstanding").is_some_and(|n| n > 0)
+        is_progress(l) && field(l, "results").is_some_and(|r| r >= 20)
     });
     eprintln!("agent 2 migrates at: {seen}");
     assert!(
-        field(&seen, "results").is_some_and(|r| r < TASKS),
+        field(&seen, "submitted").is_some_and(|r| r < TASKS),
         "the run ended before the migration could start: {seen}"
     );
     pair::migrate_completed(

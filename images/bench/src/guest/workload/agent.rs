@@ -7,11 +7,11 @@
 //! loses, the agent resends (every unacknowledged hop goes again on reconnect and on its
 //! retransmission timer) and the receiver de-duplicates, so hops run exactly once.
 //!
-//! Every agent seeds its share of the timeline data set and submits `tasks` timeline reads at
-//! `task-rate` per second (at most `window` outstanding), checking each result against the
-//! seeded data when it comes home; `policy=` sets how remote reads are served.
-//! All of it is ordinary guest memory, so a live migration carries the agent, its links and its
-//! load. Console lines (after `bench: `):
+//! Every agent seeds its share of the timeline data set and, once connected to every peer,
+//! submits `tasks` timeline reads at `task-rate` per second (at most `window` outstanding),
+//! checking each result against the seeded data when it comes home; `policy=` sets how remote
+//! reads are served. All of it is ordinary guest memory, so a live migration carries the agent,
+//! its links and its load. Console lines (after `bench: `):
 //! - `agent t=<ms>ms submitted=<n> results=<n> wrong=<n> twice=<n> failed=<n>
 //!   outstanding=<n> completed=<n> duplicates=<n> unacked=<n> bad-frames=<n>
 //!   hops=<n> fetches=<n> bytes=<n>` every `report-ms` (`hops`, `fetches` and `bytes` are
@@ -218,6 +218,7 @@ pub fn run(plan: &Plan, shared: &Shared, vcpu: u32) -> ! {
     );
 
     let start = control::clock_ns();
+    let mut loads_from: Option<u64> = None;
     let deadline = cfg.deadline_ns();
     let report_ns = cfg.report_ms.saturating_mul(NS_PER_MS);
     let mut next_report = start.saturating_add(report_ns);
@@ -299,9 +300,17 @@ pub fn run(plan: &Plan, shared: &Shared, vcpu: u32) -> ! {
             }
         }
 
-        let run_us = (t - start) / 1000;
-        let submitted = load.submit_due(&mut agent, run_us);
-        busy |= submitted.is_ok_and(|n| n > 0);
+        // Reads start once every peer is connected (the pacing and the latencies count from
+        // then), so no read waits for a peer that is still booting; once started, they go on
+        // whatever the connections do.
+        if loads_from.is_none() && outs.iter().all(|o| o.up) {
+            loads_from = Some(t);
+        }
+        let run_us = loads_from.map_or(0, |from| (t - from) / 1000);
+        if loads_from.is_some() {
+            let submitted = load.submit_due(&mut agent, run_us);
+            busy |= submitted.is_ok_and(|n| n > 0);
+        }
         if agent.runnable() > 0 {
             agent.run(STEPS_PER_TURN);
             busy = true;
