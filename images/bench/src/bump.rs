@@ -94,9 +94,10 @@ impl Bump {
 
 /// Small blocks are recycled by size class: the smallest class holds 16 bytes.
 pub const MIN_CLASS: u64 = 16;
-/// Size classes, doubling from [`MIN_CLASS`] up to 64 KiB. Larger allocations (working sets,
-/// device buffers) come from the bump pointer as before and are made once.
-pub const CLASSES: usize = 13;
+/// Size classes, doubling from [`MIN_CLASS`] up to 4 MiB: a long-running agent frees and
+/// reallocates buffers of tens and hundreds of KiB (co-access reports, send queues). Larger
+/// allocations (working sets) come from the bump pointer as before and are made once.
+pub const CLASSES: usize = 19;
 
 /// The size class of an allocation of `size` bytes aligned to `align`, if it is small enough
 /// to be recycled: blocks of class `c` are `MIN_CLASS << c` bytes, aligned to their size, so a
@@ -128,8 +129,8 @@ mod tests {
         assert_eq!(size_class(17, 8), Some(1));
         assert_eq!(size_class(8, 4096), Some(8));
         assert_eq!(class_size(8), 4096);
-        assert_eq!(size_class(64 << 10, 8), Some(CLASSES - 1));
-        assert_eq!(size_class((64 << 10) + 1, 8), None);
+        assert_eq!(size_class(4 << 20, 8), Some(CLASSES - 1));
+        assert_eq!(size_class((4 << 20) + 1, 8), None);
         assert_eq!(size_class(u64::MAX, 8), None);
         for size in 1..5000 {
             let c = size_class(size, 8).unwrap();

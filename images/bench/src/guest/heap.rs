@@ -2,7 +2,7 @@
 //! arithmetic is `bench_core::bump`), with free lists for small blocks. vCPU 0 initialises it
 //! before any other vCPU runs.
 //!
-//! Blocks of up to 64 KiB are rounded up to a power-of-two size class and recycled through one
+//! Blocks of up to 4 MiB are rounded up to a power-of-two size class and recycled through one
 //! free list per class (a freed block's first 8 bytes link to the next free block); larger ones
 //! are bump-allocated once, as the page-writing workloads' working sets always were.
 
