@@ -126,8 +126,11 @@ pub fn run(vmm: &Path, image: &Path, run: &VmRun) -> Result<VmFigures, String> {
     let mut all_done_at: Option<Instant> = None;
     loop {
         let now = Instant::now();
-        // Once every agent is done, one more report from each gives the final counters.
-        if all_done_at.is_some_and(|t| now > t + Duration::from_millis(1500)) {
+        // Once every agent is done, one more report from each gives the final counters. The
+        // latency lines take a while: the console costs two exits a byte.
+        if all_done_at.is_some_and(|t| now > t + Duration::from_millis(1500))
+            && figures.latencies_us.len() as u64 >= figures.reads
+        {
             break;
         }
         let left = deadline.saturating_duration_since(now);
