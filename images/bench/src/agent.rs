@@ -96,6 +96,15 @@ impl Inbound {
     }
 }
 
+/// Whether this agent's id and its peers' number the agents 0 to n-1, each once, as the data
+/// set's placement (`Params::agents`) assumes.
+pub fn ids_are_dense(me: u64, peers: impl IntoIterator<Item = u64>) -> bool {
+    let mut ids: Vec<u64> = peers.into_iter().collect();
+    ids.push(me);
+    ids.sort_unstable();
+    ids.iter().enumerate().all(|(i, &id)| id == i as u64)
+}
+
 /// The timeline data set every agent of a run seeds: `users` users over `agents` agents (ids 0
 /// to `agents - 1`), otherwise the defaults `guest-agentd` uses.
 pub fn params(users: u32, agents: u16) -> Params {
@@ -318,6 +327,17 @@ mod tests {
             Inbound::default().push(&huge),
             Err(StreamError::TooLarge(MAX_FRAME + 1))
         );
+    }
+
+    #[test]
+    fn agent_ids_must_be_dense_and_unique() {
+        assert!(ids_are_dense(0, []));
+        assert!(ids_are_dense(1, [0, 2]));
+        assert!(ids_are_dense(2, [1, 0]));
+        assert!(!ids_are_dense(0, [2]), "a gap");
+        assert!(!ids_are_dense(1, [1, 0]), "itself as a peer");
+        assert!(!ids_are_dense(0, [1, 1]), "a peer twice");
+        assert!(!ids_are_dense(3, [0, 1]), "out of range");
     }
 
     #[test]

@@ -77,10 +77,7 @@ impl Plan {
         }
         let dev = virtio.first().ok_or(AgentSetupError::NoDevice)?;
         let peers: Vec<Peer> = config.peers().collect();
-        let mut ids: Vec<u64> = peers.iter().map(|p| u64::from(p.id)).collect();
-        ids.push(config.agent);
-        ids.sort_unstable();
-        if ids.iter().enumerate().any(|(i, &id)| id != i as u64) {
+        if !proto::ids_are_dense(config.agent, peers.iter().map(|p| u64::from(p.id))) {
             return Err(AgentSetupError::BadIds);
         }
         Ok(Plan {
