@@ -3,6 +3,7 @@
 
 mod follow;
 mod migrate;
+mod migrate_progress;
 mod pay;
 mod vm;
 
