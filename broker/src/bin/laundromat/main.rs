@@ -1,6 +1,7 @@
 //! `laundromat`: the tenant's client. Keys, account, and tokens bought from the broker; VMs
 //! injected into hosts on those tokens ([`vm`]) and paid for link by link ([`pay`]).
 
+mod console;
 mod follow;
 mod migrate;
 mod migrate_progress;
@@ -218,6 +219,8 @@ enum CliError {
     NoHostUrl(String),
     #[error("other payers keep paying this VM's links first")]
     PaymentRace,
+    #[error("the host's console stream broke off before the VM ended")]
+    ConsoleStreamBroke,
     #[error("the host's answer ended before the migration's result")]
     MigrationUnfinished,
     #[error(
