@@ -260,7 +260,9 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).map_err(error)?;
     }
-    let tmp = path.with_extension("tmp");
+    // Each process its own temporary file: two commands remembering the same VM at once
+    // (`vm migrate` and `pay --follow` after a move) must not rename each other's away.
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create(true)
