@@ -69,6 +69,10 @@ impl ConsoleFollow {
         loop {
             if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = self.pending.drain(..=end).collect();
+                // An empty line is hostd's heartbeat on a quiet console.
+                if line.trim_ascii().is_empty() {
+                    continue;
+                }
                 return serde_json::from_slice(&line).map(Some).map_err(|e| {
                     ClientError::Unexpected {
                         status: 200,

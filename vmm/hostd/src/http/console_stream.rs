@@ -23,6 +23,16 @@ const FRAME_BYTES: usize = 16 * 1024;
 const END_CHECK: Duration = Duration::from_millis(250);
 /// After the VM ended: how long its last output may take to reach the ring.
 const LAST_OUTPUT: Duration = Duration::from_millis(100);
+/// A quiet stream sends an empty line this often: writing is how a follower that went away
+/// is noticed, and its place given back.
+const HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// What the stream sends next.
+enum Frame {
+    Event(ConsoleEvent),
+    /// An empty line: nothing happened.
+    Heartbeat,
+}
 
 /// One follower's position and what it waits on.
 pub struct Follower {
@@ -56,8 +66,10 @@ impl Follower {
     /// The answer's body: the events as JSON lines.
     pub fn into_body(self) -> Body {
         let events = futures_util::stream::unfold(self, |mut follower| async move {
-            let event = follower.next_event().await?;
-            let mut line = serde_json::to_vec(&event).unwrap_or_default();
+            let mut line = match follower.next_frame().await? {
+                Frame::Event(event) => serde_json::to_vec(&event).unwrap_or_default(),
+                Frame::Heartbeat => Vec::new(),
+            };
             line.push(b'\n');
             Some((
                 Ok::<_, std::convert::Infallible>(Bytes::from(line)),
@@ -84,8 +96,10 @@ impl Follower {
         }
     }
 
-    /// The next event, waiting for output if there is none; `None` after the end.
-    pub async fn next_event(&mut self) -> Option<ConsoleEvent> {
+    /// The next event, waiting for output if there is none (a heartbeat if it waited long);
+    /// `None` after the end.
+    async fn next_frame(&mut self) -> Option<Frame> {
+        let quiet_until = tokio::time::Instant::now() + HEARTBEAT;
         loop {
             if self.done {
                 return None;
@@ -93,16 +107,16 @@ impl Follower {
             // Everything written up to here is read below; a later write wakes the wait.
             self.written.borrow_and_update();
             if let Some(event) = read(&self.vm.console, &mut self.next, self.ended.is_some()) {
-                return Some(event);
+                return Some(Frame::Event(event));
             }
             if let Some(reason) = self.ended {
                 self.done = true;
                 let url = self.host.moved_to(&self.vm.id).map(|(_, url)| url);
-                return Some(ConsoleEvent::End {
+                return Some(Frame::Event(ConsoleEvent::End {
                     next: self.next,
                     reason,
                     url: url.filter(|_| reason == ConsoleEnd::Moved),
-                });
+                }));
             }
             if let Some(reason) = self.vm_ended() {
                 self.ended = Some(reason);
@@ -111,6 +125,9 @@ impl Follower {
                     tokio::time::sleep(LAST_OUTPUT).await;
                 }
                 continue;
+            }
+            if tokio::time::Instant::now() >= quiet_until {
+                return Some(Frame::Heartbeat);
             }
             tokio::select! {
                 _ = self.written.changed() => {}
