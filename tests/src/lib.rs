@@ -2,6 +2,7 @@
 //! the binaries and the guest images are, child processes that are bounded in time and killed
 //! when dropped, summary statistics, and readers for a process's memory use.
 
+pub mod bench_agent_vms;
 pub mod bench_files;
 pub mod bench_idle;
 pub mod bench_limits;

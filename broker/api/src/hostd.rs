@@ -8,6 +8,7 @@
 //! | GET | `/v1/vms`, `/v1/vms/{id}` | — | → `[VmView]`, `VmView` |
 //! | POST | `/v1/vms/{id}/payments` | — (a link is its own proof) | [`token::Payment`] → [`PaymentReceipt`] |
 //! | GET | `/v1/vms/{id}/console?from=N` | the VM's tenant | → bytes, next offset in [`CONSOLE_NEXT_HEADER`] |
+//! | GET | `/v1/vms/{id}/console?follow=true&from=N` | the VM's tenant | → [`ConsoleEvent`]s, one JSON object a line, until the VM ends |
 //! | DELETE | `/v1/vms/{id}` | the VM's tenant | → [`Stopped`] |
 //! | GET | `/v1/host` | — | → [`HostInfo`] |
 //!
@@ -140,6 +141,42 @@ pub struct AdmitRequest {
     /// Defaults to the token's vCPUs.
     #[serde(default)]
     pub vcpus: Option<u32>,
+}
+
+/// One line of a followed console (`GET /v1/vms/{id}/console?follow=true`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ConsoleEvent {
+    /// Console bytes from offset `start` up to `next`. Cut at a UTF-8 character boundary where
+    /// the guest wrote text; bytes that are not UTF-8 arrive as U+FFFD.
+    Output {
+        start: u64,
+        next: u64,
+        output: String,
+    },
+    /// The reader fell behind (or asked for an offset the ring no longer holds): the bytes
+    /// from `from` to `to` were overwritten before they could be sent.
+    Missed { from: u64, to: u64, bytes: u64 },
+    /// The stream is over: everything up to `next` was sent.
+    End {
+        next: u64,
+        reason: ConsoleEnd,
+        /// Where the VM went, when it moved.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        url: Option<String>,
+    },
+}
+
+/// Why a followed console ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsoleEnd {
+    /// The VM was stopped (by its tenant, for want of payment, or it exited).
+    Stopped,
+    /// The VM migrated to another host.
+    Moved,
+    /// hostd is shutting down; the VM may run on, and a new follower may resume at `next`.
+    HostShutdown,
 }
 
 /// What `GET /v1/vms/{id}` shows.

@@ -7,8 +7,8 @@ use serde::de::DeserializeOwned;
 use token::{Payment, SigningKey};
 
 use crate::hostd::{
-    self, AdmitRequest, BlobDigest, ErrorBody, HostInfo, ImageStored, Moved, PaymentReceipt,
-    Stopped, VmView, CONSOLE_NEXT_HEADER, CONSOLE_START_HEADER, VM_MOVED,
+    self, AdmitRequest, BlobDigest, ConsoleEvent, ErrorBody, HostInfo, ImageStored, Moved,
+    PaymentReceipt, Stopped, VmView, CONSOLE_NEXT_HEADER, CONSOLE_START_HEADER, VM_MOVED,
 };
 use crate::signing::{self, SignatureError};
 
@@ -50,6 +50,46 @@ impl ClientError {
             }
             ClientError::Http(e) => e.status().map(|s| s.as_u16()),
             ClientError::Sign(_) => None,
+        }
+    }
+}
+
+/// A followed console: [`ConsoleFollow::next`] gives its events one by one.
+pub struct ConsoleFollow {
+    response: reqwest::Response,
+    pending: Vec<u8>,
+}
+
+/// Longest line a followed console may send (a frame of output, escaped as JSON).
+const MAX_EVENT_LINE: usize = 1 << 20;
+
+impl ConsoleFollow {
+    /// The next event; `None` when hostd closed the stream.
+    pub async fn next(&mut self) -> Result<Option<ConsoleEvent>, ClientError> {
+        loop {
+            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=end).collect();
+                // An empty line is hostd's heartbeat on a quiet console.
+                if line.trim_ascii().is_empty() {
+                    continue;
+                }
+                return serde_json::from_slice(&line).map(Some).map_err(|e| {
+                    ClientError::Unexpected {
+                        status: 200,
+                        text: format!("a console event that does not parse ({e})"),
+                    }
+                });
+            }
+            if self.pending.len() > MAX_EVENT_LINE {
+                return Err(ClientError::Unexpected {
+                    status: 200,
+                    text: "a console event longer than any hostd sends".into(),
+                });
+            }
+            match self.response.chunk().await? {
+                Some(chunk) => self.pending.extend_from_slice(&chunk),
+                None => return Ok(None),
+            }
         }
     }
 }
@@ -217,6 +257,29 @@ impl HostdClient {
     ) -> Result<(Vec<u8>, u64), ClientError> {
         let chunk = self.console_chunk(id, from, tenant).await?;
         Ok((chunk.bytes, chunk.next))
+    }
+
+    /// Follows the console from offset `from` (signed with the tenant's key): the events as
+    /// hostd sends them, until the VM ends here.
+    pub async fn console_follow(
+        &self,
+        id: &str,
+        from: u64,
+        tenant: &SigningKey,
+    ) -> Result<ConsoleFollow, ClientError> {
+        let path = format!("{}?follow=true&from={from}", hostd::console(id));
+        let response = self
+            .signed(reqwest::Method::GET, &path, tenant)?
+            .send()
+            .await?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(refused(status.as_u16(), response.text().await?));
+        }
+        Ok(ConsoleFollow {
+            response,
+            pending: Vec::new(),
+        })
     }
 
     /// Sends a signed POST whose answer streams JSON lines (migration, drain) and calls

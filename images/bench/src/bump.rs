@@ -92,12 +92,50 @@ impl Bump {
     }
 }
 
+/// Small blocks are recycled by size class: the smallest class holds 16 bytes.
+pub const MIN_CLASS: u64 = 16;
+/// Size classes, doubling from [`MIN_CLASS`] up to 4 MiB: a long-running agent frees and
+/// reallocates buffers of tens and hundreds of KiB (co-access reports, send queues). Larger
+/// allocations (working sets) come from the bump pointer as before and are made once.
+pub const CLASSES: usize = 19;
+
+/// The size class of an allocation of `size` bytes aligned to `align`, if it is small enough
+/// to be recycled: blocks of class `c` are `MIN_CLASS << c` bytes, aligned to their size, so a
+/// freed block serves any later request of its class. Long-running workloads (the guest agent,
+/// whose maps and messages come and go) would otherwise exhaust a bump allocator.
+pub fn size_class(size: u64, align: u64) -> Option<usize> {
+    let need = size.max(align).max(MIN_CLASS).checked_next_power_of_two()?;
+    let class = (need / MIN_CLASS).trailing_zeros() as usize;
+    (class < CLASSES).then_some(class)
+}
+
+/// The bytes of a block of class `class`.
+pub const fn class_size(class: usize) -> u64 {
+    MIN_CLASS << class
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn region(start: u64, len: u64) -> Region {
         Region { start, len }
+    }
+
+    #[test]
+    fn small_allocations_have_a_class_that_fits_them_and_large_ones_none() {
+        assert_eq!(size_class(1, 1), Some(0));
+        assert_eq!(size_class(16, 8), Some(0));
+        assert_eq!(size_class(17, 8), Some(1));
+        assert_eq!(size_class(8, 4096), Some(8));
+        assert_eq!(class_size(8), 4096);
+        assert_eq!(size_class(4 << 20, 8), Some(CLASSES - 1));
+        assert_eq!(size_class((4 << 20) + 1, 8), None);
+        assert_eq!(size_class(u64::MAX, 8), None);
+        for size in 1..5000 {
+            let c = size_class(size, 8).unwrap();
+            assert!(class_size(c) >= size && (c == 0 || class_size(c - 1) < size));
+        }
     }
 
     #[test]

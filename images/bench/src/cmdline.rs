@@ -6,6 +6,7 @@
 
 use crate::netcfg::{self, Cidr};
 use core::fmt;
+use guest_agent::Policy;
 
 /// What the guest runs. New workloads (http, the guest agent) add a variant here and a module
 /// under `src/guest/workload/`.
@@ -26,16 +27,20 @@ pub enum Workload {
     /// The virtio-blk device (vCPU 0): reads `wss` MiB of the disk again and again and prints
     /// each pass's checksum (a disk read while the VM migrates).
     BlkRead,
+    /// A guest agent on the virtio-net device (vCPU 0): holds its share of the timeline data
+    /// set, serves its peers' tasks, and runs `tasks` timeline reads of its own.
+    Agent,
 }
 
 impl Workload {
-    const ALL: [Workload; 6] = [
+    const ALL: [Workload; 7] = [
         Workload::Idle,
         Workload::Dirty,
         Workload::Http,
         Workload::EvilNet,
         Workload::Blk,
         Workload::BlkRead,
+        Workload::Agent,
     ];
 
     /// The name the command line uses.
@@ -47,6 +52,7 @@ impl Workload {
             Workload::EvilNet => "evil-net",
             Workload::Blk => "blk",
             Workload::BlkRead => "blk-read",
+            Workload::Agent => "agent",
         }
     }
 }
@@ -77,6 +83,74 @@ pub struct Config {
     pub conns: u64,
     /// `evil-net`: 1 = a buffer outside RAM, 2 = a descriptor loop, 3 = an oversized chain.
     pub evil: u64,
+    /// `agent`: this agent's id (agents are numbered 0, 1, ... without gaps).
+    pub agent: u64,
+    /// `agent`: the other agents, each `peer=ID@A.B.C.D:PORT`.
+    pub peers: [Option<Peer>; MAX_PEERS],
+    /// `agent`: timeline reads this agent submits.
+    pub tasks: u64,
+    /// `agent`: timeline reads submitted per second; 0 submits them all at once.
+    pub task_rate: u64,
+    /// `agent`: users in the timeline data set (every agent must be given the same number).
+    pub users: u64,
+    /// `agent`: most reads outstanding at once; 0 for no limit.
+    pub window: u64,
+    /// `agent`: how a read of a remote object is served.
+    pub policy: Policy,
+}
+
+/// `policy=` values, as `guest-agentd` names them.
+const POLICIES: [(&str, Policy); 3] = [
+    ("move", Policy::Move),
+    ("fetch", Policy::Fetch),
+    ("ship-or-fetch", Policy::ShipOrFetch),
+];
+
+fn policy_name(policy: Policy) -> &'static str {
+    POLICIES
+        .iter()
+        .find(|(_, p)| *p == policy)
+        .map_or("move", |(name, _)| name)
+}
+
+/// Most peers `workload=agent` takes.
+pub const MAX_PEERS: usize = 8;
+
+/// Another agent: its id and where it listens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub id: u16,
+    pub addr: [u8; 4],
+    pub port: u16,
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d] = self.addr;
+        write!(f, "{}@{a}.{b}.{c}.{d}:{}", self.id, self.port)
+    }
+}
+
+/// `ID@A.B.C.D:PORT`.
+pub fn parse_peer(s: &str) -> Option<Peer> {
+    let (id, rest) = s.split_once('@')?;
+    let (addr, port) = rest.split_once(':')?;
+    let digits = |t: &str| !t.is_empty() && t.len() <= 5 && t.bytes().all(|b| b.is_ascii_digit());
+    if !digits(id) || !digits(port) {
+        return None;
+    }
+    Some(Peer {
+        id: id.parse().ok()?,
+        addr: netcfg::parse_ipv4(addr)?,
+        port: port.parse().ok().filter(|&p| p != 0)?,
+    })
+}
+
+impl Config {
+    /// The peers given, in command-line order.
+    pub fn peers(&self) -> impl Iterator<Item = Peer> + '_ {
+        self.peers.iter().flatten().copied()
+    }
 }
 
 impl Default for Config {
@@ -94,6 +168,13 @@ impl Default for Config {
             size: 64,
             conns: 64,
             evil: 1,
+            agent: 0,
+            peers: [None; MAX_PEERS],
+            tasks: 0,
+            task_rate: 0,
+            users: 300,
+            window: 0,
+            policy: Policy::Move,
         }
     }
 }
@@ -123,12 +204,30 @@ impl fmt::Display for Config {
         if self.workload == Workload::EvilNet {
             write!(f, " evil={}", self.evil)?;
         }
+        if self.workload == Workload::Agent {
+            write!(
+                f,
+                " port={} agent={} tasks={} task-rate={} users={} window={} policy={}",
+                self.port,
+                self.agent,
+                self.tasks,
+                self.task_rate,
+                self.users,
+                self.window,
+                policy_name(self.policy)
+            )?;
+            for peer in self.peers() {
+                write!(f, " peer={peer}")?;
+            }
+        }
         if self.workload == Workload::Http {
             write!(
                 f,
                 " port={} size={} conns={}",
                 self.port, self.size, self.conns
             )?;
+        }
+        if matches!(self.workload, Workload::Http | Workload::Agent) {
             if let Some(Cidr {
                 addr: [a, b, c, d],
                 prefix,
@@ -181,7 +280,10 @@ pub const MAX_SIZE: u64 = 1 << 30;
 /// Most sockets `conns` may ask for.
 pub const MAX_CONNS: u64 = 1024;
 
-const NUM_KEYS: [NumKey; 8] = [
+/// Most timeline reads `tasks` may ask for, and most users.
+pub const MAX_TASKS: u64 = 1 << 20;
+
+const NUM_KEYS: [NumKey; 13] = [
     key("wss", 1, MAX_WSS_MIB, |c, v| c.wss_mib = v),
     key("rate", 0, MAX_RATE, |c, v| c.rate = v),
     key("report-ms", 1, MAX_MS, |c, v| c.report_ms = v),
@@ -190,6 +292,11 @@ const NUM_KEYS: [NumKey; 8] = [
     key("size", 0, MAX_SIZE, |c, v| c.size = v),
     key("conns", 1, MAX_CONNS, |c, v| c.conns = v),
     key("evil", 1, 3, |c, v| c.evil = v),
+    key("agent", 0, MAX_PEERS as u64, |c, v| c.agent = v),
+    key("tasks", 0, MAX_TASKS, |c, v| c.tasks = v),
+    key("task-rate", 0, MAX_TASKS, |c, v| c.task_rate = v),
+    key("users", 1, MAX_TASKS, |c, v| c.users = v),
+    key("window", 0, MAX_TASKS, |c, v| c.window = v),
 ];
 
 /// Why a command line was rejected. Borrowed strings point into the command line.
@@ -203,6 +310,7 @@ pub enum Error<'a> {
         key: &'static str,
         value: &'a str,
     },
+    TooManyPeers,
     BadNumber {
         key: &'static str,
         value: &'a str,
@@ -221,12 +329,20 @@ impl fmt::Display for Error<'_> {
                 NUM_KEYS
                     .iter()
                     .try_for_each(|k| write!(f, ", {}", k.name))?;
-                write!(f, ", ip, gw, mac")
+                write!(f, ", ip, gw, mac, peer, policy")
             }
+            Error::BadAddress {
+                key: "policy",
+                value,
+            } => write!(
+                f,
+                "bad value \"{value}\" for policy: expected move, fetch or ship-or-fetch"
+            ),
             Error::BadAddress { key, value } => {
                 let example = match key {
                     "ip" => "10.77.0.10/24",
                     "gw" => "10.77.0.1",
+                    "peer" => "1@10.77.0.101:7000",
                     _ => "52:54:00:12:34:56",
                 };
                 write!(
@@ -234,6 +350,7 @@ impl fmt::Display for Error<'_> {
                     "bad value \"{value}\" for {key}: expected an address like {example}"
                 )
             }
+            Error::TooManyPeers => write!(f, "more than {MAX_PEERS} peers"),
             Error::BadWorkload(value) => {
                 write!(f, "unknown workload \"{value}\"; the workloads are")?;
                 for (i, w) in Workload::ALL.iter().enumerate() {
@@ -281,6 +398,32 @@ pub fn parse(line: &[u8]) -> Result<Config, Error<'_>> {
             }
             "mac" => {
                 config.mac = Some(netcfg::parse_mac(value).ok_or(bad_address("mac"))?);
+                continue;
+            }
+            "policy" => {
+                config.policy = POLICIES
+                    .iter()
+                    .find(|(name, _)| *name == value)
+                    .map(|(_, p)| *p)
+                    .ok_or(bad_address("policy"))?;
+                continue;
+            }
+            "peer" => {
+                let peer = parse_peer(value).ok_or(bad_address("peer"))?;
+                // A peer named twice takes its last address, as other keys take their last value.
+                let slot = match config
+                    .peers
+                    .iter()
+                    .position(|p| p.is_some_and(|p| p.id == peer.id))
+                {
+                    Some(i) => i,
+                    None => config
+                        .peers
+                        .iter()
+                        .position(Option::is_none)
+                        .ok_or(Error::TooManyPeers)?,
+                };
+                config.peers[slot] = Some(peer);
                 continue;
             }
             _ => {}
@@ -383,6 +526,62 @@ mod tests {
     }
 
     #[test]
+    fn parses_the_agent_keys() {
+        let line = b"workload=agent ip=10.77.0.100/24 port=7000 agent=0 tasks=200 task-rate=20 users=90 window=3 policy=ship-or-fetch peer=1@10.77.0.101:7000 peer=2@10.77.0.102:7001";
+        let c = parse(line).unwrap();
+        assert_eq!(c.workload, Workload::Agent);
+        assert_eq!(
+            (c.agent, c.tasks, c.task_rate, c.users, c.window),
+            (0, 200, 20, 90, 3)
+        );
+        assert_eq!(c.policy, Policy::ShipOrFetch);
+        assert_eq!(parse(b"policy=fetch").unwrap().policy, Policy::Fetch);
+        assert!(parse(b"policy=teleport").is_err());
+        let peers: Vec<Peer> = c.peers().collect();
+        assert_eq!(
+            peers,
+            [
+                Peer {
+                    id: 1,
+                    addr: [10, 77, 0, 101],
+                    port: 7000
+                },
+                Peer {
+                    id: 2,
+                    addr: [10, 77, 0, 102],
+                    port: 7001
+                },
+            ]
+        );
+        assert_eq!(parse(c.to_string().as_bytes()), Ok(c));
+        // The same peer again replaces its address.
+        let c = parse(b"peer=1@10.0.0.1:1 peer=1@10.0.0.2:2").unwrap();
+        assert_eq!(c.peers().count(), 1);
+        assert_eq!(c.peers().next().map(|p| p.port), Some(2));
+        for bad in [
+            "1@10.0.0.1",
+            "x@10.0.0.1:1",
+            "1@10.0.0:1",
+            "1@10.0.0.1:0",
+            "70000@10.0.0.1:1",
+            "1@10.0.0.1:+5",
+        ] {
+            let line = format!("peer={bad}");
+            assert!(
+                matches!(
+                    parse(line.as_bytes()),
+                    Err(Error::BadAddress { key: "peer", .. })
+                ),
+                "{bad}"
+            );
+        }
+        let many: Vec<String> = (0..=MAX_PEERS)
+            .map(|i| format!("peer={i}@10.0.0.1:7000"))
+            .collect();
+        assert_eq!(parse(many.join(" ").as_bytes()), Err(Error::TooManyPeers));
+    }
+
+    #[test]
     fn last_value_wins() {
         assert_eq!(parse(b"wss=1 wss=2").unwrap().wss_mib, 2);
     }
@@ -423,12 +622,14 @@ mod tests {
         assert_eq!(
             msg,
             "unknown key \"colour\"; the keys are workload, wss, rate, report-ms, exit-after-ms, \
-             port, size, conns, evil, ip, gw, mac"
+             port, size, conns, evil, agent, tasks, task-rate, users, window, ip, gw, mac, peer, \
+             policy"
         );
         let msg = parse(b"workload=x").unwrap_err().to_string();
         assert_eq!(
             msg,
-            "unknown workload \"x\"; the workloads are idle, dirty, http, evil-net, blk, blk-read"
+            "unknown workload \"x\"; the workloads are idle, dirty, http, evil-net, blk, blk-read, \
+             agent"
         );
         let msg = parse(b"wss=0").unwrap_err().to_string();
         assert_eq!(

@@ -4,6 +4,9 @@
 //! while the guest binary (`src/guest/`) links it as a `no_std` library.
 #![cfg_attr(not(test), no_std)]
 
+extern crate alloc;
+
+pub mod agent;
 pub mod bootinfo;
 pub mod bump;
 pub mod cmdline;

@@ -3,6 +3,9 @@
 //! after placement. Prints bytes and hops per request, p50/p99 latency, requests per second, the
 //! hops and bytes per round while placement converges, and each target's verdict; draws those
 //! rounds over time to `docs/agent-bench.png`.
+//!
+//! With `--vms` the same timeline runs on three bench-unikernel VMs (`workload=agent`) in
+//! network namespaces instead, in the two modes that need no placement pass.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
@@ -40,6 +43,11 @@ struct Args {
     /// Where the PNG goes.
     #[arg(long, default_value = "docs")]
     out: PathBuf,
+    /// Run on three bench-unikernel VMs (`workload=agent`, one per network namespace on one
+    /// switch; needs root, /dev/kvm, `bash images/build.sh` and `cargo build --release -p
+    /// vmm`) instead of loopback daemons: modes 1 and 2 only, as the VMs run no placement.
+    #[arg(long)]
+    vms: bool,
 }
 
 struct Cluster {
@@ -253,6 +261,9 @@ fn run(mut args: Args) -> Result<(), String> {
         args.requests = args.requests.min(300);
         args.rounds = args.rounds.min(5);
     }
+    if args.vms {
+        return run_vms(&args);
+    }
     let params = Params {
         users: args.users,
         ..Params::default()
@@ -321,6 +332,69 @@ fn run(mut args: Args) -> Result<(), String> {
     let png = args.out.join("agent-bench.png");
     draw(&png, &series, &shipping, &moving)?;
     println!("wrote {}", png.display());
+    Ok(())
+}
+
+/// Modes 1 and 2 on three agent VMs. Each agent submits its share of the reads itself, keeping
+/// its share of `concurrency` outstanding; latencies are measured on the VM clock.
+fn run_vms(args: &Args) -> Result<(), String> {
+    use laundromat_tests::bench_agent_vms::{self, VmRun};
+    use laundromat_tests::workspace::Image;
+    let workspace = Workspace::locate().map_err(|e| e.to_string())?;
+    let vmm = workspace.vmm().map_err(|e| e.to_string())?;
+    let image = workspace.image(Image::Bench).map_err(|e| e.to_string())?;
+    let agents = u64::from(Params::default().agents);
+    let mut run = VmRun {
+        users: args.users,
+        reads_per_agent: args.requests.div_ceil(agents),
+        window: args.concurrency.div_ceil(agents),
+        policy: "fetch",
+        limit: Duration::from_secs(300),
+    };
+    println!(
+        "timeline on {agents} bench-unikernel VMs: {} users, {} requests per mode, {} in flight per agent",
+        args.users,
+        run.reads_per_agent * agents,
+        run.window
+    );
+    println!(
+        "{:<34} {:>10} {:>8} {:>8} {:>9} {:>9} {:>9}",
+        "mode", "bytes/req", "hops/req", "fetch/req", "p50 ms", "p99 ms", "req/s"
+    );
+    let mut rows = Vec::new();
+    for (name, policy) in [
+        ("1 data shipping (random placement)", "fetch"),
+        ("2 continuations (random placement)", "move"),
+    ] {
+        run.policy = policy;
+        let mut got = bench_agent_vms::run(&vmm, &image, &run)?;
+        got.latencies_us.sort_unstable();
+        let pct = |p: f64| {
+            let i = ((got.latencies_us.len() as f64 * p) as usize).min(got.latencies_us.len() - 1);
+            got.latencies_us[i] as f64 / 1e3
+        };
+        let n = got.reads.max(1) as f64;
+        let f = Figures {
+            bytes: got.bytes as f64 / n,
+            hops: got.hops as f64 / n,
+            fetches: got.fetches as f64 / n,
+            p50_ms: pct(0.50),
+            p99_ms: pct(0.99),
+            rps: n / (got.span_us.max(1) as f64 / 1e6),
+        };
+        print_row(name, &f);
+        rows.push(f);
+    }
+    println!(
+        "modes 3 and 4 need placement passes, which the unikernel agents do not run; no verdicts"
+    );
+    if let [shipping, moving] = rows[..] {
+        println!(
+            "continuations vs data shipping on VMs: {:.2}x fewer bytes, {:.2}x the throughput",
+            shipping.bytes / moving.bytes.max(1.0),
+            moving.rps / shipping.rps.max(0.01)
+        );
+    }
     Ok(())
 }
 

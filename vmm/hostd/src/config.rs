@@ -24,6 +24,8 @@ pub struct HostConfig {
     pub jail: bool,
     /// Console bytes kept per VM.
     pub console_bytes: usize,
+    /// Consoles followed at once; more followers are refused with 503.
+    pub max_console_followers: usize,
     /// Largest image blob accepted.
     pub max_image_bytes: u64,
     /// The URL this host's API is reached at, for the host directory.

@@ -8,6 +8,9 @@ use std::sync::Mutex;
 #[derive(Debug)]
 pub struct ConsoleRing {
     inner: Mutex<Ring>,
+    /// Bytes ever written, for followers to wait on: a watch keeps only the newest value, so
+    /// a guest that writes fast costs a follower nothing while it is busy elsewhere.
+    written: tokio::sync::watch::Sender<u64>,
 }
 
 #[derive(Debug)]
@@ -37,7 +40,13 @@ impl ConsoleRing {
                 total: 0,
                 first_at_ms: None,
             }),
+            written: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// A receiver that changes whenever output arrives.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.written.subscribe()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Ring> {
@@ -56,6 +65,9 @@ impl ConsoleRing {
         let overflow = (ring.bytes.len() + data.len()).saturating_sub(ring.capacity);
         ring.bytes.drain(..overflow);
         ring.bytes.extend(data);
+        let total = ring.total;
+        drop(ring);
+        self.written.send_replace(total);
     }
 
     /// The bytes from absolute offset `from` on, or from the oldest byte still kept if `from`

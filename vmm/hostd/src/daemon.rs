@@ -42,8 +42,13 @@ pub async fn run(
         "hostd serving"
     );
     let app = crate::http::router(host.clone(), max_concurrent);
+    let stopping = host.clone();
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // Graceful shutdown waits for every answer to end: followed consoles must.
+            stopping.shutting_down.send_replace(true);
+        })
         .await?;
     if stop_vms_on_exit {
         let vms: Vec<_> = host.vms().values().cloned().collect();

@@ -130,6 +130,10 @@ pub struct Host {
     pub http: reqwest::Client,
     /// Woken when a VM starts or ends, so the host directory learns of it at once.
     pub capacity_changed: tokio::sync::Notify,
+    /// Permits for followed consoles (their answers outlive the request limit's slot).
+    pub console_followers: Arc<tokio::sync::Semaphore>,
+    /// Set when hostd begins to shut down, so that endless answers (followed consoles) end.
+    pub shutting_down: tokio::sync::watch::Sender<bool>,
     broker_keys: Mutex<(BrokerKeys, Option<Instant>)>,
 }
 
@@ -149,6 +153,7 @@ impl Host {
         std::fs::create_dir_all(config.data_dir.join("vms"))?;
         std::fs::create_dir_all(config.data_dir.join(crate::lifecycle::PENDING_DIR))?;
         let images = ImageStore::open(config.data_dir.join("images"), config.max_image_bytes)?;
+        let followers = config.max_console_followers;
         Ok(Arc::new(Self {
             config,
             identity,
@@ -161,6 +166,8 @@ impl Host {
             moved: Mutex::new(BTreeMap::new()),
             http: reqwest::Client::new(),
             capacity_changed: tokio::sync::Notify::new(),
+            console_followers: Arc::new(tokio::sync::Semaphore::new(followers)),
+            shutting_down: tokio::sync::watch::Sender::new(false),
             broker_keys: Mutex::new((BrokerKeys::new(), None)),
         }))
     }

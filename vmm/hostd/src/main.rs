@@ -63,6 +63,9 @@ struct Cli {
     /// Console bytes kept per VM; older output is dropped.
     #[arg(long, default_value_t = 256)]
     console_kib: usize,
+    /// Consoles followed at once (`console?follow=true`); more followers get 503.
+    #[arg(long, default_value_t = 32)]
+    max_console_followers: usize,
     /// Largest image blob accepted, MiB.
     #[arg(long, default_value_t = 256)]
     max_image_mib: u64,
@@ -237,6 +240,7 @@ fn run(cli: Cli) -> Result<(), String> {
         vmm,
         jail: !cli.no_jail,
         console_bytes: cli.console_kib.saturating_mul(1024).max(1024),
+        max_console_followers: cli.max_console_followers,
         max_image_bytes: cli.max_image_mib.saturating_mul(1 << 20),
         advertise_url: cli
             .advertise_url

@@ -1,6 +1,6 @@
 //! The tenant's `laundromat` binary against a real hostd: inject a bench guest, pay for it
 //! (by hand and with `--follow`), survive a payer that crashed before recording a link, read
-//! its status and console, and stop it; another tenant can neither stop nor read it; and
+//! its status and console (read once, and followed until the VM stops), and stop it; another tenant can neither stop nor read it; and
 //! `pay --follow` follows a VM that migrates to another host.
 //!
 //! `laundromat` is the broker package's binary: it must be built in the same profile
@@ -224,10 +224,33 @@ async fn a_tenant_runs_pays_reads_and_stops_a_vm_and_no_one_else_can() {
     assert!(process_alive(pid));
     assert_eq!(hostd.client.vm(&vm).await.unwrap().paid_index, held);
 
+    // A follower of the console gets the guest's output until the tenant stops the VM.
+    let follower = alice
+        .command(&["vm", "console", &vm, "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let before = hostd.client.vm(&vm).await.unwrap().console_bytes;
+    while hostd.client.vm(&vm).await.unwrap().console_bytes < before + 200
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // The tenant stops it: the host keeps what it was paid.
     let stopped = alice.json(&["vm", "stop", &vm]);
     assert_eq!(stopped["paid_index"].as_u64(), Some(held));
     assert!(!process_alive(pid));
+    let followed = follower.wait_with_output().unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&followed.stdout),
+        String::from_utf8_lossy(&followed.stderr),
+    );
+    assert!(followed.status.success(), "vm console --follow: {err}");
+    assert!(err.contains(&format!("VM {vm} has ended")), "{err}");
+    assert!(out.matches("t=").count() >= 2, "followed console: {out}");
     assert_refused(
         &alice.run(&["vm", "status", &vm, "--host", &hostd.url]),
         "404",

@@ -1,8 +1,10 @@
 //! `laundromat`: the tenant's client. Keys, account, and tokens bought from the broker; VMs
 //! injected into hosts on those tokens ([`vm`]) and paid for link by link ([`pay`]).
 
+mod console;
 mod follow;
 mod migrate;
+mod migrate_progress;
 mod pay;
 mod vm;
 
@@ -217,6 +219,8 @@ enum CliError {
     NoHostUrl(String),
     #[error("other payers keep paying this VM's links first")]
     PaymentRace,
+    #[error("the host's console stream broke off before the VM ended")]
+    ConsoleStreamBroke,
     #[error("the host's answer ended before the migration's result")]
     MigrationUnfinished,
     #[error(
@@ -256,7 +260,9 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).map_err(error)?;
     }
-    let tmp = path.with_extension("tmp");
+    // Each process its own temporary file: two commands remembering the same VM at once
+    // (`vm migrate` and `pay --follow` after a move) must not rename each other's away.
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create(true)

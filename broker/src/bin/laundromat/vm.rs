@@ -5,9 +5,7 @@
 //! file), so later commands need only the VM id.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use laundromat_api::hostd::{AdmitRequest, BlobDigest, BootMode, VmView};
 use laundromat_api::hostd_client::{ClientError, HostdClient};
@@ -27,7 +25,7 @@ pub enum VmAction {
     Console {
         #[command(flatten)]
         vm: VmRef,
-        /// Keep printing new output until Ctrl-C or the VM ends.
+        /// Keep printing new output as the host streams it, until Ctrl-C or the VM ends here.
         #[arg(long)]
         follow: bool,
         /// Start at this byte offset of the console (default: the oldest byte kept).
@@ -318,58 +316,6 @@ fn status_text(view: &VmView) -> String {
     )
 }
 
-/// How often `vm console --follow` asks for more output.
-const CONSOLE_POLL: Duration = Duration::from_millis(250);
-
-async fn console(
-    json: bool,
-    dir: &Path,
-    vm: &VmRef,
-    follow: bool,
-    from: u64,
-) -> Result<(), CliError> {
-    let host = host_of(dir, vm)?;
-    let tenant = crate::keys::load(&dir.join("tenant.key"))?;
-    let mut from = from;
-    let interrupted = crate::pay::interrupt_flag();
-    loop {
-        let chunk = match host.console_chunk(&vm.vm, from, &tenant).await {
-            Ok(chunk) => chunk,
-            // Following a VM that ends is not a failure: its output ends with it.
-            Err(error) if follow && error.code() == Some("vm_not_found") => {
-                eprintln!("laundromat: VM {} has ended", vm.vm);
-                return Ok(());
-            }
-            Err(error) => return Err(error.into()),
-        };
-        if chunk.start > from {
-            eprintln!(
-                "laundromat: {} bytes of console output were overwritten before they were read",
-                chunk.start - from
-            );
-        }
-        if json {
-            if !follow || !chunk.bytes.is_empty() {
-                let value = serde_json::json!({
-                    "vm_id": vm.vm,
-                    "start": chunk.start,
-                    "next": chunk.next,
-                    "output": String::from_utf8_lossy(&chunk.bytes),
-                });
-                println!("{value}");
-            }
-        } else {
-            let mut stdout = std::io::stdout().lock();
-            let _ = stdout.write_all(&chunk.bytes);
-            let _ = stdout.flush();
-        }
-        from = chunk.next;
-        if !follow || crate::pay::sleep_or_interrupt(&interrupted, CONSOLE_POLL).await {
-            return Ok(());
-        }
-    }
-}
-
 pub async fn run(json: bool, dir: &Path, broker: &str, action: &VmAction) -> Result<(), CliError> {
     match action {
         VmAction::Inject(args) => inject(json, dir, broker, args).await,
@@ -378,7 +324,9 @@ pub async fn run(json: bool, dir: &Path, broker: &str, action: &VmAction) -> Res
             print(json, &view, status_text);
             Ok(())
         }
-        VmAction::Console { vm, follow, from } => console(json, dir, vm, *follow, *from).await,
+        VmAction::Console { vm, follow, from } => {
+            crate::console::run(json, dir, vm, *follow, *from).await
+        }
         VmAction::Migrate(args) => crate::migrate::run(json, dir, args).await,
         VmAction::Stop(vm) => {
             let tenant = crate::keys::load(&dir.join("tenant.key"))?;

@@ -12,8 +12,10 @@ use core::alloc::Layout;
 use core::cell::RefCell;
 use core::ptr::{with_exposed_provenance_mut, NonNull};
 
+use smoltcp::iface::{Config, Interface};
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address};
 use virtio_drivers::device::net::VirtIONetRaw;
 use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
 use virtio_drivers::{BufferDirection, Hal, PhysAddr, PAGE_SIZE};
@@ -24,6 +26,32 @@ const QUEUE: usize = 64;
 const RX_BUF: usize = 2048;
 /// The largest frame we send: 1500 bytes of IP and the 14-byte Ethernet header.
 pub const MTU: usize = 1514;
+
+/// The VM clock as `smoltcp` counts time.
+pub fn now() -> Instant {
+    Instant::from_micros((crate::control::clock_ns() / 1000) as i64)
+}
+
+/// The guest's IP interface on `dev`, configured from the command line (`ip=`, `gw=`, `mac=`;
+/// the device's own MAC if none is given). Returns it with the MAC it sends from.
+pub fn interface(dev: &mut NetDev, cfg: &bench_core::cmdline::Config) -> (Interface, [u8; 6]) {
+    let mac = cfg.mac.unwrap_or(dev.mac());
+    let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
+    config.random_seed = crate::control::clock_ns() ^ 0x9e37_79b9_7f4a_7c15;
+    let mut iface = Interface::new(config, dev, now());
+    if let Some(ip) = cfg.ip {
+        let [a, b, c, d] = ip.addr;
+        iface.update_ip_addrs(|addrs| {
+            let _ = addrs.push(IpCidr::new(IpAddress::v4(a, b, c, d), ip.prefix));
+        });
+    }
+    if let Some([a, b, c, d]) = cfg.gw {
+        let _ = iface
+            .routes_mut()
+            .add_default_ipv4_route(Ipv4Address::new(a, b, c, d));
+    }
+    (iface, mac)
+}
 
 /// DMA for an identity-mapped guest: heap pages, physical address = pointer.
 pub struct IdentityHal;

@@ -24,3 +24,14 @@ fn panic(info: &PanicInfo<'_>) -> ! {
 /// which only `std` would otherwise provide. It is never called.
 #[no_mangle]
 extern "C" fn rust_eh_personality() {}
+
+/// Resumes an unwind after a cleanup pad. Like `rust_eh_personality`, only the prebuilt `alloc`
+/// names it (its landing pads end with a call to it); no unwind ever starts here, so reaching it
+/// is a bug, and the VM ends as on a panic.
+#[no_mangle]
+extern "C" fn _Unwind_Resume() -> ! {
+    console::print_line_forced(format_args!(
+        "bench: _Unwind_Resume reached without an unwind"
+    ));
+    control::exit(exit_code::PANIC)
+}

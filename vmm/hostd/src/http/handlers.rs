@@ -300,6 +300,9 @@ pub struct ConsoleQuery {
     pub from: u64,
     #[serde(default)]
     pub max: Option<usize>,
+    /// Stream the output as it comes, until the VM ends ([`super::console_stream`]).
+    #[serde(default)]
+    pub follow: bool,
 }
 
 /// Longest console read in one answer.
@@ -315,6 +318,9 @@ pub async fn console(
 ) -> Result<Response, ApiError> {
     let vm = host.vm(&id).ok_or_else(|| ApiError::not_found(&id))?;
     authorize(&vm, &method, &uri, &headers, b"")?;
+    if query.follow {
+        return follow_console(host, vm, query.from);
+    }
     let max = query.max.unwrap_or(MAX_CONSOLE_READ).min(MAX_CONSOLE_READ);
     let chunk = vm.console.read_from(query.from, max);
     Ok((
@@ -324,6 +330,32 @@ pub async fn console(
             (CONSOLE_NEXT_HEADER, chunk.next.to_string()),
         ],
         chunk.bytes,
+    )
+        .into_response())
+}
+
+/// A followed console, if a follower permit is free: each holds one while it streams, so a
+/// flood of followers is shed like any other flood.
+fn follow_console(
+    host: Arc<Host>,
+    vm: Arc<crate::host::Vm>,
+    from: u64,
+) -> Result<Response, ApiError> {
+    let permit = host
+        .console_followers
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "hostd streams as many consoles as it allows; retry shortly",
+            )
+        })?;
+    let follower = super::console_stream::Follower::new(host, vm, from, permit);
+    Ok((
+        [("content-type", "application/x-ndjson")],
+        follower.into_body(),
     )
         .into_response())
 }

@@ -4,6 +4,7 @@
 //! once, and a request beyond that is shed at once with 503 and `Retry-After` rather than
 //! queued, so a flood costs neither unbounded memory nor the latency of paying tenants.
 
+mod console_stream;
 pub mod error;
 pub mod handlers;
 mod lines;

@@ -15,14 +15,13 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt::Write;
 
-use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
-use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address};
 
 use super::{finish, Shared};
 use crate::control;
-use crate::netdev::NetDev;
+use crate::netdev::{self, NetDev};
 use bench_core::http::{self, Buf, Fnv, Head, Method, ParseError};
 use bench_core::NS_PER_MS;
 
@@ -126,22 +125,7 @@ pub fn run(plan: &Plan, shared: &Shared, vcpu: u32) -> ! {
             control::exit(bench_core::exit_code::BAD_CMDLINE);
         }
     };
-    let mac = cfg.mac.unwrap_or(dev.mac());
-    let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
-    config.random_seed = control::clock_ns() ^ 0x9e37_79b9_7f4a_7c15;
-    let now = || Instant::from_micros((control::clock_ns() / 1000) as i64);
-    let mut iface = Interface::new(config, &mut dev, now());
-    if let Some(ip) = cfg.ip {
-        let [a, b, c, d] = ip.addr;
-        iface.update_ip_addrs(|addrs| {
-            let _ = addrs.push(IpCidr::new(IpAddress::v4(a, b, c, d), ip.prefix));
-        });
-    }
-    if let Some([a, b, c, d]) = cfg.gw {
-        let _ = iface
-            .routes_mut()
-            .add_default_ipv4_route(Ipv4Address::new(a, b, c, d));
-    }
+    let (mut iface, mac) = netdev::interface(&mut dev, cfg);
     let mut sockets = SocketSet::new(Vec::new());
     let mut conns: Vec<Conn> = (0..cfg.conns)
         .map(|_| {

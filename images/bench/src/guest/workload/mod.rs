@@ -3,6 +3,7 @@
 //! A new workload adds a `bench_core::cmdline::Workload` variant, a module here, a `Plan`
 //! variant built by `prepare` on vCPU 0, and an arm in `run`.
 
+mod agent;
 mod blk;
 mod blk_read;
 mod dirty;
@@ -30,6 +31,7 @@ enum Plan {
     Idle,
     Dirty(dirty::Plan),
     Http(http::Plan),
+    Agent(agent::Plan),
     EvilNet(u64),
     Blk(alloc::vec::Vec<bench_abi::VirtioDevice>),
 }
@@ -48,6 +50,7 @@ pub enum SetupError {
         largest_free: u64,
     },
     Http(http::HttpSetupError),
+    Agent(agent::AgentSetupError),
 }
 
 impl fmt::Display for SetupError {
@@ -64,6 +67,7 @@ impl fmt::Display for SetupError {
                 largest_free / MIB
             ),
             SetupError::Http(ref e) => write!(f, "{e}"),
+            SetupError::Agent(ref e) => write!(f, "{e}"),
         }
     }
 }
@@ -85,6 +89,9 @@ pub fn prepare(
                 .ok_or(SetupError::Http(http::HttpSetupError::NoDevice))?,
         ),
         Workload::Blk | Workload::BlkRead => Plan::Blk(virtio.to_vec()),
+        Workload::Agent => {
+            Plan::Agent(agent::Plan::new(&config, virtio).map_err(SetupError::Agent)?)
+        }
     };
     Ok(Shared {
         config,
@@ -99,6 +106,7 @@ pub fn run(shared: &'static Shared, vcpu: u32) -> ! {
         Plan::Idle => idle::run(shared, vcpu),
         Plan::Dirty(plan) => dirty::run(plan, shared, vcpu),
         Plan::Http(plan) => http::run(plan, shared, vcpu),
+        Plan::Agent(plan) => agent::run(plan, shared, vcpu),
         Plan::EvilNet(base) => evil_net::run(*base, shared, vcpu),
         Plan::Blk(devices) if shared.config.workload == Workload::BlkRead => {
             blk_read::run(devices, shared, vcpu)

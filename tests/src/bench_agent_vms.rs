@@ -1,0 +1,187 @@
+//! The timeline on bench-unikernel agents (`workload=agent`) for `agent-bench --vms`: three VMs,
+//! each in a namespace host of its own on one switch, run their reads against each other, and
+//! the figures come from their console lines. Namespaces, bridges and taps are this run's own
+//! and go when it ends, and the VMs are killed, even on failure.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::netns::TestNetwork;
+
+const TAP: &str = "vmtap0";
+const PORT: u16 = 7000;
+const HOSTS: [&str; 3] = ["host-a", "host-b", "host-c"];
+
+/// One run's shape.
+#[derive(Clone, Debug)]
+pub struct VmRun {
+    pub users: u32,
+    /// Timeline reads each agent submits.
+    pub reads_per_agent: u64,
+    /// Reads each agent keeps outstanding (a closed loop).
+    pub window: u64,
+    /// `move`, `fetch` or `ship-or-fetch`.
+    pub policy: &'static str,
+    /// How long the whole run may take.
+    pub limit: Duration,
+}
+
+/// What the agents reported, summed over them.
+#[derive(Clone, Debug, Default)]
+pub struct VmFigures {
+    pub reads: u64,
+    /// Continuation hops of the completed tasks.
+    pub hops: u64,
+    pub fetches: u64,
+    /// Application bytes sent (continuations, results, fetches).
+    pub bytes: u64,
+    /// Every read's latency (VM clock), microseconds.
+    pub latencies_us: Vec<u64>,
+    /// The longest agent's time from its first submit to its last result, microseconds.
+    pub span_us: u64,
+}
+
+struct Vms(Vec<Child>);
+
+impl Drop for Vms {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn guest_ip(agent: usize) -> String {
+    format!("10.77.0.{}", 100 + agent)
+}
+
+/// The integer after `key=` in a console line.
+fn field(line: &str, key: &str) -> Option<u64> {
+    let prefix = format!("{key}=");
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&prefix))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Boots the three agents with `vmm` and `image`, waits until every one has all its reads home,
+/// and returns the figures. An agent that reports a wrong, doubled, failed or missing result
+/// fails the run.
+pub fn run(vmm: &Path, image: &Path, run: &VmRun) -> Result<VmFigures, String> {
+    let net = TestNetwork::create(&HOSTS).map_err(|e| e.to_string())?;
+    let (tx, rx) = mpsc::channel::<(usize, String)>();
+    let mut vms = Vms(Vec::new());
+    for (agent, name) in HOSTS.iter().enumerate() {
+        let host = net.host(name).ok_or("a test host is missing")?;
+        host.attach_tap(TAP).map_err(|e| e.to_string())?;
+        let peers: Vec<String> = (0..HOSTS.len())
+            .filter(|&p| p != agent)
+            .map(|p| format!("peer={p}@{}:{PORT}", guest_ip(p)))
+            .collect();
+        let cmdline = format!(
+            "workload=agent ip={}/24 port={PORT} agent={agent} tasks={} window={} users={} \
+             policy={} report-ms=500 exit-after-ms={} {}",
+            guest_ip(agent),
+            run.reads_per_agent,
+            run.window,
+            run.users,
+            run.policy,
+            run.limit.as_millis(),
+            peers.join(" ")
+        );
+        let mut command = host.command(vmm);
+        command
+            .args(["run", "--boot", "bench", "--kernel"])
+            .arg(image)
+            .args(["--mem", "64", "--vcpus", "1", "--cmdline", &cmdline])
+            .args([
+                "--net",
+                &format!("tap={TAP},mac=52:54:00:77:02:{:02x}", agent + 1),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = command
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", vmm.display()))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        vms.0.push(child);
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send((agent, line)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(tx);
+
+    let deadline = Instant::now() + run.limit;
+    let mut figures = VmFigures::default();
+    let mut done = [false; HOSTS.len()];
+    let mut last = vec![String::new(); HOSTS.len()];
+    let mut all_done_at: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        // Once every agent is done, one more report from each gives the final counters. The
+        // latency lines take a while: the console costs two exits a byte.
+        if all_done_at.is_some_and(|t| now > t + Duration::from_millis(1500))
+            && figures.latencies_us.len() as u64 >= figures.reads
+        {
+            break;
+        }
+        let left = deadline.saturating_duration_since(now);
+        let (agent, line) = match rx.recv_timeout(left.min(Duration::from_millis(200))) {
+            Ok(got) => got,
+            Err(mpsc::RecvTimeoutError::Timeout) if now < deadline => continue,
+            Err(e) => {
+                return Err(format!(
+                    "the agents did not finish within {:?} ({e})",
+                    run.limit
+                ))
+            }
+        };
+        if let Some(values) = line.strip_prefix("bench: agent latencies-us ") {
+            for v in values.split_whitespace() {
+                let us = v
+                    .parse()
+                    .map_err(|_| format!("a bad latency in {line:?}"))?;
+                figures.latencies_us.push(us);
+            }
+        } else if line.starts_with("bench: agent done") {
+            for key in ["wrong", "twice", "failed", "outstanding"] {
+                if field(&line, key) != Some(0) {
+                    return Err(format!("agent {agent} finished badly: {line}"));
+                }
+            }
+            figures.reads += field(&line, "results").unwrap_or(0);
+            figures.span_us = figures.span_us.max(field(&line, "span-us").unwrap_or(0));
+            done[agent] = true;
+        } else if line.starts_with("bench: agent t=") {
+            last[agent] = line;
+            if all_done_at.is_none() && done.iter().all(|&d| d) {
+                all_done_at = Some(Instant::now());
+            }
+        } else if line.starts_with("bench: agent cannot") || line.contains("panic") {
+            return Err(format!("agent {agent}: {line}"));
+        }
+    }
+    for (agent, line) in last.iter().enumerate() {
+        figures.hops += field(line, "hops").ok_or(format!("agent {agent}: no report"))?;
+        figures.fetches += field(line, "fetches").unwrap_or(0);
+        figures.bytes += field(line, "bytes").unwrap_or(0);
+    }
+    if figures.latencies_us.len() as u64 != figures.reads {
+        return Err(format!(
+            "{} latencies for {} reads",
+            figures.latencies_us.len(),
+            figures.reads
+        ));
+    }
+    drop(vms);
+    net.delete().map_err(|e| e.to_string())?;
+    Ok(figures)
+}

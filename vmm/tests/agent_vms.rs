@@ -1,0 +1,247 @@
+//! The guest agent in the bench unikernel (`workload=agent`): three VMs on one switch, each in
+//! a namespace host of its own, run the timeline example against each other over virtio-net,
+//! and one of them live-migrates to a fourth host mid-run. Every read must come home exactly
+//! once with the right posts, and every task must complete exactly once across the agents.
+//! A second test puts a Linux `guest-agentd` in place of one VM: the two runtimes speak the
+//! same protocol. Every namespace, bridge and tap is the test's own and goes when the
+//! `TestNetwork` is dropped, even on failure.
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use common::hosts::Hosts;
+use common::*;
+use laundromat_tests::netns::{is_listening, Host, TestNetwork};
+use laundromat_tests::process::BoundedChild;
+use laundromat_tests::workspace::Workspace;
+
+/// Generous: four VMs share two loaded cores.
+const LIMIT: Duration = Duration::from_secs(90);
+const TAP: &str = "vmtap0";
+const PORT: u16 = 7000;
+const AGENTS: u64 = 3;
+/// Timeline reads per agent, and how many it starts per second: a run of several seconds, so
+/// the migration lands in the middle of it.
+const TASKS: u64 = 150;
+const TASK_RATE: u64 = 25;
+const USERS: u64 = 120;
+
+fn guest_ip(agent: u64) -> Ipv4Addr {
+    Ipv4Addr::new(10, 77, 0, 100 + agent as u8)
+}
+
+fn cmdline(agent: u64) -> String {
+    cmdline_with(agent, guest_ip)
+}
+
+/// The command line of agent `agent` when agent `p` is at `addr(p)`.
+fn cmdline_with(agent: u64, addr: impl Fn(u64) -> Ipv4Addr) -> String {
+    let peers: Vec<String> = (0..AGENTS)
+        .filter(|&p| p != agent)
+        .map(|p| format!("peer={p}@{}:{PORT}", addr(p)))
+        .collect();
+    // The run ends long after the test does: the test stops the VMs once every agent is done.
+    format!(
+        "workload=agent ip={}/24 port={PORT} agent={agent} tasks={TASKS} task-rate={TASK_RATE} \
+         users={USERS} report-ms=500 exit-after-ms=600000 {}",
+        guest_ip(agent),
+        peers.join(" ")
+    )
+}
+
+/// Boots agent `agent` on `host`'s tap, with a control socket if `sock` is given.
+fn boot(host: &Host, agent: u64, sock: Option<&std::path::Path>) -> Vmm {
+    boot_with(host, agent, &cmdline(agent), sock)
+}
+
+fn boot_with(host: &Host, agent: u64, cmdline: &str, sock: Option<&std::path::Path>) -> Vmm {
+    let mut cmd = host.command(vmm_bin());
+    cmd.args(bench_args(64, 1, cmdline, sock));
+    let mac = format!("52:54:00:77:01:{:02x}", agent + 1);
+    cmd.args(["--net", &format!("tap={TAP},mac={mac}")]);
+    let vm = Vmm::spawn_command(cmd);
+    vm.wait_line(LIMIT, |l| l.contains(&format!("agent {agent} listening")));
+    vm
+}
+
+fn is_progress(line: &str) -> bool {
+    line.contains("bench: agent t=")
+}
+
+/// Checks an agent's `agent done` line: every read home once, each with the right posts.
+fn check_done(agent: u64, done: &str) {
+    assert_eq!(
+        field(done, "submitted"),
+        Some(TASKS),
+        "agent {agent}: {done}"
+    );
+    assert_eq!(field(done, "results"), Some(TASKS), "agent {agent}: {done}");
+    for key in [
+        "wrong",
+        "twice",
+        "failed",
+        "outstanding",
+        "unacked",
+        "bad-frames",
+    ] {
+        assert_eq!(field(done, key), Some(0), "agent {agent} {key}: {done}");
+    }
+}
+
+#[test]
+fn three_agent_vms_run_the_timeline_exactly_once_across_a_live_migration() {
+    if !kvm_available() {
+        return;
+    }
+    let _serial = serial();
+    let net = TestNetwork::create(&["host-a", "host-b", "host-c", "host-d"])
+        .expect("create the test hosts");
+    let hosts: Vec<&Host> = ["host-a", "host-b", "host-c", "host-d"]
+        .iter()
+        .map(|name| net.host(name).unwrap())
+        .collect();
+    for host in &hosts {
+        host.attach_tap(TAP).expect("a tap on each host");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("agent2.sock");
+    let url = format!("tcp://{}:4444", hosts[3].addr());
+
+    // The destination for agent 2 waits on host-d.
+    let identities = Hosts::new();
+    let mut dst_cmd = hosts[3].command(vmm_bin());
+    dst_cmd.args(identities.incoming_args(&url));
+    dst_cmd.args(["--net", &format!("tap={TAP}")]);
+    let dst = Vmm::spawn_command(dst_cmd);
+    dst.wait_stderr("waiting for an incoming migration", LIMIT);
+
+    let vm0 = boot(hosts[0], 0, None);
+    let vm1 = boot(hosts[1], 1, None);
+    let mut src = boot(hosts[2], 2, Some(&sock));
+
+    // Mid-run: agent 2 has results home and most of its reads still to start. It starts 25 a
+    // second throughout, each taking a few hops, so reads are in flight while the VM switches
+    // hosts (a progress line rarely catches one: they finish in milliseconds).
+    let seen = src.wait_line(LIMIT, |l| {
+        is_progress(l) && field(l, "results").is_some_and(|r| r >= 20)
+    });
+    eprintln!("agent 2 migrates at: {seen}");
+    assert!(
+        field(&seen, "submitted").is_some_and(|r| r < TASKS),
+        "the run ended before the migration could start: {seen}"
+    );
+    pair::migrate_completed(
+        &sock,
+        identities.params(url),
+        &src,
+        &dst,
+        Duration::from_secs(120),
+    );
+    assert_eq!(src.wait_exit(LIMIT), Some(0), "{}", src.stderr());
+    dst.wait_stderr("announced the guest's MAC", LIMIT);
+
+    // Every agent finishes: agent 2 on host-d, with the reads it started on host-c.
+    let vms = [&vm0, &vm1, &dst];
+    for (agent, vm) in (0..AGENTS).zip(vms) {
+        let done = vm.wait_line(LIMIT, |l| l.contains("bench: agent done"));
+        check_done(agent, &done);
+    }
+    // With every result home, every task has completed: once each, over all agents. Their
+    // counts a report later (every agent reports each 500 ms of its clock) are final.
+    let mut completed = 0;
+    let mut duplicates = 0;
+    for (agent, vm) in (0..AGENTS).zip(vms) {
+        let later = vm
+            .lines_for(Duration::from_millis(1500))
+            .into_iter()
+            .rfind(|l| is_progress(l))
+            .unwrap_or_else(|| vm.wait_line(LIMIT, is_progress));
+        eprintln!("agent {agent}: {later}");
+        check_done(agent, &later);
+        completed += field(&later, "completed").unwrap();
+        duplicates += field(&later, "duplicates").unwrap();
+    }
+    assert_eq!(
+        completed,
+        AGENTS * TASKS,
+        "every read completes exactly once over the agents ({duplicates} duplicate hops were \
+         dropped)"
+    );
+    eprintln!("{completed} tasks completed once each; {duplicates} duplicate hops dropped");
+
+    drop((vm0, vm1, dst));
+    net.delete().expect("delete the test hosts");
+}
+
+#[test]
+fn a_guest_agentd_and_two_agent_vms_run_the_timeline_together() {
+    if !kvm_available() {
+        return;
+    }
+    let _serial = serial();
+    let daemon = Workspace::locate()
+        .and_then(|w| w.guest_agentd())
+        .expect("guest-agentd is built");
+    let net = TestNetwork::create(&["host-a", "host-b", "host-c"]).expect("create the test hosts");
+    let hosts: Vec<&Host> = ["host-a", "host-b", "host-c"]
+        .iter()
+        .map(|name| net.host(name).unwrap())
+        .collect();
+    // Agent 0 is the daemon, on host-a's own address; agents 1 and 2 are VMs.
+    let addr = |agent: u64| match agent {
+        0 => hosts[0].addr(),
+        n => guest_ip(n),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = serde_json::json!({
+        "id": 0,
+        "listen": format!("{}:{PORT}", addr(0)),
+        "data_dir": dir.path().join("agent0"),
+        "peers": {"1": format!("{}:{PORT}", addr(1)), "2": format!("{}:{PORT}", addr(2))},
+        // The unikernel's data set: `users=`, the rest guest-agentd's defaults.
+        "timeline": {"users": USERS, "agents": AGENTS, "follows": 12, "communities": 6,
+                     "posts_per_user": 8, "post_bytes": 120, "seed": 42},
+    });
+    let path = dir.path().join("agent0.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let mut cmd = hosts[0].command(&daemon);
+    cmd.args(["run", "--config"]).arg(&path);
+    let agentd = BoundedChild::spawn("guest-agentd", &mut cmd).expect("start guest-agentd");
+    let listen = SocketAddrV4::new(addr(0), PORT);
+    let deadline = Instant::now() + LIMIT;
+    while !is_listening(agentd.pid(), listen).unwrap_or(false) {
+        assert!(
+            Instant::now() < deadline,
+            "guest-agentd did not listen: {}",
+            agentd.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let mut vms = Vec::new();
+    for agent in 1..AGENTS {
+        let host = hosts[agent as usize];
+        host.attach_tap(TAP).expect("a tap");
+        vms.push(boot_with(host, agent, &cmdline_with(agent, addr), None));
+    }
+    for (agent, vm) in (1..AGENTS).zip(&vms) {
+        let done = vm.wait_line(LIMIT, |l| l.contains("bench: agent done"));
+        check_done(agent, &done);
+    }
+    // A third of the data lives in the daemon: reads that end there completed there, so the
+    // VMs completed fewer than they submitted, and still every result came home right.
+    let mut completed = 0;
+    for (agent, vm) in (1..AGENTS).zip(&vms) {
+        let later = vm.wait_line(LIMIT, is_progress);
+        eprintln!("agent {agent}: {later}");
+        completed += field(&later, "completed").unwrap();
+    }
+    assert!(
+        completed < (AGENTS - 1) * TASKS,
+        "the daemon completed none of the VMs' reads ({completed} completed in the VMs)"
+    );
+    drop(vms);
+    drop(agentd);
+    net.delete().expect("delete the test hosts");
+}
