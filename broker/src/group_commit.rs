@@ -32,10 +32,11 @@ use crate::service::{error_answer, Applied, Broker, Keyed, MAX_ATTEMPTS};
 /// work lost when it fails.
 pub const MAX_BATCH: usize = 128;
 
-/// Writers on PostgreSQL. With credits to hosts held to the end of each transaction (see
-/// [`crate::ledger::HeldCredits`]), batches on different tokens do not wait for each other
-/// until their last statement, so a few writers overlap one batch's statements with
-/// another's commit. SQLite has a single writer.
+/// Writers on PostgreSQL. With credits to hosts held to the end of each transaction and
+/// applied to the writer's own shard of each host's account (see
+/// [`crate::ledger::HeldCredits`]), batches on different tokens never wait for each other,
+/// so a few writers overlap one batch's statements with another's commit, and their
+/// commits share PostgreSQL's WAL flushes. SQLite has a single writer.
 pub const POSTGRES_WRITERS: usize = 4;
 
 /// Requests waiting for the writer; a full queue makes new requests wait before they join.
@@ -97,8 +98,14 @@ impl Committer {
 pub(crate) fn spawn(broker: Weak<Broker>, writers: usize) -> Committer {
     let (queue, jobs) = mpsc::channel(QUEUE);
     let jobs = Arc::new(Mutex::new(jobs));
-    for _ in 0..writers.max(1) {
-        tokio::spawn(writer(broker.clone(), queue.downgrade(), jobs.clone()));
+    for shard in 0..writers.max(1) {
+        let shard = u32::try_from(shard).unwrap_or(u32::MAX);
+        tokio::spawn(writer(
+            broker.clone(),
+            queue.downgrade(),
+            jobs.clone(),
+            shard,
+        ));
     }
     Committer { queue }
 }
@@ -116,17 +123,20 @@ async fn next_batch(jobs: &Mutex<mpsc::Receiver<Job>>) -> Option<Vec<Job>> {
     Some(batch)
 }
 
+/// A writer: its batches credit hosts in its own `shard` of their accounts (see
+/// [`crate::ledger::HeldCredits`]).
 async fn writer(
     broker: Weak<Broker>,
     requeue: mpsc::WeakSender<Job>,
     jobs: Arc<Mutex<mpsc::Receiver<Job>>>,
+    shard: u32,
 ) {
     while let Some(batch) = next_batch(&jobs).await {
         // The jobs' senders see their answers dropped, and answer "unavailable".
         let Some(broker) = broker.upgrade() else {
             return;
         };
-        for job in commit_batch(&broker, batch).await {
+        for job in commit_batch(&broker, batch, shard).await {
             let Some(queue) = requeue.upgrade() else {
                 let _ = job.reply.send(unavailable());
                 continue;
@@ -144,11 +154,11 @@ async fn writer(
 
 /// Runs a batch until it commits or fails for good; answers its requests, and returns those
 /// to run again.
-async fn commit_batch(broker: &Broker, mut batch: Vec<Job>) -> Vec<Job> {
+async fn commit_batch(broker: &Broker, mut batch: Vec<Job>, shard: u32) -> Vec<Job> {
     let mut attempt = 0;
     let outcomes = loop {
         attempt += 1;
-        match run_batch(broker, &batch).await {
+        match run_batch(broker, &batch, shard).await {
             Ok(outcomes) => break outcomes,
             Err(error) if is_retryable(&error) && attempt < MAX_ATTEMPTS => {
                 tracing::debug!(attempt, size = batch.len(), %error, "batch lost a race; running it again");
@@ -185,7 +195,11 @@ async fn commit_batch(broker: &Broker, mut batch: Vec<Job>) -> Vec<Job> {
 
 /// One transaction over the batch: each request in a savepoint of its own. Fails only when
 /// the transaction as a whole fails; the outcomes then mean nothing.
-async fn run_batch(broker: &Broker, batch: &[Job]) -> Result<Vec<Outcome>, sqlx::Error> {
+async fn run_batch(
+    broker: &Broker,
+    batch: &[Job],
+    shard: u32,
+) -> Result<Vec<Outcome>, sqlx::Error> {
     let mut write = broker.db.begin().await?;
     let mut outcomes = Vec::with_capacity(batch.len());
     let held = HeldCredits::default();
@@ -210,7 +224,7 @@ async fn run_batch(broker: &Broker, batch: &[Job]) -> Result<Vec<Outcome>, sqlx:
         };
         outcomes.push(outcome);
     }
-    held.apply(&mut write.tx).await?;
+    held.apply(&mut write.tx, shard).await?;
     write.tx.commit().await?;
     Ok(outcomes)
 }

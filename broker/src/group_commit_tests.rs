@@ -134,7 +134,7 @@ async fn one_batch_isolates_requests(url: &str) {
         batch.push(job);
         answers.push(answer);
     }
-    let again = commit_batch(&broker, batch).await;
+    let again = commit_batch(&broker, batch, 0).await;
     assert!(again.is_empty(), "nothing lost a race: {again:?}");
     let mut got = Vec::new();
     for answer in answers {

@@ -8,9 +8,11 @@
 //! Credits to a host's earnings are held back to the end of the transaction
 //! ([`HeldCredits`]): a host's account is credited by every redemption and lease change of
 //! every token it runs, so on PostgreSQL its row lock, taken at the first credit and held
-//! until the commit, would serialize all of them. Held, the row is locked only for the
-//! moment between the last statement and the commit. Host accounts are never debited, so no
-//! balance check ever needs the held amount.
+//! until the commit, would serialize all of them. Held, they are applied at the end, to the
+//! writer's own shard of the account (`account_shards`, one row per writer and account), so
+//! that no two writers of one broker ever wait for each other's commit on it. An account's
+//! balance is its row's plus its shards'. Host accounts are never debited, so no balance
+//! check ever needs the held or sharded amounts.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
@@ -52,10 +54,13 @@ pub async fn open_account(
 }
 
 pub async fn balance(conn: &mut AnyConnection, id: &str) -> Result<Option<u64>, sqlx::Error> {
-    let balance: Option<i64> = sqlx::query_scalar("SELECT balance FROM accounts WHERE id = $1")
-        .bind(id)
-        .fetch_optional(conn)
-        .await?;
+    let balance: Option<i64> = sqlx::query_scalar(
+        "SELECT CAST(a.balance + COALESCE((SELECT SUM(s.amount) FROM account_shards s \
+         WHERE s.account_id = a.id), 0) AS BIGINT) FROM accounts a WHERE a.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
     Ok(balance.map(from_db))
 }
 
@@ -177,19 +182,22 @@ impl HeldCredits {
         Ok(())
     }
 
-    /// Applies the held credits, in the order of the account ids (so that two transactions
-    /// applying theirs cannot deadlock), and forgets them.
-    pub async fn apply(&self, conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    /// Applies the held credits to the accounts' `shard`, in the order of the account ids
+    /// (so that two transactions applying theirs cannot deadlock), and forgets them. The
+    /// shard row's foreign key refuses an account that does not exist.
+    pub async fn apply(&self, conn: &mut AnyConnection, shard: u32) -> Result<(), sqlx::Error> {
         let credits = std::mem::take(&mut *self.credits());
         for (account, amount) in credits {
-            let credited = sqlx::query("UPDATE accounts SET balance = balance + $1 WHERE id = $2")
-                .bind(to_db(amount).unwrap_or(i64::MAX))
-                .bind(&account)
-                .execute(&mut *conn)
-                .await?;
-            if credited.rows_affected() != 1 {
-                return Err(sqlx::Error::RowNotFound);
-            }
+            sqlx::query(
+                "INSERT INTO account_shards (account_id, shard, amount) VALUES ($1, $2, $3) \
+                 ON CONFLICT (account_id, shard) \
+                 DO UPDATE SET amount = account_shards.amount + excluded.amount",
+            )
+            .bind(&account)
+            .bind(i64::from(shard))
+            .bind(to_db(amount).unwrap_or(i64::MAX))
+            .execute(&mut *conn)
+            .await?;
         }
         Ok(())
     }

@@ -383,7 +383,9 @@ impl Broker {
             ),
         ] {
             let total: i64 = sqlx::query_scalar(
-                "SELECT CAST(COALESCE(SUM(balance), 0) AS BIGINT) FROM accounts WHERE kind = $1",
+                "SELECT CAST(COALESCE((SELECT SUM(a.balance) FROM accounts a WHERE a.kind = $1), 0) \
+                 + COALESCE((SELECT SUM(s.amount) FROM account_shards s \
+                 JOIN accounts a ON a.id = s.account_id WHERE a.kind = $1), 0) AS BIGINT)",
             )
             .bind(kind)
             .fetch_one(pool)
