@@ -21,6 +21,7 @@ use sqlx::AnyConnection;
 use token::{HostId, TokenId, VerifyingKey};
 
 use crate::db::{from_db, to_db};
+use crate::deferred::Deferred;
 use crate::error::ServiceError;
 
 pub const MINT: &str = "mint";
@@ -117,6 +118,57 @@ async fn insert_transfer(
     Ok(())
 }
 
+/// A ledger row to be written later (see [`crate::deferred`]).
+#[derive(Debug, Clone)]
+pub struct TransferRow {
+    pub id: String,
+    pub from: String,
+    pub to: String,
+    pub amount: i64,
+    pub kind: String,
+    pub at: i64,
+}
+
+/// Writes several ledger rows in one statement.
+pub async fn insert_transfers(
+    conn: &mut AnyConnection,
+    rows: &[TransferRow],
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let values: Vec<String> = (0..rows.len())
+        .map(|i| {
+            let n = 6 * i;
+            format!(
+                "(${}, ${}, ${}, ${}, ${}, ${})",
+                n + 1,
+                n + 2,
+                n + 3,
+                n + 4,
+                n + 5,
+                n + 6
+            )
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO transfers (id, from_account, to_account, amount, kind, at) VALUES {}",
+        values.join(", ")
+    );
+    let mut query = sqlx::query(&sql);
+    for row in rows {
+        query = query
+            .bind(&row.id)
+            .bind(&row.from)
+            .bind(&row.to)
+            .bind(row.amount)
+            .bind(&row.kind)
+            .bind(row.at);
+    }
+    query.execute(conn).await?;
+    Ok(())
+}
+
 /// Takes `amount` from an account, refusing, changing nothing, if its balance does not
 /// cover it.
 async fn debit(conn: &mut AnyConnection, account: &str, amount: u64) -> Result<i64, ServiceError> {
@@ -204,19 +256,31 @@ impl HeldCredits {
 }
 
 /// Moves `amount` from an account to a host's, holding the host's credit in `held` (see
-/// [`HeldCredits`]); the debit and the ledger row are written now. A zero amount moves
-/// nothing and writes nothing.
+/// [`HeldCredits`]). The debit is made now; the ledger row is written now, or kept in
+/// `deferred` to be written at the end of a straight batch. A zero amount moves nothing
+/// and writes nothing.
 pub async fn transfer_to_host(
     conn: &mut AnyConnection,
     movement: Movement<'_>,
     held: &HeldCredits,
+    deferred: Option<&Deferred>,
 ) -> Result<(), ServiceError> {
     if movement.amount == 0 {
         return Ok(());
     }
     let amount = debit(conn, movement.from, movement.amount).await?;
-    // The row's foreign key refuses a host account that does not exist, now rather than
-    // when the credit is applied.
-    insert_transfer(conn, &movement, amount).await?;
+    match deferred {
+        Some(deferred) => deferred.transfer(TransferRow {
+            id: movement.id.to_owned(),
+            from: movement.from.to_owned(),
+            to: movement.to.to_owned(),
+            amount,
+            kind: movement.kind.to_owned(),
+            at: to_db(movement.at).unwrap_or(i64::MAX),
+        }),
+        // The row's foreign key refuses a host account that does not exist, now rather
+        // than when the credit is applied.
+        None => insert_transfer(conn, &movement, amount).await?,
+    }
     held.add(movement.to, movement.amount)
 }
