@@ -1,6 +1,7 @@
 //! `broker check`: proves the ledger's invariants from the stored rows alone.
 //!
-//! - Conservation: the balances of all accounts sum to zero.
+//! - Conservation: the balances of all accounts (each its row plus its credit shards) sum to
+//!   zero.
 //! - No account below zero (the mint never above).
 //! - Double entry: every balance equals the transfers into it minus the transfers out.
 //! - Each token's escrow equals its unredeemed links × price (0 once refunded), and its
@@ -42,7 +43,8 @@ pub async fn check(pool: &AnyPool) -> Result<Report, ServiceError> {
     let accounts = sqlx::query(
         "SELECT a.id, a.kind, a.balance, \
          CAST(COALESCE((SELECT SUM(t.amount) FROM transfers t WHERE t.to_account = a.id), 0) AS BIGINT), \
-         CAST(COALESCE((SELECT SUM(t.amount) FROM transfers t WHERE t.from_account = a.id), 0) AS BIGINT) \
+         CAST(COALESCE((SELECT SUM(t.amount) FROM transfers t WHERE t.from_account = a.id), 0) AS BIGINT), \
+         CAST(COALESCE((SELECT SUM(s.amount) FROM account_shards s WHERE s.account_id = a.id), 0) AS BIGINT) \
          FROM accounts a ORDER BY a.id",
     )
     .fetch_all(pool)
@@ -50,9 +52,15 @@ pub async fn check(pool: &AnyPool) -> Result<Report, ServiceError> {
     let mut sum: i128 = 0;
     let mut escrows = BTreeMap::new();
     for row in &accounts {
-        let (id, kind, balance): (String, String, i64) =
-            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        let (id, kind, stored, sharded): (String, String, i64, i64) = (
+            row.try_get(0)?,
+            row.try_get(1)?,
+            row.try_get(2)?,
+            row.try_get(5)?,
+        );
         let (incoming, outgoing): (i64, i64) = (row.try_get(3)?, row.try_get(4)?);
+        // The shards' CHECK keeps each of them non-negative; the sum is the balance.
+        let balance = stored.saturating_add(sharded);
         sum += i128::from(balance);
         if kind == "mint" {
             report.issued = -balance;

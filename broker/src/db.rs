@@ -74,8 +74,15 @@ fn migrator() -> Migrator {
         Cow::Borrowed(include_str!("../migrations/0002_adverts.sql")),
         false,
     );
+    let shards = Migration::new(
+        3,
+        Cow::Borrowed("credit shards"),
+        MigrationType::Simple,
+        Cow::Borrowed(include_str!("../migrations/0003_credit_shards.sql")),
+        false,
+    );
     Migrator {
-        migrations: Cow::Owned(vec![ledger, adverts]),
+        migrations: Cow::Owned(vec![ledger, adverts, shards]),
         ..Migrator::DEFAULT
     }
 }

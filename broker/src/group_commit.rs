@@ -3,13 +3,16 @@
 //! A request's effects, its idempotency record and its lease changes are one unit, and the
 //! cost of a durable commit (an fsync, and on PostgreSQL the row locks on hot accounts such
 //! as a host's earnings, held until it) does not depend on how many units it carries. So the
-//! writer takes every request waiting at that moment, up to [`MAX_BATCH`], runs each inside
-//! a savepoint of one transaction, commits once, and only then answers each of them: every
-//! 2xx answer is durable before it is sent.
+//! writer takes every request waiting at that moment, up to [`MAX_BATCH`], runs them all in
+//! one transaction, commits once, and only then answers each of them: every 2xx answer is
+//! durable before it is sent.
 //!
-//! A request that is refused (bad claim, insufficient balance, ...) rolls back to its own
-//! savepoint, and its refusal is recorded under its idempotency key; the others in the batch
-//! are untouched. A request that loses a race with another transaction (a PostgreSQL
+//! A batch first runs straight, its requests one after the other in the transaction with
+//! no savepoints (two round trips less per request). If one of them is refused or fails,
+//! that run is rolled back unanswered, and the batch runs again carefully, each request in
+//! a savepoint of its own: a request that is refused (bad claim, insufficient balance, ...)
+//! rolls back to its savepoint, and its refusal is recorded under its idempotency key; the
+//! others in the batch are untouched. Either way the answers are the same. A request that loses a race with another transaction (a PostgreSQL
 //! deadlock or unique violation) rolls back alone and is queued again, up to
 //! [`MAX_ATTEMPTS`] runs. If the commit itself fails, nothing of the batch happened: it is
 //! run again whole when the failure is a lost race, and otherwise every request in it gets
@@ -22,8 +25,10 @@ use sqlx::Acquire;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::db::is_retryable;
+use crate::deferred::Deferred;
 use crate::error::ServiceError;
 use crate::idempotency::{self, Stored};
+use crate::known::Learned;
 use crate::ledger::HeldCredits;
 use crate::ops::Operation;
 use crate::service::{error_answer, Applied, Broker, Keyed, MAX_ATTEMPTS};
@@ -32,10 +37,11 @@ use crate::service::{error_answer, Applied, Broker, Keyed, MAX_ATTEMPTS};
 /// work lost when it fails.
 pub const MAX_BATCH: usize = 128;
 
-/// Writers on PostgreSQL. With credits to hosts held to the end of each transaction (see
-/// [`crate::ledger::HeldCredits`]), batches on different tokens do not wait for each other
-/// until their last statement, so a few writers overlap one batch's statements with
-/// another's commit. SQLite has a single writer.
+/// Writers on PostgreSQL. With credits to hosts held to the end of each transaction and
+/// applied to the writer's own shard of each host's account (see
+/// [`crate::ledger::HeldCredits`]), batches on different tokens never wait for each other,
+/// so a few writers overlap one batch's statements with another's commit, and their
+/// commits share PostgreSQL's WAL flushes. SQLite has a single writer.
 pub const POSTGRES_WRITERS: usize = 4;
 
 /// Requests waiting for the writer; a full queue makes new requests wait before they join.
@@ -97,8 +103,14 @@ impl Committer {
 pub(crate) fn spawn(broker: Weak<Broker>, writers: usize) -> Committer {
     let (queue, jobs) = mpsc::channel(QUEUE);
     let jobs = Arc::new(Mutex::new(jobs));
-    for _ in 0..writers.max(1) {
-        tokio::spawn(writer(broker.clone(), queue.downgrade(), jobs.clone()));
+    for shard in 0..writers.max(1) {
+        let shard = u32::try_from(shard).unwrap_or(u32::MAX);
+        tokio::spawn(writer(
+            broker.clone(),
+            queue.downgrade(),
+            jobs.clone(),
+            shard,
+        ));
     }
     Committer { queue }
 }
@@ -116,17 +128,49 @@ async fn next_batch(jobs: &Mutex<mpsc::Receiver<Job>>) -> Option<Vec<Job>> {
     Some(batch)
 }
 
+/// What a writer keeps between its batches.
+#[derive(Debug)]
+struct WriterState {
+    /// Its batches credit hosts in its own shard of their accounts (see
+    /// [`crate::ledger::HeldCredits`]).
+    shard: u32,
+    /// How many more batches run with a savepoint per request from the start, after one
+    /// had to (see [`Mode`]).
+    careful_left: u32,
+}
+
+/// After a batch had to be run again with savepoints, how many of the writer's next
+/// batches start that way: a stream of refused requests costs one run per batch, not two.
+const CAREFUL_BATCHES: u32 = 16;
+
+/// How a batch runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Every request straight in the transaction: two round trips less per request. The
+    /// first request that is refused or fails aborts the run, and the batch runs again,
+    /// carefully; nothing of the aborted run is kept or answered.
+    Straight,
+    /// Every request in a savepoint of its own, so that a refusal or a failure undoes that
+    /// request alone.
+    Careful,
+}
+
 async fn writer(
     broker: Weak<Broker>,
     requeue: mpsc::WeakSender<Job>,
     jobs: Arc<Mutex<mpsc::Receiver<Job>>>,
+    shard: u32,
 ) {
+    let mut state = WriterState {
+        shard,
+        careful_left: 0,
+    };
     while let Some(batch) = next_batch(&jobs).await {
         // The jobs' senders see their answers dropped, and answer "unavailable".
         let Some(broker) = broker.upgrade() else {
             return;
         };
-        for job in commit_batch(&broker, batch).await {
+        for job in commit_batch(&broker, batch, &mut state).await {
             let Some(queue) = requeue.upgrade() else {
                 let _ = job.reply.send(unavailable());
                 continue;
@@ -144,12 +188,24 @@ async fn writer(
 
 /// Runs a batch until it commits or fails for good; answers its requests, and returns those
 /// to run again.
-async fn commit_batch(broker: &Broker, mut batch: Vec<Job>) -> Vec<Job> {
+async fn commit_batch(broker: &Broker, mut batch: Vec<Job>, state: &mut WriterState) -> Vec<Job> {
+    let mut mode = if state.careful_left > 0 {
+        state.careful_left -= 1;
+        Mode::Careful
+    } else {
+        Mode::Straight
+    };
     let mut attempt = 0;
     let outcomes = loop {
         attempt += 1;
-        match run_batch(broker, &batch).await {
-            Ok(outcomes) => break outcomes,
+        match run_batch(broker, &batch, state.shard, mode).await {
+            Ok(Some(outcomes)) => break outcomes,
+            Ok(None) => {
+                // Run at most once per batch, so it is not counted as an attempt.
+                attempt -= 1;
+                mode = Mode::Careful;
+                state.careful_left = CAREFUL_BATCHES;
+            }
             Err(error) if is_retryable(&error) && attempt < MAX_ATTEMPTS => {
                 tracing::debug!(attempt, size = batch.len(), %error, "batch lost a race; running it again");
                 tokio::time::sleep(Duration::from_millis(u64::from(attempt) * 2)).await;
@@ -165,7 +221,7 @@ async fn commit_batch(broker: &Broker, mut batch: Vec<Job>) -> Vec<Job> {
         }
     };
     if batch.len() > 1 {
-        tracing::debug!(size = batch.len(), "group commit");
+        tracing::debug!(size = batch.len(), ?mode, "group commit");
     }
     let mut again = Vec::new();
     for (mut job, outcome) in batch.drain(..).zip(outcomes) {
@@ -183,16 +239,94 @@ async fn commit_batch(broker: &Broker, mut batch: Vec<Job>) -> Vec<Job> {
     again
 }
 
-/// One transaction over the batch: each request in a savepoint of its own. Fails only when
-/// the transaction as a whole fails; the outcomes then mean nothing.
-async fn run_batch(broker: &Broker, batch: &[Job]) -> Result<Vec<Outcome>, sqlx::Error> {
+/// One transaction over the batch. Fails only when the transaction as a whole fails; the
+/// outcomes then mean nothing. In [`Mode::Straight`], returns `None`, having rolled back,
+/// when a request was refused or failed: the batch is to run again carefully.
+async fn run_batch(
+    broker: &Broker,
+    batch: &[Job],
+    shard: u32,
+    mode: Mode,
+) -> Result<Option<Vec<Outcome>>, sqlx::Error> {
+    let started = std::time::Instant::now();
     let mut write = broker.db.begin().await?;
-    let mut outcomes = Vec::with_capacity(batch.len());
     let held = HeldCredits::default();
+    let learned = Learned::default();
+    let outcomes = match mode {
+        Mode::Straight => {
+            match run_straight(broker, &mut write.tx, batch, &held, &learned).await? {
+                Some(outcomes) => outcomes,
+                None => {
+                    write.tx.rollback().await?;
+                    return Ok(None);
+                }
+            }
+        }
+        Mode::Careful => run_careful(broker, &mut write.tx, batch, &held, &learned).await?,
+    };
+    held.apply(&mut write.tx, shard).await?;
+    let committing = std::time::Instant::now();
+    write.tx.commit().await?;
+    tracing::trace!(
+        size = batch.len(),
+        ?mode,
+        commit_us = committing.elapsed().as_micros(),
+        run_us = started.elapsed().as_micros(),
+        "batch committed"
+    );
+    broker.known.remember(learned);
+    Ok(Some(outcomes))
+}
+
+/// The requests of a straight batch, with their keys looked up at once and their ledger
+/// rows and answers written at once at the end (see [`crate::deferred`]). `None` when one
+/// of them was refused or failed, or the deferred writes failed: the transaction is then
+/// to be rolled back.
+async fn run_straight(
+    broker: &Broker,
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    batch: &[Job],
+    held: &HeldCredits,
+    learned: &Learned,
+) -> Result<Option<Vec<Outcome>>, sqlx::Error> {
+    let keys: Vec<_> = batch.iter().map(|job| &job.keyed.request).collect();
+    let deferred = Deferred::prefetch(tx, &keys).await?;
+    let mut outcomes = Vec::with_capacity(batch.len());
     for job in batch {
-        let mut savepoint = (&mut write.tx).begin().await?;
+        let applied = broker
+            .apply(tx, &job.keyed, &job.op, held, learned, Some(&deferred))
+            .await;
+        match applied {
+            Ok(Applied::Done(stored)) => outcomes.push(Outcome::Answer(stored)),
+            Ok(Applied::Refused(_)) | Err(_) => {
+                tracing::debug!(
+                    op = job.op.name(),
+                    "a request was refused; running its batch with savepoints"
+                );
+                return Ok(None);
+            }
+        }
+    }
+    if let Err(error) = deferred.flush(tx).await {
+        tracing::debug!(%error, "a batch's deferred writes failed; running it with savepoints");
+        return Ok(None);
+    }
+    Ok(Some(outcomes))
+}
+
+/// The requests of a careful batch, each in a savepoint of its own.
+async fn run_careful(
+    broker: &Broker,
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    batch: &[Job],
+    held: &HeldCredits,
+    learned: &Learned,
+) -> Result<Vec<Outcome>, sqlx::Error> {
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for job in batch {
+        let mut savepoint = tx.begin().await?;
         let outcome = match broker
-            .apply(&mut savepoint, &job.keyed, &job.op, &held)
+            .apply(&mut savepoint, &job.keyed, &job.op, held, learned, None)
             .await
         {
             Ok(Applied::Done(stored)) => {
@@ -201,7 +335,7 @@ async fn run_batch(broker: &Broker, batch: &[Job]) -> Result<Vec<Outcome>, sqlx:
             }
             Ok(Applied::Refused(stored)) => {
                 savepoint.rollback().await?;
-                record_refusal(broker, &mut write.tx, job, stored).await?
+                record_refusal(broker, tx, job, stored).await?
             }
             Err(error) => {
                 savepoint.rollback().await?;
@@ -210,8 +344,6 @@ async fn run_batch(broker: &Broker, batch: &[Job]) -> Result<Vec<Outcome>, sqlx:
         };
         outcomes.push(outcome);
     }
-    held.apply(&mut write.tx).await?;
-    write.tx.commit().await?;
     Ok(outcomes)
 }
 

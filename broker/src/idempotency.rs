@@ -14,6 +14,7 @@
 //! answer.
 
 use sha2::{Digest, Sha256};
+use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use crate::db::to_db;
@@ -61,6 +62,38 @@ pub struct KeyedRequest {
     pub signature: String,
 }
 
+/// What a key was used for before: the request's hash and signature, and its answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prior {
+    pub hash: String,
+    pub signature: String,
+    pub answer: Stored,
+}
+
+impl Prior {
+    fn from_row(row: &AnyRow, at: usize) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            hash: row.try_get(at)?,
+            signature: row.try_get(at + 1)?,
+            answer: Stored {
+                status: u16::try_from(row.try_get::<i64, _>(at + 2)?).unwrap_or(500),
+                body: row.try_get(at + 3)?,
+            },
+        })
+    }
+
+    /// What this prior use of the key means for `request`.
+    pub fn claim(&self, request: &KeyedRequest) -> Claimed {
+        if self.hash != request.hash {
+            Claimed::Mismatch
+        } else if self.signature == request.signature {
+            Claimed::Replayed
+        } else {
+            Claimed::Answered(self.answer.clone())
+        }
+    }
+}
+
 /// Reports what the key was used for before, if anything.
 pub async fn look_up(
     conn: &mut AnyConnection,
@@ -74,20 +107,80 @@ pub async fn look_up(
     .bind(&request.key)
     .fetch_optional(conn)
     .await?;
-    let Some(row) = row else {
-        return Ok(Claimed::Fresh);
-    };
-    let (stored_hash, stored_signature): (String, String) = (row.try_get(0)?, row.try_get(1)?);
-    if stored_hash != request.hash {
-        return Ok(Claimed::Mismatch);
+    match row {
+        Some(row) => Ok(Prior::from_row(&row, 0)?.claim(request)),
+        None => Ok(Claimed::Fresh),
     }
-    if stored_signature == request.signature {
-        return Ok(Claimed::Replayed);
+}
+
+/// The prior uses of the keys of `requests`, in one query: (signer, key) -> prior.
+pub async fn look_up_many(
+    conn: &mut AnyConnection,
+    requests: &[&KeyedRequest],
+) -> Result<Vec<((String, String), Prior)>, sqlx::Error> {
+    if requests.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(Claimed::Answered(Stored {
-        status: u16::try_from(row.try_get::<i64, _>(2)?).unwrap_or(500),
-        body: row.try_get(3)?,
-    }))
+    let conditions: Vec<String> = (0..requests.len())
+        .map(|i| format!("(signer = ${} AND idem_key = ${})", 2 * i + 1, 2 * i + 2))
+        .collect();
+    let sql = format!(
+        "SELECT signer, idem_key, request_hash, signature, status, response FROM idempotency \
+         WHERE {}",
+        conditions.join(" OR ")
+    );
+    let mut query = sqlx::query(&sql);
+    for request in requests {
+        query = query.bind(&request.signer).bind(&request.key);
+    }
+    let rows = query.fetch_all(conn).await?;
+    rows.iter()
+        .map(|row| Ok(((row.try_get(0)?, row.try_get(1)?), Prior::from_row(row, 2)?)))
+        .collect()
+}
+
+/// Records several answers in one statement: (request, answer, time). Fails with a unique
+/// violation if any key was recorded meanwhile.
+pub async fn record_many(
+    conn: &mut AnyConnection,
+    records: &[(KeyedRequest, Stored, u64)],
+) -> Result<(), sqlx::Error> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let values: Vec<String> = (0..records.len())
+        .map(|i| {
+            let n = 7 * i;
+            format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                n + 1,
+                n + 2,
+                n + 3,
+                n + 4,
+                n + 5,
+                n + 6,
+                n + 7
+            )
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO idempotency (signer, idem_key, request_hash, signature, status, response, created_at) \
+         VALUES {}",
+        values.join(", ")
+    );
+    let mut query = sqlx::query(&sql);
+    for (request, answer, now) in records {
+        query = query
+            .bind(&request.signer)
+            .bind(&request.key)
+            .bind(&request.hash)
+            .bind(&request.signature)
+            .bind(i64::from(answer.status))
+            .bind(&answer.body)
+            .bind(to_db(*now).unwrap_or(0));
+    }
+    query.execute(conn).await?;
+    Ok(())
 }
 
 /// Records the answer under the request's key. Fails with a unique violation if the key was

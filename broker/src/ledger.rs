@@ -8,9 +8,11 @@
 //! Credits to a host's earnings are held back to the end of the transaction
 //! ([`HeldCredits`]): a host's account is credited by every redemption and lease change of
 //! every token it runs, so on PostgreSQL its row lock, taken at the first credit and held
-//! until the commit, would serialize all of them. Held, the row is locked only for the
-//! moment between the last statement and the commit. Host accounts are never debited, so no
-//! balance check ever needs the held amount.
+//! until the commit, would serialize all of them. Held, they are applied at the end, to the
+//! writer's own shard of the account (`account_shards`, one row per writer and account), so
+//! that no two writers of one broker ever wait for each other's commit on it. An account's
+//! balance is its row's plus its shards'. Host accounts are never debited, so no balance
+//! check ever needs the held or sharded amounts.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
@@ -19,6 +21,7 @@ use sqlx::AnyConnection;
 use token::{HostId, TokenId, VerifyingKey};
 
 use crate::db::{from_db, to_db};
+use crate::deferred::Deferred;
 use crate::error::ServiceError;
 
 pub const MINT: &str = "mint";
@@ -52,10 +55,13 @@ pub async fn open_account(
 }
 
 pub async fn balance(conn: &mut AnyConnection, id: &str) -> Result<Option<u64>, sqlx::Error> {
-    let balance: Option<i64> = sqlx::query_scalar("SELECT balance FROM accounts WHERE id = $1")
-        .bind(id)
-        .fetch_optional(conn)
-        .await?;
+    let balance: Option<i64> = sqlx::query_scalar(
+        "SELECT CAST(a.balance + COALESCE((SELECT SUM(s.amount) FROM account_shards s \
+         WHERE s.account_id = a.id), 0) AS BIGINT) FROM accounts a WHERE a.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
     Ok(balance.map(from_db))
 }
 
@@ -109,6 +115,57 @@ async fn insert_transfer(
     .bind(to_db(movement.at).unwrap_or(i64::MAX))
     .execute(conn)
     .await?;
+    Ok(())
+}
+
+/// A ledger row to be written later (see [`crate::deferred`]).
+#[derive(Debug, Clone)]
+pub struct TransferRow {
+    pub id: String,
+    pub from: String,
+    pub to: String,
+    pub amount: i64,
+    pub kind: String,
+    pub at: i64,
+}
+
+/// Writes several ledger rows in one statement.
+pub async fn insert_transfers(
+    conn: &mut AnyConnection,
+    rows: &[TransferRow],
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let values: Vec<String> = (0..rows.len())
+        .map(|i| {
+            let n = 6 * i;
+            format!(
+                "(${}, ${}, ${}, ${}, ${}, ${})",
+                n + 1,
+                n + 2,
+                n + 3,
+                n + 4,
+                n + 5,
+                n + 6
+            )
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO transfers (id, from_account, to_account, amount, kind, at) VALUES {}",
+        values.join(", ")
+    );
+    let mut query = sqlx::query(&sql);
+    for row in rows {
+        query = query
+            .bind(&row.id)
+            .bind(&row.from)
+            .bind(&row.to)
+            .bind(row.amount)
+            .bind(&row.kind)
+            .bind(row.at);
+    }
+    query.execute(conn).await?;
     Ok(())
 }
 
@@ -177,38 +234,53 @@ impl HeldCredits {
         Ok(())
     }
 
-    /// Applies the held credits, in the order of the account ids (so that two transactions
-    /// applying theirs cannot deadlock), and forgets them.
-    pub async fn apply(&self, conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    /// Applies the held credits to the accounts' `shard`, in the order of the account ids
+    /// (so that two transactions applying theirs cannot deadlock), and forgets them. The
+    /// shard row's foreign key refuses an account that does not exist.
+    pub async fn apply(&self, conn: &mut AnyConnection, shard: u32) -> Result<(), sqlx::Error> {
         let credits = std::mem::take(&mut *self.credits());
         for (account, amount) in credits {
-            let credited = sqlx::query("UPDATE accounts SET balance = balance + $1 WHERE id = $2")
-                .bind(to_db(amount).unwrap_or(i64::MAX))
-                .bind(&account)
-                .execute(&mut *conn)
-                .await?;
-            if credited.rows_affected() != 1 {
-                return Err(sqlx::Error::RowNotFound);
-            }
+            sqlx::query(
+                "INSERT INTO account_shards (account_id, shard, amount) VALUES ($1, $2, $3) \
+                 ON CONFLICT (account_id, shard) \
+                 DO UPDATE SET amount = account_shards.amount + excluded.amount",
+            )
+            .bind(&account)
+            .bind(i64::from(shard))
+            .bind(to_db(amount).unwrap_or(i64::MAX))
+            .execute(&mut *conn)
+            .await?;
         }
         Ok(())
     }
 }
 
 /// Moves `amount` from an account to a host's, holding the host's credit in `held` (see
-/// [`HeldCredits`]); the debit and the ledger row are written now. A zero amount moves
-/// nothing and writes nothing.
+/// [`HeldCredits`]). The debit is made now; the ledger row is written now, or kept in
+/// `deferred` to be written at the end of a straight batch. A zero amount moves nothing
+/// and writes nothing.
 pub async fn transfer_to_host(
     conn: &mut AnyConnection,
     movement: Movement<'_>,
     held: &HeldCredits,
+    deferred: Option<&Deferred>,
 ) -> Result<(), ServiceError> {
     if movement.amount == 0 {
         return Ok(());
     }
     let amount = debit(conn, movement.from, movement.amount).await?;
-    // The row's foreign key refuses a host account that does not exist, now rather than
-    // when the credit is applied.
-    insert_transfer(conn, &movement, amount).await?;
+    match deferred {
+        Some(deferred) => deferred.transfer(TransferRow {
+            id: movement.id.to_owned(),
+            from: movement.from.to_owned(),
+            to: movement.to.to_owned(),
+            amount,
+            kind: movement.kind.to_owned(),
+            at: to_db(movement.at).unwrap_or(i64::MAX),
+        }),
+        // The row's foreign key refuses a host account that does not exist, now rather
+        // than when the credit is applied.
+        None => insert_transfer(conn, &movement, amount).await?,
+    }
     held.add(movement.to, movement.amount)
 }

@@ -5,7 +5,8 @@
 //!   [`store`]: rows to values.
 //! - [`rules`]: the lease and settlement rules, pure; [`ops`]: the operations on the ledger.
 //! - [`idempotency`], [`service`]: one path for every request that moves money;
-//!   [`group_commit`]: the single writer that commits many of them at once.
+//!   [`group_commit`]: the single writer that commits many of them at once; [`known`]: the
+//!   registered signers it has seen; [`deferred`]: what a batch writes once, at its end.
 //! - [`http`], [`server`]: the axum service; [`client`]: a signing client.
 //! - [`directory`]: the host directory, from the hosts' signed adverts.
 //! - [`check`]: the invariants, proved from the rows.
@@ -15,12 +16,14 @@ pub mod check;
 pub mod client;
 pub mod clock;
 pub mod db;
+pub mod deferred;
 pub mod directory;
 pub mod error;
 pub mod group_commit;
 pub mod http;
 pub mod idempotency;
 pub mod keys;
+pub mod known;
 pub mod ledger;
 pub mod metrics;
 pub mod ops;

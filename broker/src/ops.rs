@@ -9,6 +9,7 @@ use sqlx::AnyConnection;
 use token::{BootToken, HostId, SignedClaim, SignedToken, TokenId, VerifiedClaim, TOKEN_VERSION};
 
 use crate::db::to_db;
+use crate::deferred::Deferred;
 use crate::error::ServiceError;
 use crate::ledger::{self, Movement};
 use crate::rules::Credit;
@@ -16,7 +17,7 @@ use crate::service::Config;
 use crate::store::{self, key_hex, HostRow};
 
 /// Who may send an operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     Operator,
     Tenant,
@@ -56,6 +57,8 @@ pub struct Context<'a> {
     pub held: &'a ledger::HeldCredits,
     /// The credits to hosts held by the requests before this one in the same transaction.
     pub held_before: &'a ledger::HeldCredits,
+    /// In a straight batch, where ledger rows wait to be written at its end.
+    pub deferred: Option<&'a Deferred>,
 }
 
 impl Context<'_> {
@@ -383,6 +386,7 @@ async fn pay_credit(
             at: ctx.now,
         },
         ctx.held,
+        ctx.deferred,
     )
     .await?;
     Ok(credit.amount)
@@ -408,8 +412,11 @@ async fn redeem(
     let credited = pay_credit(conn, ctx, &token_id, credit).await?;
     store::save_book(conn, &row.book, &book).await?;
     let host_account = ledger::host_account(&host.0);
-    let host_balance = ledger::balance(conn, &host_account)
-        .await?
+    let stored = match ctx.deferred {
+        Some(deferred) => deferred.stored_balance(conn, &host_account).await?,
+        None => ledger::balance(conn, &host_account).await?,
+    };
+    let host_balance = stored
         .unwrap_or(0)
         .saturating_add(ctx.held_for(&host_account));
     answer(

@@ -14,9 +14,11 @@ use token::{ClusterId, HostId, KeyId, SigningKey, TokenId, VerifyingKey};
 
 use crate::clock::Clock;
 use crate::db::{from_db, is_retryable, to_db, Backend, Db};
+use crate::deferred::Deferred;
 use crate::error::ServiceError;
 use crate::group_commit::{self, Committer};
 use crate::idempotency::{self, Claimed, KeyedRequest, Stored};
+use crate::known::{KnownSigners, Learned};
 use crate::ledger::{self, HeldCredits};
 use crate::metrics::Metrics;
 use crate::ops::{self, Context, Operation, Principal, Role};
@@ -60,6 +62,8 @@ pub struct Broker {
     pub config: Config,
     pub clock: Clock,
     pub metrics: Metrics,
+    /// Registered signers seen by committed transactions (see [`crate::known`]).
+    pub known: KnownSigners,
     /// The single writer of money-moving requests, started by the first one.
     committer: OnceLock<Committer>,
 }
@@ -102,6 +106,7 @@ impl Broker {
             config,
             clock,
             metrics: Metrics::default(),
+            known: KnownSigners::default(),
             committer: OnceLock::new(),
         }
     }
@@ -117,7 +122,27 @@ impl Broker {
         }
     }
 
+    /// Finds the signer of a request in the registry, or among the signers known to be
+    /// registered. What it finds in the registry goes to `learned`, to be remembered once
+    /// the transaction has committed.
     async fn resolve(
+        &self,
+        conn: &mut AnyConnection,
+        key: &VerifyingKey,
+        role: Role,
+        learned: &Learned,
+    ) -> Result<Principal, ServiceError> {
+        if let Some(known) = self.known.get(role, key) {
+            return Ok(known);
+        }
+        let principal = self.look_up_signer(conn, key, role).await?;
+        if role != Role::Operator {
+            learned.add(role, key, &principal);
+        }
+        Ok(principal)
+    }
+
+    async fn look_up_signer(
         &self,
         conn: &mut AnyConnection,
         key: &VerifyingKey,
@@ -192,17 +217,26 @@ impl Broker {
     /// the idempotency key, runs the operation and records its answer. A refusal is returned
     /// as [`Applied::Refused`]: the caller undoes the request's effects, then records it.
     /// `held` collects the batch's credits to hosts: this request's join them when it
-    /// succeeds.
+    /// succeeds; `learned`, the signers found in the registry. In a straight batch,
+    /// `deferred` holds the batch's keys and the writes it makes at its end.
     pub(crate) async fn apply(
         &self,
         conn: &mut AnyConnection,
         keyed: &Keyed,
         op: &Operation,
         held: &HeldCredits,
+        learned: &Learned,
+        deferred: Option<&Deferred>,
     ) -> Result<Applied, ServiceError> {
         let now = self.clock.now();
-        let principal = self.resolve(conn, &keyed.signer_key, op.role()).await?;
-        match idempotency::look_up(conn, &keyed.request).await? {
+        let principal = self
+            .resolve(conn, &keyed.signer_key, op.role(), learned)
+            .await?;
+        let claimed = match deferred {
+            Some(deferred) => deferred.look_up(&keyed.request),
+            None => idempotency::look_up(conn, &keyed.request).await?,
+        };
+        match claimed {
             Claimed::Fresh => {}
             Claimed::Answered(stored) => return Ok(Applied::Done(stored)),
             Claimed::Mismatch => return Err(ServiceError::IdempotencyMismatch),
@@ -215,6 +249,7 @@ impl Broker {
             request_id: &keyed.request_id,
             held: &own,
             held_before: held,
+            deferred,
         };
         match op.run(&ctx, conn, &principal).await {
             Ok((status, body)) => {
@@ -222,7 +257,10 @@ impl Broker {
                     status,
                     body: body.to_string(),
                 };
-                idempotency::record(conn, &keyed.request, &stored, now).await?;
+                match deferred {
+                    Some(deferred) => deferred.record(&keyed.request, &stored, now),
+                    None => idempotency::record(conn, &keyed.request, &stored, now).await?,
+                }
                 held.absorb(own)?;
                 Ok(Applied::Done(stored))
             }
@@ -383,7 +421,9 @@ impl Broker {
             ),
         ] {
             let total: i64 = sqlx::query_scalar(
-                "SELECT CAST(COALESCE(SUM(balance), 0) AS BIGINT) FROM accounts WHERE kind = $1",
+                "SELECT CAST(COALESCE((SELECT SUM(a.balance) FROM accounts a WHERE a.kind = $1), 0) \
+                 + COALESCE((SELECT SUM(s.amount) FROM account_shards s \
+                 JOIN accounts a ON a.id = s.account_id WHERE a.kind = $1), 0) AS BIGINT)",
             )
             .bind(kind)
             .fetch_one(pool)

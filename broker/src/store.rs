@@ -84,28 +84,29 @@ pub struct TokenRow {
     pub expiry: u64,
 }
 
-/// Loads a token and its lease book. With `lock`, first bumps the token's `lock_version`,
-/// which serializes this transaction with every other one on the token (see [`crate::db`]).
+/// Loads a token and its lease book. With `lock`, bumps the token's `lock_version` as it
+/// reads it, which serializes this transaction with every other one on the token (see
+/// [`crate::db`]).
 pub async fn load_token(
     conn: &mut AnyConnection,
     id: &TokenId,
     lock: bool,
 ) -> Result<TokenRow, ServiceError> {
     let id_text = id.to_string();
-    if lock {
-        sqlx::query("UPDATE tokens SET lock_version = lock_version + 1 WHERE token_id = $1")
-            .bind(&id_text)
-            .execute(&mut *conn)
-            .await?;
-    }
-    let row = sqlx::query(
+    // Locking and reading are one statement: one round trip less on the writer's path.
+    let sql = if lock {
+        "UPDATE tokens SET lock_version = lock_version + 1 WHERE token_id = $1 \
+         RETURNING tenant_key, chain_root, chain_length, price_per_link, expiry, refunded, \
+         handover_to, handover_index, handover_link"
+    } else {
         "SELECT tenant_key, chain_root, chain_length, price_per_link, expiry, refunded, \
-         handover_to, handover_index, handover_link FROM tokens WHERE token_id = $1",
-    )
-    .bind(&id_text)
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or_else(|| ServiceError::NotFound(format!("token {id}")))?;
+         handover_to, handover_index, handover_link FROM tokens WHERE token_id = $1"
+    };
+    let row = sqlx::query(sql)
+        .bind(&id_text)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| ServiceError::NotFound(format!("token {id}")))?;
     let handover = match row.try_get::<Option<String>, _>(6)? {
         Some(to) => Some(Pending {
             to: parse(&to, "handover host")?,

@@ -284,4 +284,63 @@ async fn work_per_claim_is_bounded(backend: Backend) {
     broker.shutdown().await;
 }
 
-both_backends!(leases_redemption_and_migration, work_per_claim_is_bounded);
+/// A host's earnings live in its account's row plus the writers' shards of it: the answers
+/// add them up, and `broker check` counts the shards, so a shard altered behind the
+/// broker's back is reported.
+async fn host_earnings_in_shards_are_checked(backend: Backend) {
+    let broker = TestBroker::start(backend).await;
+    let tenant = broker.tenant(1, 10_000).await;
+    let host = broker.host(1).await;
+    let (chain, _) = buy(&broker, &tenant, 100, 3).await;
+    let _: TokenState = host
+        .client
+        .post(
+            &paths::lease(&chain.token_id, "acquire"),
+            &Empty {},
+            &new_idempotency_key(),
+        )
+        .await
+        .unwrap();
+    let mut balances = Vec::new();
+    for index in [10, 20] {
+        let redeemed: Redeemed = host
+            .client
+            .post(
+                paths::REDEMPTIONS,
+                &Redeem {
+                    claim: host.claim(&chain, index),
+                },
+                &new_idempotency_key(),
+            )
+            .await
+            .unwrap();
+        balances.push(redeemed.host_balance);
+    }
+    assert_eq!(balances, [30, 60]);
+    assert_invariants(&broker).await;
+    let altered = sqlx::query("UPDATE account_shards SET amount = amount + 7")
+        .execute(broker.broker.db.pool())
+        .await
+        .unwrap();
+    assert!(altered.rows_affected() >= 1, "the credits went to a shard");
+    let report = broker.check().await;
+    assert!(
+        report
+            .violations
+            .iter()
+            .any(|v| v.starts_with("conservation"))
+            && report
+                .violations
+                .iter()
+                .any(|v| v.starts_with("double entry")),
+        "{:?}",
+        report.violations
+    );
+    broker.shutdown().await;
+}
+
+both_backends!(
+    leases_redemption_and_migration,
+    work_per_claim_is_bounded,
+    host_earnings_in_shards_are_checked
+);
