@@ -24,6 +24,7 @@ pub mod host;
 pub mod http;
 pub mod identity;
 pub mod images;
+pub mod launch;
 pub mod lifecycle;
 pub mod metrics;
 pub mod migration;

@@ -51,7 +51,7 @@ async fn a_vm_runs_jailed_and_a_kill_9_of_its_vmm_ends_it_as_crashed_leaving_not
                 uid.split_whitespace()
                     .next()
                     .and_then(|u| u.parse::<u32>().ok())
-                    .is_some_and(|u| u >= hostd::vmm_process::JAIL_UID_BASE)
+                    .is_some_and(|u| u >= hostd::launch::JAIL_UID_BASE)
             });
             child.is_some()
         })
@@ -75,7 +75,7 @@ async fn a_vm_runs_jailed_and_a_kill_9_of_its_vmm_ends_it_as_crashed_leaving_not
     assert!(!Path::new(&format!("{root}/etc")).exists());
     let vm_dir = hostd.data_dir().join("vms").join(&vm.vm_id);
     assert!(!Path::new(&format!("{root}{}/record.json", vm_dir.display())).exists());
-    let jail = hostd::vmm_process::jail_id(&vm_dir);
+    let jail = hostd::launch::jail_id(&vm_dir);
     let cgroups = vmm::sandbox::jail::cgroup_dirs(&jail);
     for dir in &cgroups {
         assert!(dir.exists(), "{} missing", dir.display());

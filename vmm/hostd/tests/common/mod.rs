@@ -446,7 +446,7 @@ impl Drop for Hostd {
                     }
                 }
                 // What hostd would do on reaping the jail's supervisor.
-                vmm::sandbox::jail::cleanup(&hostd::vmm_process::jail_id(&entry.path()));
+                vmm::sandbox::jail::cleanup(&hostd::launch::jail_id(&entry.path()));
             }
         }
     }
