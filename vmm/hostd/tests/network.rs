@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
+use hostd::client::ClientError;
 use hostd::network::VmNet;
 use laundromat_tests::http_client::Client;
 use laundromat_tests::netns::{Host, TestNetwork, HOST_BRIDGE};
@@ -261,20 +262,49 @@ fn a_migrated_vm_keeps_its_mac_and_ip_and_its_old_tap_goes() {
     if !kvm_available() {
         return;
     }
-    let net = TestNetwork::create(&["host-a", "host-b", "client"]).expect("the test network");
+    let net =
+        TestNetwork::create(&["host-a", "host-b", "host-c", "client"]).expect("the test network");
     let (a, b) = (net.host("host-a").unwrap(), net.host("host-b").unwrap());
+    let c = net.host("host-c").unwrap();
     a.add_bridge().expect("a bridge on host-a");
     b.add_bridge().expect("a bridge on host-b");
     let (ns_a, ns_b) = (a.namespace().to_string(), b.namespace().to_string());
-    let places = [Place::netns(&ns_a, a.addr()), Place::netns(&ns_b, b.addr())];
+    let bridged = ["--bridge", HOST_BRIDGE];
+    let places = [
+        Place::netns(&ns_a, a.addr()).with_args(&bridged),
+        Place::netns(&ns_b, b.addr()).with_args(&bridged),
+        // host-c gives VMs no network (no --bridge).
+        Place::netns(c.namespace(), c.addr()),
+    ];
     let client = net.host("client").unwrap().clone();
     in_namespace(&client.clone(), async move {
         let kernel = bench_elf();
         let bought = http_token(&kernel, 0);
-        let hosts = cluster_at(&places, &["--bridge", HOST_BRIDGE], &[&bought]);
-        let (from, to) = (&hosts[0], &hosts[1]);
+        let hosts = cluster_at(&places, &[], &[&bought]);
+        let (from, to, bare) = (&hosts[0], &hosts[1], &hosts[2]);
         let vm = from.admit(&bought, &kernel, &http(0)).await.unwrap();
         let tap = VmNet::for_vm(&vm.vm_id).unwrap().tap;
+
+        // A host without a bridge cannot take a VM with a network card: it refuses at prepare,
+        // and the VM stays at its source, running and reachable.
+        let refused = from
+            .client
+            .migrate(
+                &vm.vm_id,
+                bare.identity.host_id,
+                &bought.tenant,
+                &mut |_| {},
+            )
+            .await;
+        match refused {
+            Err(ClientError::Refused { status: 502, body }) => assert!(
+                body.error == "destination_refused" && body.message.contains("no_network"),
+                "{body:?}"
+            ),
+            other => panic!("a host without a bridge took the VM: {other:?}"),
+        }
+        assert!(bare.client.list().await.unwrap().is_empty());
+        assert_eq!(from.client.vm(&vm.vm_id).await.unwrap().state, "running");
         let before = count(&client, 0);
 
         let lines = from

@@ -173,13 +173,21 @@ pub fn operator() -> SigningKey {
 pub struct Place {
     pub netns: Option<String>,
     pub ip: IpAddr,
+    /// Flags for this hostd alone, after a cluster's shared ones.
+    pub args: Vec<String>,
 }
 
 impl Place {
     pub const LOOPBACK: Place = Place {
         netns: None,
         ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        args: Vec::new(),
     };
+
+    pub fn with_args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
 
     /// In the namespace `netns`, at `ip`: the test reaches it from a namespace that routes
     /// there (a client namespace of the same test network).
@@ -187,6 +195,7 @@ impl Place {
         Place {
             netns: Some(netns.into()),
             ip: ip.into(),
+            args: Vec::new(),
         }
     }
 }
@@ -268,14 +277,16 @@ impl Hostd {
         std::fs::write(&broker_path, serde_json::to_vec(&state).unwrap()).unwrap();
         let broker = format!("file:{}", broker_path.display());
         let listen = SocketAddr::new(place.ip, free_tcp_port());
+        let mut args = extra.to_vec();
+        args.extend(place.args.iter().map(String::as_str));
         Self::launch(
             dir,
             &broker,
             broker_path,
             identity,
             listen,
-            place.netns,
-            extra,
+            place.netns.clone(),
+            &args,
         )
     }
 
@@ -513,14 +524,16 @@ pub fn cluster_at(places: &[Place], extra: &[&str], tokens: &[&Bought]) -> Vec<H
             let dir = tempdir();
             let (identity, _) = HostIdentity::load_or_create(&prepare_data(&dir)).unwrap();
             let listen = SocketAddr::new(place.ip, free_tcp_port());
-            (dir, identity, listen, place.netns.clone())
+            let mut args: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
+            args.extend(place.args.iter().cloned());
+            (dir, identity, listen, place.netns.clone(), args)
         })
         .collect();
     let state = FakeState {
         broker_keys: broker_keys(),
         hosts: hosts
             .iter()
-            .map(|(_, id, listen, _)| host_record(id, Some(format!("http://{listen}"))))
+            .map(|(_, id, listen, _, _)| host_record(id, Some(format!("http://{listen}"))))
             .collect(),
         tokens: tokens.iter().map(|b| b.signed.clone()).collect(),
         ..FakeState::default()
@@ -528,7 +541,8 @@ pub fn cluster_at(places: &[Place], extra: &[&str], tokens: &[&Bought]) -> Vec<H
     std::fs::write(&broker_path, serde_json::to_vec(&state).unwrap()).unwrap();
     let mut out: Vec<Hostd> = hosts
         .into_iter()
-        .map(|(dir, identity, listen, netns)| {
+        .map(|(dir, identity, listen, netns, args)| {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
             Hostd::launch(
                 dir,
                 &format!("file:{}", broker_path.display()),
@@ -536,7 +550,7 @@ pub fn cluster_at(places: &[Place], extra: &[&str], tokens: &[&Bought]) -> Vec<H
                 identity,
                 listen,
                 netns,
-                &extra,
+                &args,
             )
         })
         .collect();
