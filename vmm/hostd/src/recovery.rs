@@ -18,20 +18,41 @@ use crate::vmm_process::{start_ticks, ProcessId, VmmProcess, API_SOCKET};
 
 /// The pid of a process whose command line names `socket` (a `vmm` started with
 /// `--api-sock SOCKET`): how a VM started just before a crash, whose pid was not yet
-/// recorded, is found.
+/// recorded, is found. A jailed VM is two such processes, the jail's supervisor and the VM it
+/// forked with the same command line; hostd started, and watches, the supervisor.
 fn find_by_socket(socket: &Path) -> Option<u32> {
     let needle = socket.as_os_str().as_encoded_bytes();
-    std::fs::read_dir("/proc")
+    let matches: Vec<(u32, Option<u32>)> = std::fs::read_dir("/proc")
         .ok()?
         .flatten()
-        .find_map(|entry| {
+        .filter_map(|entry| {
             let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
             let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
             cmdline
                 .split(|&b| b == 0)
                 .any(|arg| arg == needle)
-                .then_some(pid)
+                .then(|| (pid, parent_pid(pid)))
         })
+        .collect();
+    outermost(&matches)
+}
+
+fn parent_pid(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Of `(pid, parent)` pairs, the first process whose parent is not among them.
+fn outermost(matches: &[(u32, Option<u32>)]) -> Option<u32> {
+    matches
+        .iter()
+        .find(|(_, parent)| parent.is_none_or(|p| !matches.iter().any(|(pid, _)| *pid == p)))
+        .map(|(pid, _)| *pid)
 }
 
 /// Re-adopts or ends every VM found in the data directory.
@@ -119,4 +140,18 @@ async fn recover_one(host: &Arc<Host>, dir: &Path) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::outermost;
+
+    #[test]
+    fn a_jails_supervisor_is_found_rather_than_its_vm_whatever_the_pid_order() {
+        // The VM (pid 90) was forked by its supervisor (pid 120) after a pid wrap.
+        assert_eq!(outermost(&[(90, Some(120)), (120, Some(1))]), Some(120));
+        assert_eq!(outermost(&[(120, Some(1)), (121, Some(120))]), Some(120));
+        assert_eq!(outermost(&[(7, None)]), Some(7));
+        assert_eq!(outermost(&[]), None);
+    }
 }
