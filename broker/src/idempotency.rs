@@ -191,18 +191,5 @@ pub async fn record(
     answer: &Stored,
     now: u64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO idempotency (signer, idem_key, request_hash, signature, status, response, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(&request.signer)
-    .bind(&request.key)
-    .bind(&request.hash)
-    .bind(&request.signature)
-    .bind(i64::from(answer.status))
-    .bind(&answer.body)
-    .bind(to_db(now).unwrap_or(0))
-    .execute(conn)
-    .await?;
-    Ok(())
+    record_many(conn, &[(request.clone(), answer.clone(), now)]).await
 }

@@ -20,6 +20,16 @@ impl Drop for Cleanup {
     }
 }
 
+/// `vmm jail` as [`UID`], jail `id`, with the flags of the `vmm run` command line `run`.
+fn jail_args(id: &str, run: Vec<String>) -> Vec<String> {
+    let uid = UID.to_string();
+    let mut args: Vec<String> = ["jail", "--id", id, "--uid", &uid, "--gid", &uid]
+        .map(String::from)
+        .into();
+    args.extend(run.into_iter().skip(1)); // "run"
+    args
+}
+
 fn status_field(pid: u32, key: &str) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -59,25 +69,15 @@ fn a_jailed_bench_guest_dirties_memory_without_errors_and_cannot_reach_the_host(
     let _cleanup = Cleanup(id.clone());
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("api.sock");
-    let mut args = vec![
-        "jail".to_string(),
-        "--id".into(),
-        id.clone(),
-        "--uid".into(),
-        UID.to_string(),
-        "--gid".into(),
-        UID.to_string(),
-    ];
-    args.extend(
+    let args = jail_args(
+        &id,
         bench_args(
             64,
             1,
             "workload=dirty wss=16 report-ms=250 exit-after-ms=2000",
             Some(&sock),
-        )
-        .into_iter()
-        .skip(1),
-    ); // "run"
+        ),
+    );
     let mut vm = Vmm::spawn(&args);
     let child = jailed_child(vm.child.id());
 
@@ -180,20 +180,7 @@ fn after_a_kill_9_of_the_supervisor_cleanup_kills_the_vm_and_removes_its_cgroup(
     }
     let id = format!("test-jail-kill-{}", std::process::id());
     let _cleanup = Cleanup(id.clone());
-    let mut args = vec![
-        "jail".to_string(),
-        "--id".into(),
-        id.clone(),
-        "--uid".into(),
-        UID.to_string(),
-        "--gid".into(),
-        UID.to_string(),
-    ];
-    args.extend(
-        bench_args(64, 1, "workload=idle report-ms=200", None)
-            .into_iter()
-            .skip(1),
-    );
+    let args = jail_args(&id, bench_args(64, 1, "workload=idle report-ms=200", None));
     let mut vm = Vmm::spawn(&args);
     let child = jailed_child(vm.child.id());
     vm.child.kill().unwrap();

@@ -215,6 +215,23 @@ impl HostdClient {
         answer(request.send().await?).await
     }
 
+    /// A GET signed with the tenant's key whose answer is a success, or the refusal.
+    async fn signed_get(
+        &self,
+        path: &str,
+        tenant: &SigningKey,
+    ) -> Result<reqwest::Response, ClientError> {
+        let response = self
+            .signed(reqwest::Method::GET, path, tenant)?
+            .send()
+            .await?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(refused(status.as_u16(), response.text().await?));
+        }
+        Ok(response)
+    }
+
     /// Reads the console from offset `from`; signed with the tenant's key.
     pub async fn console_chunk(
         &self,
@@ -223,14 +240,7 @@ impl HostdClient {
         tenant: &SigningKey,
     ) -> Result<ConsoleChunk, ClientError> {
         let path = format!("{}?from={from}", hostd::console(id));
-        let response = self
-            .signed(reqwest::Method::GET, &path, tenant)?
-            .send()
-            .await?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(refused(status.as_u16(), response.text().await?));
-        }
+        let response = self.signed_get(&path, tenant).await?;
         let header = |name: &str| {
             response
                 .headers()
@@ -268,14 +278,7 @@ impl HostdClient {
         tenant: &SigningKey,
     ) -> Result<ConsoleFollow, ClientError> {
         let path = format!("{}?follow=true&from={from}", hostd::console(id));
-        let response = self
-            .signed(reqwest::Method::GET, &path, tenant)?
-            .send()
-            .await?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(refused(status.as_u16(), response.text().await?));
-        }
+        let response = self.signed_get(&path, tenant).await?;
         Ok(ConsoleFollow {
             response,
             pending: Vec::new(),

@@ -14,7 +14,7 @@ use crate::host::{vm_from_record, Host, Phase};
 use crate::http::error::chain;
 use crate::lifecycle::{end_vm, supervise, EndReason};
 use crate::record::VmRecord;
-use crate::vmm_process::{start_ticks, ProcessId, VmmProcess, API_SOCKET};
+use crate::vmm_process::{parent_pid, start_ticks, ProcessId, VmmProcess, API_SOCKET};
 
 /// The pid of a process whose command line names `socket` (a `vmm` started with
 /// `--api-sock SOCKET`): how a VM started just before a crash, whose pid was not yet
@@ -35,16 +35,6 @@ fn find_by_socket(socket: &Path) -> Option<u32> {
         })
         .collect();
     outermost(&matches)
-}
-
-fn parent_pid(pid: u32) -> Option<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("PPid:"))?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// Of `(pid, parent)` pairs, the first process whose parent is not among them.

@@ -125,6 +125,17 @@ impl std::fmt::Display for End {
     }
 }
 
+/// The parent of `pid`, or `None` if there is no such process.
+pub fn parent_pid(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// The start time of `pid`, or `None` if there is no such process.
 pub fn start_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -34,18 +34,9 @@ pub fn processes_under(dir: &Path) -> Vec<u32> {
             (mentions && process_alive(pid) && pid != std::process::id()).then_some(pid)
         })
         .collect();
-    let parent = |pid: u32| -> Option<u32> {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("PPid:"))?
-            .trim()
-            .parse()
-            .ok()
-    };
     found
         .iter()
         .copied()
-        .filter(|&pid| parent(pid).is_none_or(|p| !found.contains(&p)))
+        .filter(|&pid| hostd::vmm_process::parent_pid(pid).is_none_or(|p| !found.contains(&p)))
         .collect()
 }

@@ -38,27 +38,32 @@ const V1_CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
 /// Whether this host has the cgroups a jail needs: v2 with its memory controller, or the v1
 /// `memory`, `pids` and `cpu` hierarchies, mounted under `/sys/fs/cgroup`.
 pub fn check_available() -> Result<(), JailError> {
-    let v1 = || {
-        V1_CONTROLLERS
-            .iter()
-            .all(|c| Path::new(ROOT).join(c).join("cgroup.procs").exists())
-    };
-    if v2_has_memory() || v1() {
+    if v2_has_memory() || v1_mounted() {
         Ok(())
     } else {
         Err(JailError::NoCgroups)
     }
 }
 
+fn v1_mounted() -> bool {
+    V1_CONTROLLERS
+        .iter()
+        .all(|c| Path::new(ROOT).join(c).join("cgroup.procs").exists())
+}
+
 /// The directories `id`'s cgroup uses on this host.
 pub fn dirs_for(id: &str) -> Vec<PathBuf> {
-    if v2_has_memory() {
-        vec![Path::new(ROOT).join(PARENT).join(id)]
-    } else {
+    dirs_in(id, !v2_has_memory())
+}
+
+fn dirs_in(id: &str, v1: bool) -> Vec<PathBuf> {
+    if v1 {
         V1_CONTROLLERS
             .iter()
             .map(|c| Path::new(ROOT).join(c).join(PARENT).join(id))
             .collect()
+    } else {
+        vec![Path::new(ROOT).join(PARENT).join(id)]
     }
 }
 
@@ -79,11 +84,13 @@ fn mkdir(path: &Path) -> Result<(), JailError> {
 impl Cgroup {
     /// Creates `id`'s cgroup with `limits`; a leftover of the same name is removed first.
     pub fn create(id: &str, limits: Limits) -> Result<Self, JailError> {
-        check_available()?;
-        remove(id);
         let v1 = !v2_has_memory();
+        if v1 && !v1_mounted() {
+            return Err(JailError::NoCgroups);
+        }
+        remove(id);
         let cg = Self {
-            dirs: dirs_for(id),
+            dirs: dirs_in(id, v1),
             v1,
         };
         if !v1 {
