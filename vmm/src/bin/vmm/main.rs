@@ -445,6 +445,9 @@ fn run(args: RunArgs) -> ExitCode {
     } else if let Err(e) = seccomp::enable() {
         return fail(&e);
     }
+    // Building reads what others supplied (the tenant's kernel, a snapshot, the incoming
+    // stream): filtered from the start, never as the whole process.
+    seccomp::install_or_exit(seccomp::ThreadKind::Build);
     if let Some(url) = &args.incoming {
         return incoming(&args, url, started);
     }

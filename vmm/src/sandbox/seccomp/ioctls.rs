@@ -74,6 +74,25 @@ pub const CONTROL_IOCTLS: [u64; 36] = [
     0x5451,                                   // FIOCLEX
 ];
 
+/// Building a VM, on the main thread before anything runs: the VM, its vCPUs, its interrupt
+/// controller and timer, the eventfds its devices use, and (unjailed) opening the taps.
+/// Everything here makes new KVM objects, which no running thread may do.
+pub const BUILD_IOCTLS: [u64; 13] = [
+    io(0x01),                    // KVM_CREATE_VM
+    iowr::<kvm_msr_list>(0x02),  // KVM_GET_MSR_INDEX_LIST
+    io(0x04),                    // KVM_GET_VCPU_MMAP_SIZE
+    iowr::<kvm_cpuid2>(0x05),    // KVM_GET_SUPPORTED_CPUID
+    io(0x41),                    // KVM_CREATE_VCPU
+    io(0x47),                    // KVM_SET_TSS_ADDR
+    io(0x60),                    // KVM_CREATE_IRQCHIP
+    iow::<kvm_irqfd>(0x76),      // KVM_IRQFD
+    iow::<kvm_pit_config>(0x77), // KVM_CREATE_PIT2
+    iow::<kvm_ioeventfd>(0x79),  // KVM_IOEVENTFD
+    iow::<kvm_cpuid2>(0x90),     // KVM_SET_CPUID2
+    iow::<kvm_enable_cap>(0xa3), // KVM_ENABLE_CAP (manual dirty-log protection)
+    crate::devices::virtio::net::tap::TUNSETIFF,
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,5 +107,11 @@ mod tests {
         assert_eq!(iow::<kvm_userspace_memory_region>(0x46), 0x4020_ae46);
         assert_eq!(iow::<kvm_dirty_log>(0x42), 0x4010_ae42);
         assert_eq!(ior::<kvm_xsave>(0xa4), 0x9000_aea4);
+        assert_eq!(iowr::<kvm_cpuid2>(0x05), 0xc008_ae05);
+        assert_eq!(iow::<kvm_cpuid2>(0x90), 0x4008_ae90);
+        assert_eq!(iow::<kvm_irqfd>(0x76), 0x4020_ae76);
+        assert_eq!(iow::<kvm_ioeventfd>(0x79), 0x4040_ae79);
+        assert_eq!(iow::<kvm_pit_config>(0x77), 0x4040_ae77);
+        assert_eq!(iow::<kvm_enable_cap>(0xa3), 0x4068_aea3);
     }
 }

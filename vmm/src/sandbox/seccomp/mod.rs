@@ -1,10 +1,13 @@
 //! Per-thread seccomp filters, built with rust-vmm's `seccompiler`.
 //!
-//! Each kind of thread installs its own filter when it starts, after the setup that needs more
-//! (opening files, creating the VM): a vCPU thread may run the guest and little else, the
-//! device thread moves packets, and the control threads (main, control socket, migration)
-//! do what the control API offers. A thread inherits its creator's filter, and filters stack,
-//! so a thread never has more than the thread that spawned it.
+//! Each kind of thread installs its own filter when it starts: a vCPU thread may run the guest
+//! and little else, the device thread moves packets, and the control threads (main, control
+//! socket, migration) do what the control API offers. Before any of them exists, the main
+//! thread builds the VM under the widest filter, `Build`: what all three kinds may do plus
+//! creating a VM and its devices. Building parses what others supplied (a tenant's kernel, a
+//! snapshot, an incoming migration's stream), so no part of it runs unfiltered. A thread
+//! inherits its creator's filter, and filters stack, so a thread never has more than the
+//! thread that spawned it.
 //!
 //! A forbidden call raises `SIGSYS` (`SECCOMP_RET_TRAP`); our handler writes one line naming
 //! the thread kind and the syscall number to stderr, then ends the process with
@@ -30,6 +33,9 @@ pub enum ThreadKind {
     Devices,
     /// Main, the control socket and its connections, snapshots and migration.
     Control,
+    /// Main while it builds the VM (boot, restore, or an incoming migration): every other
+    /// kind's calls, and creating the VM, its vCPUs and its devices.
+    Build,
 }
 
 impl ThreadKind {
@@ -38,6 +44,7 @@ impl ThreadKind {
             ThreadKind::Vcpu => "vcpu",
             ThreadKind::Devices => "devices",
             ThreadKind::Control => "control",
+            ThreadKind::Build => "build",
         }
     }
 }
@@ -99,7 +106,7 @@ pub fn install(kind: ThreadKind) -> Result<(), SeccompError> {
     if !enabled() || current() == Some(kind) {
         return Ok(());
     }
-    if kind == ThreadKind::Control {
+    if matches!(kind, ThreadKind::Control | ThreadKind::Build) {
         // clone3 passes its flags in memory a filter cannot read: answer ENOSYS so glibc
         // falls back to clone, whose flags the main filter checks.
         // First, so that the main filter need not allow `seccomp` itself.

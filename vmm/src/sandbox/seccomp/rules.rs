@@ -1,13 +1,13 @@
 //! The system calls each kind of thread may make, found by tracing the VMM (`strace -ff`)
 //! through boot, run, snapshot, migration send and receive, and networking.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use seccompiler::{
     BackendError, SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition as Cond,
     SeccompRule,
 };
 
-use super::ioctls::{CONTROL_IOCTLS, VCPU_IOCTLS};
+use super::ioctls::{BUILD_IOCTLS, CONTROL_IOCTLS, VCPU_IOCTLS};
 use super::ThreadKind;
 
 type Rules = BTreeMap<i64, Vec<SeccompRule>>;
@@ -97,6 +97,11 @@ const CONTROL: &[i64] = &[
     libc::SYS_unlinkat,
 ];
 
+/// Building the VM, beyond what the running VM's threads do: the vCPU kick's signal handler
+/// and the devices' eventfds. (Reading the kernel, the snapshot or the incoming stream needs
+/// only what the control threads may do.)
+const BUILD: &[i64] = &[libc::SYS_eventfd2, libc::SYS_rt_sigaction];
+
 fn cond(arg: u8, op: Op, value: u64) -> Result<Cond, BackendError> {
     Cond::new(arg, Len::Qword, op, value)
 }
@@ -140,6 +145,32 @@ fn allow_prctl(rules: &mut Rules) -> Result<(), BackendError> {
     allow_arg(rules, libc::SYS_prctl, 0, &names)
 }
 
+/// The control threads' calls beyond the base.
+fn allow_control(rules: &mut Rules) -> Result<(), BackendError> {
+    allow(rules, CONTROL);
+    // Allowed here so that the second filter's ENOSYS (see `install`) decides.
+    allow(rules, &[libc::SYS_clone3]);
+    // Threads only (the control socket's connections, migration lanes): never a new
+    // process. glibc falls back from clone3, whose flags a filter cannot see, to clone.
+    let thread = cond(
+        0,
+        Op::MaskedEq(libc::CLONE_THREAD as u64),
+        libc::CLONE_THREAD as u64,
+    )?;
+    rules.insert(libc::SYS_clone, vec![SeccompRule::new(vec![thread])?]);
+    // Sockets: the control socket (Unix) and migration (TCP over IPv4 or IPv6).
+    let domains = [libc::AF_UNIX, libc::AF_INET, libc::AF_INET6].map(|d| d as u64);
+    allow_arg(rules, libc::SYS_socket, 0, &domains)?;
+    // Kicking vCPUs out of KVM_RUN, with the kick signal only, in this process only.
+    let kick = crate::vstate::vcpu::kick_signal() as u64;
+    rules.insert(
+        libc::SYS_tgkill,
+        vec![SeccompRule::new(vec![cond(2, Op::Eq, kick)?])?],
+    );
+    allow(rules, &[libc::SYS_bind, libc::SYS_listen]);
+    Ok(())
+}
+
 /// The filter rules for `kind`.
 pub fn for_kind(kind: ThreadKind) -> Result<Rules, BackendError> {
     let mut rules = Rules::new();
@@ -150,28 +181,24 @@ pub fn for_kind(kind: ThreadKind) -> Result<Rules, BackendError> {
         ThreadKind::Vcpu => allow_arg(&mut rules, libc::SYS_ioctl, 1, VCPU_IOCTLS)?,
         ThreadKind::Devices => allow(&mut rules, DEVICES),
         ThreadKind::Control => {
-            allow(&mut rules, CONTROL);
-            // Allowed here so that the second filter's ENOSYS (see `install`) decides.
-            allow(&mut rules, &[libc::SYS_clone3]);
+            allow_control(&mut rules)?;
             allow_arg(&mut rules, libc::SYS_ioctl, 1, &CONTROL_IOCTLS)?;
-            // Threads only (the control socket's connections, migration lanes): never a new
-            // process. glibc falls back from clone3, whose flags a filter cannot see, to clone.
-            let thread = cond(
-                0,
-                Op::MaskedEq(libc::CLONE_THREAD as u64),
-                libc::CLONE_THREAD as u64,
-            )?;
-            rules.insert(libc::SYS_clone, vec![SeccompRule::new(vec![thread])?]);
-            // Sockets: the control socket (Unix) and migration (TCP over IPv4 or IPv6).
-            let domains = [libc::AF_UNIX, libc::AF_INET, libc::AF_INET6].map(|d| d as u64);
-            allow_arg(&mut rules, libc::SYS_socket, 0, &domains)?;
-            // Kicking vCPUs out of KVM_RUN, with the kick signal only, in this process only.
-            let kick = crate::vstate::vcpu::kick_signal() as u64;
-            rules.insert(
-                libc::SYS_tgkill,
-                vec![SeccompRule::new(vec![cond(2, Op::Eq, kick)?])?],
-            );
-            allow(&mut rules, &[libc::SYS_bind, libc::SYS_listen]);
+        }
+        ThreadKind::Build => {
+            // Filters stack, and a call passes only if every filter allows it: the threads
+            // started under this one can do no more than it allows, so it allows all of theirs.
+            allow(&mut rules, DEVICES);
+            allow_control(&mut rules)?;
+            allow(&mut rules, BUILD);
+            // The threads it starts install their own filters on top (a filter can only take
+            // calls away).
+            let set_filter = [u64::from(libc::SECCOMP_SET_MODE_FILTER)];
+            allow_arg(&mut rules, libc::SYS_seccomp, 0, &set_filter)?;
+            let ioctls: BTreeSet<u64> = [VCPU_IOCTLS, &CONTROL_IOCTLS, &BUILD_IOCTLS]
+                .concat()
+                .into_iter()
+                .collect();
+            allow_arg(&mut rules, libc::SYS_ioctl, 1, &Vec::from_iter(ioctls))?;
         }
     }
     Ok(rules)

@@ -67,7 +67,9 @@ extern "C" fn handle_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut 
                 .read()
         })
     };
-    let kind = super::current().map_or("unfiltered", super::ThreadKind::name);
+    // Only filtered threads trap; one that installed none of its own runs under the filter it
+    // inherited (a control connection, a migration lane).
+    let kind = super::current().map_or("helper", super::ThreadKind::name);
     let mut out = [0u8; 256];
     let len = message(kind, nr, &mut out);
     write_stderr(&out[..len]);

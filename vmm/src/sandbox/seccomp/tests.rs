@@ -81,8 +81,51 @@ fn a_control_thread_executing_a_program_ends_the_process() {
 }
 
 #[test]
+fn the_build_filter_stops_a_program_being_executed() {
+    play(ThreadKind::Build, libc::SYS_execve);
+    child(
+        "sandbox::seccomp::tests::the_build_filter_stops_a_program_being_executed",
+        ThreadKind::Build,
+        libc::SYS_execve,
+    );
+}
+
+const KINDS: [ThreadKind; 4] = [
+    ThreadKind::Vcpu,
+    ThreadKind::Devices,
+    ThreadKind::Control,
+    ThreadKind::Build,
+];
+
+#[test]
 fn every_filter_compiles() {
-    for kind in [ThreadKind::Vcpu, ThreadKind::Devices, ThreadKind::Control] {
+    for kind in KINDS {
         assert!(!program(kind).unwrap().is_empty());
+    }
+}
+
+/// Threads started while main builds the VM run under the build filter and their own: a call
+/// their own filter allows must pass the build filter too, or it would kill a running VM.
+#[test]
+fn the_build_filter_allows_whatever_a_running_thread_may_do() {
+    let build = rules::for_kind(ThreadKind::Build).unwrap();
+    for kind in KINDS {
+        for (nr, conditions) in rules::for_kind(kind).unwrap() {
+            let Some(allowed) = build.get(&nr) else {
+                panic!(
+                    "{} threads may make system call {nr}; the build filter may not",
+                    kind.name()
+                );
+            };
+            // No rules means any arguments; otherwise every rule of the thread's must be one
+            // of the build filter's.
+            let covered = allowed.is_empty()
+                || (!conditions.is_empty() && conditions.iter().all(|c| allowed.contains(c)));
+            assert!(
+                covered,
+                "{} threads' rules for system call {nr}",
+                kind.name()
+            );
+        }
     }
 }

@@ -29,7 +29,7 @@ struct IfReq {
     _pad: [u8; 22],
 }
 
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+pub(crate) const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 
 pub struct Tap {
     file: File,
