@@ -16,6 +16,7 @@ use crate::console::ConsoleRing;
 use crate::identity::HostIdentity;
 use crate::images::ImageStore;
 use crate::metrics::{Gauges, Metrics};
+use crate::migration_key::MigrationKey;
 use crate::record::VmRecord;
 use crate::vmm_process::VmmProcess;
 
@@ -116,6 +117,8 @@ pub use laundromat_api::hostd::VmView;
 pub struct Host {
     pub config: HostConfig,
     pub identity: HostIdentity,
+    /// What this host's `vmm`s present in migration TLS (never the identity itself).
+    pub migration_key: MigrationKey,
     pub broker: Arc<dyn BrokerClient>,
     /// The bridge VM taps go on (`--bridge`); without it VMs have no NIC.
     pub network: Option<crate::network::Network>,
@@ -147,6 +150,7 @@ impl Host {
     pub fn new(
         config: HostConfig,
         identity: HostIdentity,
+        migration_key: MigrationKey,
         broker: Arc<dyn BrokerClient>,
         network: Option<crate::network::Network>,
     ) -> std::io::Result<Arc<Self>> {
@@ -157,6 +161,7 @@ impl Host {
         Ok(Arc::new(Self {
             config,
             identity,
+            migration_key,
             broker,
             network,
             images,

@@ -33,6 +33,8 @@ pub enum IdentityError {
     },
     #[error("the old host key {path} is not 64 hex digits; restore it or remove it to make a new identity")]
     CorruptLegacy { path: PathBuf },
+    #[error("the migration key {path} is the host identity; remove it, and a key of its own is made (the host key must never be copied into jails)")]
+    SameAsHost { path: PathBuf },
 }
 
 /// How [`HostIdentity::load_or_create`] found the identity.

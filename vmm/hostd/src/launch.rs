@@ -64,7 +64,8 @@ pub struct Launch {
     pub vmm: PathBuf,
     /// Through `vmm jail` (the default; `--no-jail` turns it off for debugging).
     pub jail: bool,
-    /// The host identity, copied into each jail: an outgoing migration names it.
+    /// The host's migration key (never its identity), copied into each jail: an outgoing
+    /// migration names it.
     pub identity: PathBuf,
 }
 
@@ -73,7 +74,7 @@ impl Launch {
         Self {
             vmm: host.config.vmm.clone(),
             jail: host.config.jail,
-            identity: host.identity.path.clone(),
+            identity: host.migration_key.path.clone(),
         }
     }
 

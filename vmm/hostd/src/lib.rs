@@ -28,6 +28,7 @@ pub mod launch;
 pub mod lifecycle;
 pub mod metrics;
 pub mod migration;
+pub mod migration_key;
 pub mod network;
 pub mod payments;
 pub mod peer;

@@ -13,6 +13,7 @@ use hostd::broker::BrokerClient;
 use hostd::config::HostConfig;
 use hostd::host::Host;
 use hostd::identity::{HostIdentity, Origin};
+use hostd::migration_key::MigrationKey;
 use hostd::network::Network;
 use token::ClusterId;
 
@@ -195,6 +196,8 @@ fn run(cli: Cli) -> Result<(), String> {
         ),
         Origin::Loaded => {}
     }
+    let migration_key = MigrationKey::load_or_create(&cli.data_dir, &identity)
+        .map_err(|e| hostd::http::error::chain(&e))?;
     let (Some(broker_spec), Some(cluster_id)) = (cli.broker, cli.cluster) else {
         return Err("--broker and --cluster are required".into());
     };
@@ -266,7 +269,7 @@ fn run(cli: Cli) -> Result<(), String> {
         ),
         None => None,
     };
-    let host = Host::new(config, identity, broker, network)
+    let host = Host::new(config, identity, migration_key, broker, network)
         .map_err(|e| format!("cannot open the data directory: {e}"))?;
     runtime
         .block_on(hostd::daemon::run(

@@ -1,5 +1,6 @@
 //! hostd starts VMs jailed: the VM runs as an unprivileged uid of its own, without
-//! capabilities, in its own PID namespace and cgroup. A `kill -9` of its `vmm` ends the VM as
+//! capabilities, in its own PID namespace and cgroup, with the host's migration key but not
+//! its identity. A `kill -9` of its `vmm` ends the VM as
 //! crashed, settles it, and leaves no cgroup, jail root or process behind.
 
 mod common;
@@ -75,6 +76,14 @@ async fn a_vm_runs_jailed_and_a_kill_9_of_its_vmm_ends_it_as_crashed_leaving_not
     assert!(!Path::new(&format!("{root}/etc")).exists());
     let vm_dir = hostd.data_dir().join("vms").join(&vm.vm_id);
     assert!(!Path::new(&format!("{root}{}/record.json", vm_dir.display())).exists());
+    // It holds the host's migration key, for outgoing migrations, and never the host
+    // identity, which signs claims and host-to-host requests.
+    let data = hostd.data_dir();
+    let host_key = data.join(hostd::identity::IDENTITY_FILE);
+    let migration_key = data.join(hostd::migration_key::MIGRATION_KEY_FILE);
+    assert!(Path::new(&format!("{root}{}", migration_key.display())).exists());
+    assert!(!Path::new(&format!("{root}{}", host_key.display())).exists());
+    assert!(host_key.exists());
     let jail = hostd::launch::jail_id(&vm_dir);
     let cgroups = vmm::sandbox::jail::cgroup_dirs(&jail);
     for dir in &cgroups {

@@ -4,7 +4,8 @@
 //!    token is checked as at admission (broker signature, validity, cluster), the payment
 //!    state against the token with this host's own skip limit (hashing up to the chain: done
 //!    here, long before the source pauses the guest), the capacity is reserved, and a
-//!    `vmm run --incoming` is started that accepts only the source's registered key.
+//!    `vmm run --incoming` is started that accepts only the source's migration key (named in
+//!    the request its host identity signed).
 //! 2. `sync_payment`: while the source holds the switchover, it sends its last accepted link;
 //!    it is checked against the state verified in 1 and recorded durably.
 //! 3. A watcher follows the `vmm` through its control socket: once it runs the VM, this host
@@ -75,7 +76,11 @@ pub async fn prepare(
     source: HostRecord,
     request: PrepareIncoming,
 ) -> Result<Prepared, ApiError> {
-    let PrepareIncoming { migration_id, vm } = request;
+    let PrepareIncoming {
+        migration_id,
+        vm,
+        migration_key: source_key,
+    } = request;
     if migration_id.len() != 32 || !migration_id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(refuse(
             StatusCode::BAD_REQUEST,
@@ -88,6 +93,15 @@ pub async fn prepare(
             StatusCode::BAD_REQUEST,
             "malformed_request",
             "a VM id is 32 hex digits",
+        ));
+    }
+    let key_ok = token::hex::decode_array::<32>(&source_key)
+        .is_ok_and(|k| token::VerifyingKey::from_bytes(&k).is_ok());
+    if !key_ok {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "malformed_request",
+            "the source's migration key is not an ed25519 public key in 64 hex digits",
         ));
     }
     // The token, as at admission (the image travels inside the VM's memory).
@@ -192,9 +206,9 @@ pub async fn prepare(
         "--incoming".into(),
         url.clone(),
         "--identity".into(),
-        host.identity.path.display().to_string(),
+        host.migration_key.path.display().to_string(),
         "--peer".into(),
-        token::hex::encode(source.key.as_bytes()),
+        source_key,
         "--incoming-timeout".into(),
         INCOMING_TIMEOUT_S.to_string(),
     ];
@@ -217,6 +231,8 @@ pub async fn prepare(
     Ok(Prepared {
         url,
         host_key: host.identity.public_hex(),
+        migration_key: host.migration_key.public_hex(),
+        migration_key_endorsement: host.migration_key.endorsement_hex(),
     })
 }
 

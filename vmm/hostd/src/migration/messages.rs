@@ -41,13 +41,20 @@ pub struct MovingVm {
 pub struct PrepareIncoming {
     pub migration_id: String,
     pub vm: MovingVm,
+    /// The source's migration key (hex): the only key the destination's `vmm` lets in. The
+    /// source's host identity signs this request, and so vouches for it.
+    pub migration_key: String,
 }
 
-/// The destination's answer: where its `vmm --incoming` listens, and the key it presents.
+/// The destination's answer: where its `vmm --incoming` listens, its host key, and the
+/// migration key its `vmm` presents, with the host key's signature over it (the answer itself
+/// is not signed).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Prepared {
     pub url: String,
     pub host_key: String,
+    pub migration_key: String,
+    pub migration_key_endorsement: String,
 }
 
 /// `POST /v1/migrations/{id}/payment`: the source's last accepted link at the switchover,

@@ -130,6 +130,7 @@ async fn prepare(host: &Arc<Host>, vm: &Arc<Vm>, to: HostId) -> Result<Outgoing,
     let request = PrepareIncoming {
         migration_id: migration_id.clone(),
         vm: moving,
+        migration_key: host.migration_key.public_hex(),
     };
     let prepared: Prepared = peer::call(host, &dest, Method::POST, "/v1/migrations", &request)
         .await
@@ -147,6 +148,21 @@ async fn prepare(host: &Arc<Host>, vm: &Arc<Vm>, to: HostId) -> Result<Outgoing,
             ),
         ));
     }
+    // The answer is not signed: its migration key counts only with the registered key's
+    // signature, or anyone on the path could take the VM's memory.
+    crate::migration_key::verify(
+        dest.host_id,
+        &dest.key,
+        &prepared.migration_key,
+        &prepared.migration_key_endorsement,
+    )
+    .map_err(|e| {
+        refuse(
+            StatusCode::BAD_GATEWAY,
+            "destination_refused",
+            format!("host {to}: {e}"),
+        )
+    })?;
     Ok(Outgoing {
         vm: vm.clone(),
         dest,
@@ -187,10 +203,11 @@ async fn hand_over(host: &Host, out: &Outgoing, state: &VmState) -> Result<(), S
 pub async fn drive(host: Arc<Host>, out: Outgoing, events: Events) -> &'static str {
     let vm = out.vm.clone();
     let dest_url = out.dest.url.clone().unwrap_or_default();
+    // Both ends present their migration keys, never their host identities.
     let mut params = migrator::MigrateParams::new(
         out.prepared.url.clone(),
-        host.identity.path.clone(),
-        token::hex::encode(out.dest.key.as_bytes()),
+        host.migration_key.path.clone(),
+        out.prepared.migration_key.clone(),
     );
     params.hold_before_commit_s = Some(HOLD_S);
     emit(
