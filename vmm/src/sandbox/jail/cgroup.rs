@@ -24,7 +24,6 @@ pub struct Limits {
 #[derive(Debug)]
 pub struct Cgroup {
     dirs: Vec<PathBuf>,
-    v1: bool,
 }
 
 fn v2_has_memory() -> bool {
@@ -82,16 +81,13 @@ fn mkdir(path: &Path) -> Result<(), JailError> {
 }
 
 impl Cgroup {
-    /// Creates `id`'s cgroup with `limits`; a leftover of the same name is removed first.
-    pub fn create(id: &str, limits: Limits) -> Result<Self, JailError> {
-        let v1 = !v2_has_memory();
-        if v1 && !v1_mounted() {
-            return Err(JailError::NoCgroups);
-        }
+    /// Creates `id`'s cgroup with `limits` under `parents`; a leftover of the same name is
+    /// removed first.
+    pub fn create(id: &str, limits: Limits, parents: &Parents) -> Result<Self, JailError> {
+        let v1 = parents.v1;
         remove(id);
         let cg = Self {
             dirs: dirs_in(id, v1),
-            v1,
         };
         if !v1 {
             let parent = Path::new(ROOT).join(PARENT);
@@ -122,34 +118,78 @@ impl Cgroup {
         }
         Ok(cg)
     }
+}
 
-    /// Moves the calling process into the cgroup (every hierarchy).
-    pub fn join_self(&self) -> Result<(), JailError> {
+/// The `laundromat` directories above every VM's cgroup (one per v1 hierarchy, or one on v2),
+/// opened before the jail's root changes, so the jail can join its cgroup from inside.
+#[derive(Debug)]
+pub struct Parents {
+    dirs: Vec<(PathBuf, std::fs::File)>,
+    v1: bool,
+}
+
+impl Parents {
+    pub fn open() -> Result<Self, JailError> {
+        let v1 = !v2_has_memory();
+        if v1 && !v1_mounted() {
+            return Err(JailError::NoCgroups);
+        }
+        let roots: Vec<PathBuf> = if v1 {
+            V1_CONTROLLERS
+                .iter()
+                .map(|c| Path::new(ROOT).join(c))
+                .collect()
+        } else {
+            vec![ROOT.into()]
+        };
+        let dirs = roots
+            .into_iter()
+            .map(|root| {
+                let dir = root.join(PARENT);
+                mkdir(&dir)?;
+                let file = std::fs::File::open(&dir).map_err(|source| JailError::Cgroup {
+                    path: dir.clone(),
+                    source,
+                })?;
+                Ok((dir, file))
+            })
+            .collect::<Result<_, JailError>>()?;
+        Ok(Self { dirs, v1 })
+    }
+
+    /// Moves the calling process, single-threaded, into `id`'s cgroup (made since `open`).
+    pub fn join(self, id: &str) -> Result<(), JailError> {
         // Writing `cgroup.procs` takes the kernel's global threadgroup lock for writing, which
         // waits for an RCU grace period: 15-30 ms per start on this host, most of what jailing
-        // cost. On v1, moving one thread through `tasks` skips that lock. Right after fork the
-        // jail is its only thread, so that moves the whole process, and its later threads are
-        // born inside. (v2 has no such file outside threaded cgroups.)
-        let file = if self.v1 && single_threaded() {
-            "tasks"
-        } else {
-            "cgroup.procs"
-        };
-        for dir in &self.dirs {
-            write(&dir.join(file), "0")?;
+        // cost. On v1, a thread moving itself through `tasks` skips that lock. The jail is
+        // single-threaded until it builds the VM, so that moves the whole process, and its
+        // later threads are born inside. (v2 has no such file outside threaded cgroups.)
+        let file = if self.v1 { "tasks" } else { "cgroup.procs" };
+        let name =
+            std::ffi::CString::new(format!("{id}/{file}")).map_err(|_| JailError::Id(id.into()))?;
+        for (dir, parent) in &self.dirs {
+            let path = dir.join(id).join(file);
+            // SAFETY: a directory fd we hold and a NUL-terminated relative path.
+            let fd = unsafe {
+                libc::openat(
+                    std::os::fd::AsRawFd::as_raw_fd(parent),
+                    name.as_ptr(),
+                    libc::O_WRONLY | libc::O_CLOEXEC,
+                )
+            };
+            if fd < 0 {
+                return Err(JailError::Cgroup {
+                    path,
+                    source: std::io::Error::last_os_error(),
+                });
+            }
+            // SAFETY: fd was just opened and is owned by nobody else.
+            let mut tasks = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            std::io::Write::write_all(&mut tasks, b"0")
+                .map_err(|source| JailError::Cgroup { path, source })?;
         }
         Ok(())
     }
-}
-
-/// Whether the calling process has one thread (`/proc/self/status`); false if unknown.
-fn single_threaded() -> bool {
-    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("Threads:"))
-            .is_some_and(|n| n.trim() == "1")
-    })
 }
 
 /// How long removal retries while the VM's last tasks finish dying.

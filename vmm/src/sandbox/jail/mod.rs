@@ -1,10 +1,13 @@
 //! `vmm jail`: runs one VM the way Firecracker's jailer does.
 //!
-//! The supervising process (root, on the host) creates the VM's cgroup, then forks into a new
-//! PID namespace. The child, PID 1 there, joins the cgroup and the chosen network namespace,
-//! opens the taps and the memory file, enters new mount, IPC and UTS namespaces, switches to a
-//! minimal root, sets rlimits, drops to the VM's uid and gid with no capabilities and
-//! `no_new_privs`, and only then builds and runs the VM (whose threads add seccomp filters).
+//! The supervising process (root, on the host) forks into a new PID namespace. The child, PID 1
+//! there, joins the chosen network namespace, opens the taps and the memory file, enters new
+//! mount, IPC and UTS namespaces, switches to a minimal root, sets rlimits and drops to the
+//! VM's uid and gid with no capabilities and `no_new_privs`. Meanwhile the supervisor creates
+//! the VM's cgroup: the two run side by side, so a start costs the longer of them, not their
+//! sum. Before it drops privileges, the child waits for the supervisor's word that the cgroup
+//! is there and joins it, through directories it opened before its root changed; only then
+//! does it build and run the VM (whose threads add seccomp filters).
 //! The supervisor waits, passes signals on, and removes the cgroup and the root's mount point
 //! when the VM ends; the mounts go with the namespace. If the supervisor is killed, the child
 //! dies with it (parent-death signal) and whoever reaps the supervisor calls [`cleanup`].
@@ -76,6 +79,8 @@ pub enum JailError {
     },
     #[error("privileges are still there after dropping them (setuid(0) succeeded)")]
     StillPrivileged,
+    #[error("the jail's supervisor ended before it made the VM's cgroup")]
+    NoCgroupMade,
 }
 
 /// Everything the jail needs to know.
@@ -151,7 +156,6 @@ pub fn run(cfg: &JailConfig, vm: impl FnOnce() -> ExitCode) -> Result<ExitCode, 
     if !valid_id(&cfg.id) {
         return Err(JailError::Id(cfg.id.clone()));
     }
-    let group = cgroup::Cgroup::create(&cfg.id, cfg.limits)?;
     let root = root_dir(&cfg.id);
     std::fs::create_dir_all(&root).map_err(|source| JailError::Sys {
         what: format!("create {}", root.display()),
@@ -163,6 +167,8 @@ pub fn run(cfg: &JailConfig, vm: impl FnOnce() -> ExitCode) -> Result<ExitCode, 
     // SAFETY: unshare with a flag; affects only children forked from now on.
     let rc = unsafe { libc::unshare(libc::CLONE_NEWPID) };
     sys::check(rc.into(), "unshare the PID namespace")?;
+    let parents = cgroup::Parents::open()?;
+    let (created_rx, created_tx) = sys::pipe()?;
     // SAFETY: the caller guarantees no other thread exists, so the child inherits a
     // consistent process.
     let pid = unsafe { libc::fork() };
@@ -170,26 +176,56 @@ pub fn run(cfg: &JailConfig, vm: impl FnOnce() -> ExitCode) -> Result<ExitCode, 
         return Err(io_err("fork"));
     }
     if pid == 0 {
-        let code = match enter(cfg, &group) {
+        drop(created_tx);
+        return Ok(match enter(cfg, parents, created_rx) {
             Ok(()) => vm(),
             Err(e) => {
                 eprintln!("vmm jail: {}", crate::api::server::error_chain(&e));
                 ExitCode::from(crate::EXIT_VMM_ERROR as u8)
             }
-        };
-        // The supervisor owns the cgroup: leave without running its destructor.
-        std::mem::forget(group);
-        return Ok(code);
+        });
     }
+    drop(created_rx);
     CHILD.store(pid, Ordering::Relaxed);
     for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
         // SAFETY: installs a handler that only calls kill.
         unsafe { libc::signal(sig, forward as *const () as libc::sighandler_t) };
     }
+    // The child joins it by itself: a process that moves itself skips the kernel's global
+    // threadgroup lock, which a move by pid takes (and which waits for an RCU grace period).
+    let made = cgroup::Cgroup::create(&cfg.id, cfg.limits, &parents);
+    drop(parents);
+    let group = match made {
+        Ok(group) => group,
+        Err(e) => {
+            // SAFETY: kills our own child, which has not built the VM.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            wait(pid);
+            let _ = std::fs::remove_dir(&root);
+            cgroup::remove(&cfg.id);
+            return Err(e);
+        }
+    };
+    // A failed write means the child is gone; `wait` then reports how it ended.
+    let _ = std::io::Write::write_all(&mut std::fs::File::from(created_tx), &[1]);
     let status = wait(pid);
     drop(group);
     let _ = std::fs::remove_dir(&root);
     Ok(status)
+}
+
+/// In the child: blocks until the supervisor has created the cgroup (one byte), or fails if
+/// the supervisor closed the pipe without (it could not make the cgroup, or died).
+fn wait_until_created(created: std::os::fd::OwnedFd) -> Result<(), JailError> {
+    let mut byte = [0u8; 1];
+    match std::io::Read::read(&mut std::fs::File::from(created), &mut byte) {
+        Ok(1) => Ok(()),
+        Ok(_) => Err(JailError::NoCgroupMade),
+        Err(source) => Err(JailError::Sys {
+            what: "wait for the supervisor to set up the cgroup".into(),
+            source,
+        }),
+    }
 }
 
 /// Waits for the child and turns its end into an exit code (128 + signal if killed).
@@ -213,13 +249,16 @@ fn wait(pid: libc::pid_t) -> ExitCode {
 }
 
 /// The child's side: everything between the fork and building the VM.
-fn enter(cfg: &JailConfig, group: &cgroup::Cgroup) -> Result<(), JailError> {
+fn enter(
+    cfg: &JailConfig,
+    parents: cgroup::Parents,
+    created: std::os::fd::OwnedFd,
+) -> Result<(), JailError> {
     sys::prctl(
         libc::PR_SET_PDEATHSIG,
         libc::SIGKILL as libc::c_ulong,
         "set the parent-death signal",
     )?;
-    group.join_self()?;
     if let Some(path) = &cfg.netns {
         let ns = std::fs::File::open(path).map_err(|source| JailError::Netns {
             path: path.clone(),
@@ -268,6 +307,9 @@ fn enter(cfg: &JailConfig, group: &cgroup::Cgroup) -> Result<(), JailError> {
     let rc = unsafe { libc::sethostname(host.as_ptr().cast(), host.len()) };
     sys::check(rc.into(), "set the hostname")?;
     root::enter(&root_dir(&cfg.id), &cfg.root, cfg.uid, cfg.gid)?;
+    // Joining needs root; the VM allocates nothing before it has joined.
+    wait_until_created(created)?;
+    parents.join(&cfg.id)?;
     privileges::set_rlimit(libc::RLIMIT_NOFILE, cfg.max_open_files)?;
     privileges::set_rlimit(libc::RLIMIT_FSIZE, cfg.max_file_bytes)?;
     privileges::drop_to(cfg.uid, cfg.gid)?;

@@ -72,6 +72,22 @@ pub fn mknod_char(
     chown(path, uid, gid)
 }
 
+/// A pipe, both ends close-on-exec: (read, write).
+pub fn pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), JailError> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the array we pass.
+    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    check(rc.into(), "create a pipe")?;
+    use std::os::fd::FromRawFd;
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    Ok(unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    })
+}
+
 pub fn prctl(option: libc::c_int, arg: libc::c_ulong, what: &str) -> Result<(), JailError> {
     // SAFETY: prctl with integer arguments only.
     let rc = unsafe { libc::prctl(option, arg, 0, 0, 0) };
