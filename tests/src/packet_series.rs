@@ -201,6 +201,17 @@ pub fn longest_wait_ms(events: &[Event], from: f64, to: f64) -> f64 {
 /// When the wait of [`longest_wait_ms`] began and ended (epoch seconds; equal if the client
 /// never waited).
 pub fn longest_wait(events: &[Event], from: f64, to: f64) -> (f64, f64) {
+    waits(events, from, to)
+        .into_iter()
+        .fold(
+            (from, from),
+            |l, w| if w.1 - w.0 > l.1 - l.0 { w } else { l },
+        )
+}
+
+/// Every wait of the client between `from` and `to` (see [`longest_wait_ms`]): when it began
+/// and when an answer (or the client giving up) ended it, clipped to the window.
+pub fn waits(events: &[Event], from: f64, to: f64) -> Vec<(f64, f64)> {
     #[derive(Default)]
     struct Waiting {
         connect: bool,
@@ -209,13 +220,10 @@ pub fn longest_wait(events: &[Event], from: f64, to: f64) -> (f64, f64) {
     let mut pending: HashMap<u16, Waiting> = HashMap::new();
     // Since when the client has been waiting with no answer at all.
     let mut since: Option<f64> = None;
-    let mut longest = (from, from);
+    let mut out = Vec::new();
     let mut close = |since: Option<f64>, t: f64| {
         if let Some(s) = since.filter(|_| t >= from) {
-            let (s, t) = (s.max(from), t.min(to));
-            if t - s > longest.1 - longest.0 {
-                longest = (s, t);
-            }
+            out.push((s.max(from), t.min(to)));
         }
     };
     for e in events.iter().take_while(|e| e.t <= to) {
@@ -250,7 +258,7 @@ pub fn longest_wait(events: &[Event], from: f64, to: f64) -> (f64, f64) {
         since = (!pending.is_empty()).then_some(e.t);
     }
     close(since, to);
-    longest
+    out
 }
 
 /// The longest latency of a reply between `from` and `to` (epoch seconds), in ms.
@@ -366,6 +374,11 @@ garbage line
         assert!((longest_wait_ms(&e, 2.0, 2.3) - 170.0).abs() < 1e-6);
         let (start, end) = longest_wait(&e, 2.0, 2.3);
         assert!((start - 2.031).abs() < 1e-9 && (end - 2.201).abs() < 1e-9);
+        let ms: Vec<f64> = waits(&e, 2.0, 2.3)
+            .iter()
+            .map(|w| ((w.1 - w.0) * 1e4).round() / 10.0)
+            .collect();
+        assert_eq!(ms, [30.5, 0.5, 170.0]);
         assert!((max_latency_ms(&e, 2.0, 2.3).unwrap() - 201.0).abs() < 1e-6);
         assert!((max_latency_ms(&e, 2.0, 2.1).unwrap() - 0.4).abs() < 1e-6);
         // Nothing answers the first request before 2.25: the wait runs to the window's end.

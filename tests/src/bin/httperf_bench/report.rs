@@ -16,8 +16,11 @@ fn bins(run: &Run, seconds: u64) -> Vec<Bin> {
 }
 
 /// The switchover's steps in ms from the guest's last frame on host-a, next to the client's
-/// longest wait.
-fn print_timeline(t: &Timeline, wait_start: f64, wait_end: f64) {
+/// longest wait, and the client's waits that the switchover itself touched: those in progress
+/// between the guest's last frame on host-a and its first on host-b, when it ran nowhere.
+/// `allowed` is the outage target, which this wait is put next to (the verdict stays on the
+/// whole stretch's longest wait).
+fn print_timeline(t: &Timeline, longest: (f64, f64), waits: &[(f64, f64)], allowed: f64) {
     let Some(zero) = t.source_last_out else {
         println!("  switchover: the guest sent nothing on host-a's tap");
         return;
@@ -26,16 +29,32 @@ fn print_timeline(t: &Timeline, wait_start: f64, wait_end: f64) {
         |t: Option<f64>| t.map_or("never".to_string(), |t| format!("{:+.1}", (t - zero) * 1e3));
     println!(
         "  switchover, ms from the guest's last frame on host-a: client's longest wait {} to {}; \
-         frames for the guest on host-a after that {} (last {}); host-b: RARP {}, first frame from the \
-         guest {}, first frame for it {}",
-        at(Some(wait_start)),
-        at(Some(wait_end)),
+         frames for the guest on host-a after that {} (last {}); host-b: RARP {}, first frame \
+         from the guest {}, first frame for it {}",
+        at(Some(longest.0)),
+        at(Some(longest.1)),
         t.lost,
         at(t.last_lost),
         at(t.rarp),
         at(t.dest_first_out),
         at(t.dest_first_in),
     );
+    let back = t.dest_first_out.unwrap_or(f64::INFINITY);
+    let across = waits
+        .iter()
+        .filter(|w| w.0 <= back && w.1 >= zero)
+        .map(|w| (w.1 - w.0) * 1e3)
+        .reduce(f64::max);
+    match across {
+        Some(ms) => println!(
+            "  the client's longest wait across the switchover: {ms:.1} ms (within the target's \
+             {allowed:.1} ms: {})",
+            if ms <= allowed { "yes" } else { "no" }
+        ),
+        None => println!(
+            "  the client's longest wait across the switchover: none (it asked nothing meanwhile)"
+        ),
+    }
 }
 
 fn verdict(ok: bool) -> &'static str {
@@ -99,7 +118,12 @@ pub fn report(r: &RateResult, args: &Args) -> bool {
         "  longest gap between replies {gap:.1} ms (steady run, same stretch: {steady_gap:.1}: \
          the load's own pauses); slowest reply {worst:.1} ms"
     );
-    print_timeline(&r.timeline, wait_start, wait_end);
+    print_timeline(
+        &r.timeline,
+        (wait_start, wait_end),
+        &packet_series::waits(&r.moving.events, from, to),
+        allowed,
+    );
     println!(
         "  httperf: nginx {}/{} replies, steady {}/{}, migrating {}/{}; failed connections: {} / {} / {}",
         r.nginx.totals.replies, r.nginx.totals.connections * u64::from(args.calls),
