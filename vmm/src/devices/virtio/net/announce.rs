@@ -38,22 +38,25 @@ pub fn gaps() -> impl Iterator<Item = Duration> {
     (0..ROUNDS - 1).map(|i| FIRST_GAP + STEP * i)
 }
 
-/// Sends the announce on a thread of its own, so the VM runs meanwhile.
+/// Sends the first announce frame now, on the caller's thread, and the repeats on a thread of
+/// their own, so the VM runs meanwhile. The first frame does not wait for a new thread to be
+/// scheduled: on a busy host that took milliseconds, while the bridges still sent the guest's
+/// traffic to the old host.
 pub fn spawn(net: Arc<Net>) {
+    let mac = net.mac();
+    let frame = rarp_frame(mac);
+    let send = move |net: &Net| {
+        if let Err(e) = net.inject_to_host(&frame) {
+            tracing::warn!("cannot announce {mac} on {}: {e}", net.tap().name());
+        }
+    };
+    send(&net);
     let spawned = std::thread::Builder::new()
         .name("announce".into())
         .spawn(move || {
-            let mac = net.mac();
-            let frame = rarp_frame(mac);
-            let mut gaps = gaps();
-            loop {
-                if let Err(e) = net.inject_to_host(&frame) {
-                    tracing::warn!("cannot announce {mac} on {}: {e}", net.tap().name());
-                }
-                match gaps.next() {
-                    Some(gap) => std::thread::sleep(gap),
-                    None => break,
-                }
+            for gap in gaps() {
+                std::thread::sleep(gap);
+                send(&net);
             }
             tracing::info!(mac = %mac, tap = net.tap().name(), rounds = ROUNDS, "announced the guest's MAC");
         });
