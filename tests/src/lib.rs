@@ -21,4 +21,5 @@ pub mod qemu_tls;
 pub mod qmp;
 pub mod smaps;
 pub mod stats;
+pub mod switchover;
 pub mod workspace;

@@ -14,9 +14,11 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use crate::builder::{self, BuildError, BuiltVm};
 use crate::controller::VmController;
 use crate::devices::virtio::block::DiskConfig;
+use crate::devices::virtio::net::tap::{Tap, TapError};
 use crate::devices::virtio::net::NetConfig;
 use crate::persist::format::{self, FormatError};
 use crate::persist::MachineState;
+use crate::sandbox::preopened;
 use crate::vstate::memory::{self, Backing, GuestMemory, MemoryError};
 
 /// A running VM as the pre-copy engine sees it.
@@ -110,6 +112,8 @@ pub enum IncomingError {
     State(#[from] FormatError),
     #[error("cannot build the VM from the source's state")]
     Build(#[from] BuildError),
+    #[error("cannot attach to the VM's tap")]
+    Tap(#[from] TapError),
 }
 
 /// Who the destination is and whom it accepts.
@@ -147,6 +151,7 @@ pub fn receive(
 ) -> Result<(BuiltVm, dest::Incoming), IncomingError> {
     let identity = Identity::load(auth.identity)?;
     let peer = PublicKey::from_hex(auth.peer)?;
+    attach_taps_early(net)?;
     let deadline = Instant::now() + auth.timeout;
     let addr = listener
         .local_addr()
@@ -160,6 +165,20 @@ pub fn receive(
             Err(e)
         }
     }
+}
+
+/// Attaches to the VM's taps now, long before the switchover, and keeps them for the devices
+/// the state builds. A tap's carrier comes up when a process attaches, but its bridge port
+/// forwards only once the kernel's link watcher has seen that, a little later (milliseconds on
+/// a busy host). Attached only when the state arrives, the tap dropped the announce and the
+/// guest's first frames after the switchover, and the bridges went on sending the guest's
+/// traffic to the old host until the next announce round.
+fn attach_taps_early(net: &[NetConfig]) -> Result<(), TapError> {
+    for cfg in net {
+        let tap = Tap::open(&cfg.tap)?;
+        preopened::put_tap(&cfg.tap, tap.into_file());
+    }
+    Ok(())
 }
 
 fn receive_vm(

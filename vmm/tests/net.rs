@@ -45,6 +45,20 @@ fn count(from: &Host) -> u64 {
     r.text().trim().parse().expect("a number")
 }
 
+/// Whether `host`'s tap has a carrier, i.e. a process has it open.
+fn tap_has_carrier(host: &Host) -> bool {
+    let out = std::process::Command::new("ip")
+        .args(["-n", host.namespace(), "link", "show", TAP])
+        .output()
+        .expect("run ip link show");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    !String::from_utf8_lossy(&out.stdout).contains("NO-CARRIER")
+}
+
 #[test]
 fn guest_serves_http_to_a_client_namespace_and_1000_requests_over_50_connections() {
     if !kvm_available() {
@@ -131,8 +145,15 @@ fn migrates_under_load_between_hosts_keeping_its_ip_its_count_and_its_uploads() 
     let hosts = common::hosts::Hosts::new();
     dst_cmd.args(hosts.incoming_args(&url));
     dst_cmd.args(["--net", &format!("tap={TAP}")]);
+    assert!(!tap_has_carrier(b), "nobody has host-b's tap open yet");
     let mut dst = Vmm::spawn_command(dst_cmd);
     dst.wait_stderr("waiting for an incoming migration", LIMIT);
+    // Attached from the start, its bridge port forwards by the switchover: the announce and
+    // the guest's first frames on host-b are not dropped.
+    assert!(
+        tap_has_carrier(b),
+        "the destination attached its tap only late"
+    );
     let mut src = boot_on(a, &http_cmdline("exit-after-ms=120000"), Some(&sock));
     let before = count(client);
 

@@ -386,6 +386,12 @@ fn incoming(args: &RunArgs, url: &str, started: Instant) -> ExitCode {
         // No commit: the source keeps (or takes back) the VM; this copy never runs.
         return fail(&e);
     }
+    // Committed: this copy runs. Bridges still send the guest's frames to the old host, where
+    // they are lost: tell them where it is now, before the vCPUs start (frames for the guest
+    // wait in its tap until then), and again a few times afterwards.
+    for net in vm.controller.devices().net() {
+        announce::first(net);
+    }
     if let Err(e) = vm.start(false) {
         return fail(&e);
     }
@@ -394,9 +400,8 @@ fn incoming(args: &RunArgs, url: &str, started: Instant) -> ExitCode {
         served.attach(vm.controller.clone());
     }
     conn.running();
-    // Bridges still send the guest's frames to the old host: tell them where it is now.
     for net in vm.controller.devices().net() {
-        announce::spawn(net.clone());
+        announce::repeat(net.clone());
     }
     tracing::info!(
         ms = started.elapsed().as_secs_f64() * 1e3,

@@ -38,27 +38,35 @@ pub fn gaps() -> impl Iterator<Item = Duration> {
     (0..ROUNDS - 1).map(|i| FIRST_GAP + STEP * i)
 }
 
-/// Sends the announce on a thread of its own, so the VM runs meanwhile.
-pub fn spawn(net: Arc<Net>) {
+/// Sends the first announce frame now, on the caller's thread. The destination calls it as
+/// soon as it is committed, before its vCPUs start: then the bridges learn the new port before
+/// the guest's own first frames go out, and frames for the guest wait in the tap until the VM
+/// runs. Waiting for a thread of its own took milliseconds on a busy host.
+pub fn first(net: &Net) {
+    send(net, &rarp_frame(net.mac()));
+}
+
+/// Sends the repeats of the announce ([`gaps`] apart, after [`first`]) on a thread of their
+/// own, so the VM runs meanwhile.
+pub fn repeat(net: Arc<Net>) {
     let spawned = std::thread::Builder::new()
         .name("announce".into())
         .spawn(move || {
-            let mac = net.mac();
-            let frame = rarp_frame(mac);
-            let mut gaps = gaps();
-            loop {
-                if let Err(e) = net.inject_to_host(&frame) {
-                    tracing::warn!("cannot announce {mac} on {}: {e}", net.tap().name());
-                }
-                match gaps.next() {
-                    Some(gap) => std::thread::sleep(gap),
-                    None => break,
-                }
+            let frame = rarp_frame(net.mac());
+            for gap in gaps() {
+                std::thread::sleep(gap);
+                send(&net, &frame);
             }
-            tracing::info!(mac = %mac, tap = net.tap().name(), rounds = ROUNDS, "announced the guest's MAC");
+            tracing::info!(mac = %net.mac(), tap = net.tap().name(), rounds = ROUNDS, "announced the guest's MAC");
         });
     if let Err(e) = spawned {
         tracing::warn!("cannot start the announce thread: {e}");
+    }
+}
+
+fn send(net: &Net, frame: &[u8]) {
+    if let Err(e) = net.inject_to_host(frame) {
+        tracing::warn!("cannot announce {} on {}: {e}", net.mac(), net.tap().name());
     }
 }
 

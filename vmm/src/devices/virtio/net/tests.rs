@@ -312,3 +312,30 @@ fn a_completed_transmission_wakes_a_vcpu_parked_in_the_idle() {
     assert!(t0.elapsed() < std::time::Duration::from_secs(30));
     assert_eq!(r.tx.used_idx(&r.mem), 1);
 }
+
+#[test]
+fn the_first_announce_goes_out_on_the_callers_thread() {
+    let (ours, host) = UnixDatagram::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    // SAFETY: `into_raw_fd` hands over sole ownership of an open socket descriptor.
+    let fd = unsafe { OwnedFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(ours)) };
+    let tap = Tap::from_file(File::from(fd), "test");
+    let mac = Mac([0x52, 0x54, 0, 0, 0, 9]);
+    let run = Arc::new(RunControl::new(1, 0));
+    let net = Arc::new(Net::new(tap, mac, mem(), run).unwrap());
+    announce::first(&net);
+    // No thread involved: the first frame went out on this one.
+    host.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 128];
+    let n = host
+        .recv(&mut buf)
+        .expect("the first announce is already sent");
+    assert_eq!(&buf[..n], &announce::rarp_frame(mac));
+    // The thread sends the repeats.
+    announce::repeat(net);
+    host.set_nonblocking(false).unwrap();
+    host.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let n = host.recv(&mut buf).expect("the second round");
+    assert_eq!(&buf[..n], &announce::rarp_frame(mac));
+}

@@ -5,24 +5,28 @@
 //! totals. Prints the figures and each target's verdict, and writes a CSV and a PNG plot.
 //! See tests/README.md.
 
+mod capture;
+mod report;
+
 use std::{
     fs,
     net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
-    process::{Command, ExitCode, Stdio},
+    process::{Command, ExitCode},
     thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{bail, Context, Result};
+use capture::Capture;
 use clap::Parser;
 use laundromat_tests::{
     bench_migration::{parse_ctl_output, OurStats},
     host_keys::HostKeys,
     netns::{self, Host, TestNetwork},
-    packet_series::{self, Bin, Event},
-    plot::{self, Line, Mark, Panel},
+    packet_series::{self, Event},
     process::BoundedChild,
+    switchover::{self, Timeline},
     workspace::{Image, Workspace},
 };
 
@@ -112,34 +116,13 @@ fn load<T: Send + 'static>(
     let _ = Command::new("ip")
         .args(["-n", client.namespace(), "neigh", "flush", "all"])
         .status();
-    let capture = scratch.join("capture.txt");
-    let mut tcpdump = client.command("tcpdump");
-    tcpdump
-        .args(["-i", "eth0", "-n", "-tt", "-l", "-s", "256"])
-        .arg(format!(
-            "tcp port {} and host {}",
-            server.port(),
-            server.ip()
-        ))
-        .stdout(fs::File::create(&capture)?)
-        .stderr(Stdio::piped())
-        .stdin(Stdio::null());
-    let mut tcpdump = tcpdump
-        .spawn()
-        .context("cannot start tcpdump (apt-get install tcpdump)")?;
-    // tcpdump says "listening on" once its filter is attached.
-    let mut stderr = tcpdump.stderr.take().context("tcpdump stderr")?;
-    let mut seen = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !String::from_utf8_lossy(&seen).contains("listening on") {
-        use std::io::Read;
-        let mut b = [0u8; 256];
-        let n = stderr.read(&mut b)?;
-        if n == 0 || Instant::now() > deadline {
-            bail!("tcpdump did not start: {}", String::from_utf8_lossy(&seen));
-        }
-        seen.extend_from_slice(&b[..n]);
-    }
+    let capture = Capture::start(
+        client,
+        "eth0",
+        &["-s", "256"],
+        &format!("tcp port {} and host {}", server.port(), server.ip()),
+        &scratch.join("capture.txt"),
+    )?;
     let conn_rate = f64::from(rate) / f64::from(args.calls);
     let conns = (conn_rate * args.seconds as f64).ceil() as u64;
     let origin = epoch_now();
@@ -164,15 +147,14 @@ fn load<T: Send + 'static>(
         .join()
         .map_err(|_| anyhow::anyhow!("the helper thread panicked"))?;
     thread::sleep(Duration::from_millis(300));
-    let _ = tcpdump.kill();
-    let _ = tcpdump.wait();
+    let captured = capture.finish()?;
     let totals = parse_httperf(&text).with_context(|| {
         format!(
             "httperf printed no totals:\n{text}{}",
             String::from_utf8_lossy(&out.stderr)
         )
     })?;
-    let events = packet_series::parse(&fs::read_to_string(&capture)?, server);
+    let events = packet_series::parse(&captured, server);
     Ok((
         Run {
             events,
@@ -181,6 +163,11 @@ fn load<T: Send + 'static>(
         },
         during,
     ))
+}
+
+/// The guest's MAC for index `n`, as tcpdump prints it.
+fn guest_mac(n: u8) -> String {
+    format!("52:54:00:77:01:{n:02x}")
 }
 
 /// Boots the http guest on `host`'s tap with MAC index `n`.
@@ -206,7 +193,7 @@ fn boot_guest(
     ])
     .arg(ws.image(Image::Bench)?)
     .args(["--cmdline", &cmdline])
-    .args(["--net", &format!("tap={TAP},mac=52:54:00:77:01:{n:02x}")]);
+    .args(["--net", &format!("tap={TAP},mac={}", guest_mac(n))]);
     if let Some(sock) = sock {
         cmd.arg("--api-sock").arg(sock);
     }
@@ -257,6 +244,7 @@ struct RateResult {
     steady: Run,
     moving: Run,
     migration: Migration,
+    timeline: Timeline,
 }
 
 fn run_rate(
@@ -294,9 +282,19 @@ fn run_rate(
     thread::sleep(Duration::from_millis(300));
     let src = boot_guest(ws, a, args, n + 1, Some(&sock))?;
     let (vmm, at) = (ws.vmm()?, args.migrate_at);
+    // Both taps, to place the switchover's steps (see `switchover`).
+    let mac = guest_mac(n + 1);
+    let filter = format!("ether host {mac}");
+    let tap_flags = ["-e", "-s", "96"];
+    let tap_a = Capture::start(a, TAP, &tap_flags, &filter, &scratch.join("tap-a.txt"))?;
+    let tap_b = Capture::start(b, TAP, &tap_flags, &filter, &scratch.join("tap-b.txt"))?;
     let (moving, migration) = load(client, guest, args, rate, scratch, move |origin| {
         migrate(vmm, sock, url, keys.migrate_args(), at, origin)
     })?;
+    let timeline = Timeline::new(
+        &switchover::frames(&tap_a.finish()?, &mac),
+        &switchover::frames(&tap_b.finish()?, &mac),
+    );
     drop(src);
     drop(dst);
     let migration = migration?;
@@ -312,6 +310,7 @@ fn run_rate(
         steady,
         moving,
         migration,
+        timeline,
     })
 }
 
@@ -332,155 +331,6 @@ fn write_nginx_conf(dir: &Path, listen: SocketAddrV4, size: u64) -> Result<PathB
         ),
     )?;
     Ok(conf)
-}
-
-fn bins(run: &Run, seconds: u64) -> Vec<Bin> {
-    packet_series::bins(&run.events, run.origin, BIN_S, seconds as f64)
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok {
-        "met"
-    } else {
-        "MISSED"
-    }
-}
-
-fn report(r: &RateResult, args: &Args) -> bool {
-    let secs = args.seconds as f64;
-    // Steady rates over the middle of the run, away from ramp-up and the tail.
-    let steady = |run: &Run| {
-        packet_series::reply_rate(&run.events, run.origin + 1.0, run.origin + secs - 1.0)
-    };
-    let (nginx_rate, guest_rate) = (steady(&r.nginx), steady(&r.steady));
-    let m = &r.migration;
-    let precopy_s = m.switchover() - m.start;
-    let precopy = packet_series::reply_rate(
-        &r.moving.events,
-        m.start,
-        m.switchover().max(m.start + BIN_S),
-    );
-    let outage = packet_series::longest_gap_ms(&r.moving.events, m.start - 0.5, m.end + 0.5);
-    let rtt = packet_series::median_latency_ms(&r.steady.events).unwrap_or(0.0);
-    let allowed = m.stats.downtime_ms + rtt + TARGET_OUTAGE_SLACK_MS;
-    let failed = r.moving.totals.errors;
-    println!(
-        "\n== {} requests/s ({} per connection) ==",
-        r.rate, args.calls
-    );
-    println!(
-        "  replies/s steady: nginx {nginx_rate:.1}, guest {guest_rate:.1} (ratio {:.2})",
-        guest_rate / nginx_rate.max(1e-9)
-    );
-    println!(
-        "  replies/s during pre-copy ({:.0} ms) {precopy:.1} (ratio to steady {:.2}); migration total {:.0} ms",
-        precopy_s * 1e3,
-        precopy / guest_rate.max(1e-9),
-        m.stats.total_time_ms
-    );
-    let parts = &m.stats.downtime_parts;
-    println!(
-        "  client-visible outage {outage:.1} ms; migration downtime {:.1} ms (final pages {:.1}, \
-         state {:.1}, resume {:.1}); RTT {rtt:.2} ms",
-        m.stats.downtime_ms, parts.final_pages_ms, parts.state_ms, parts.resume_ms
-    );
-    println!(
-        "  httperf: nginx {}/{} replies, steady {}/{}, migrating {}/{}; failed connections: {} / {} / {}",
-        r.nginx.totals.replies, r.nginx.totals.connections * u64::from(args.calls),
-        r.steady.totals.replies, r.steady.totals.connections * u64::from(args.calls),
-        r.moving.totals.replies, r.moving.totals.connections * u64::from(args.calls),
-        r.nginx.totals.errors, r.steady.totals.errors, failed
-    );
-    let checks = [
-        (
-            format!("outage <= downtime + RTT + 10 ms ({allowed:.1} ms)"),
-            outage <= allowed,
-        ),
-        ("no failed connections".to_string(), failed == 0),
-        (
-            format!("pre-copy throughput >= {TARGET_PRECOPY_RATIO} x steady"),
-            precopy >= TARGET_PRECOPY_RATIO * guest_rate,
-        ),
-    ];
-    for (what, ok) in &checks {
-        println!("  target {what}: {}", verdict(*ok));
-    }
-    checks.iter().all(|(_, ok)| *ok)
-}
-
-fn write_outputs(results: &[RateResult], args: &Args) -> Result<()> {
-    fs::create_dir_all(&args.out)?;
-    let mut csv = String::from("rate,peer,t_s,replies_per_s,latency_ms,resets\n");
-    for r in results {
-        for (peer, run) in [
-            ("nginx", &r.nginx),
-            ("guest-steady", &r.steady),
-            ("guest-migrating", &r.moving),
-        ] {
-            for b in bins(run, args.seconds) {
-                let lat = b.latency_ms.map_or(String::new(), |l| format!("{l:.3}"));
-                csv.push_str(&format!(
-                    "{},{peer},{:.1},{:.0},{lat},{}\n",
-                    r.rate, b.t_s, b.replies_per_s, b.resets
-                ));
-            }
-        }
-    }
-    let csv_path = args.out.join("httperf-bench.csv");
-    fs::write(&csv_path, csv)?;
-    let Some(r) = results.last() else {
-        return Ok(());
-    };
-    let lines = |f: &dyn Fn(&Bin) -> Option<f64>| -> Vec<Line> {
-        [
-            ("nginx (native)", &r.nginx),
-            ("guest, steady", &r.steady),
-            ("guest, migrating", &r.moving),
-        ]
-        .into_iter()
-        .map(|(name, run)| Line {
-            name: name.into(),
-            points: bins(run, args.seconds)
-                .iter()
-                .map(|b| (b.t_s, f(b)))
-                .collect(),
-        })
-        .collect()
-    };
-    let m = &r.migration;
-    let o = r.moving.origin;
-    let marks = [
-        Mark {
-            label: "migration starts".into(),
-            t: m.start - o,
-        },
-        Mark {
-            label: "switchover".into(),
-            t: m.switchover() - o,
-        },
-        Mark {
-            label: "running on host-b".into(),
-            t: m.end - o,
-        },
-    ];
-    let panels = [
-        Panel {
-            y_label: "replies/s (100 ms bins)".into(),
-            lines: lines(&|b| Some(b.replies_per_s)),
-        },
-        Panel {
-            y_label: "mean latency (ms)".into(),
-            lines: lines(&|b| b.latency_ms),
-        },
-    ];
-    let png = args.out.join("httperf-bench.png");
-    let title = format!(
-        "httperf at {} requests/s: the bench guest migrating host-a -> host-b",
-        r.rate
-    );
-    plot::draw(&png, &title, &panels, &marks)?;
-    println!("\nwrote {} and {}", csv_path.display(), png.display());
-    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -522,9 +372,9 @@ fn run(args: &Args) -> Result<bool> {
         }
         let mut all = true;
         for r in &results {
-            all &= report(r, args);
+            all &= report::report(r, args);
         }
-        write_outputs(&results, args)?;
+        report::write_outputs(&results, args)?;
         drop(nginx);
         Ok(all)
     })();
