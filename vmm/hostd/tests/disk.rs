@@ -3,8 +3,9 @@
 //! image it uploaded; a token bought for another disk (or for this disk writable rather than
 //! read-only) is refused; a missing disk blob gets the same refusal as a missing kernel; a
 //! writable disk is the VM's own copy, so the guest's writes never reach the stored blob, and
-//! the copy goes when the VM ends. Migration: a writable disk on a `--disk-dir` both hosts
-//! share moves with its VM, and a host that cannot reach it refuses, leaving the VM running.
+//! the copy goes when the VM ends, also after a hostd restart re-adopted the VM. Migration: a
+//! writable disk on a `--disk-dir` both hosts share moves with its VM, and a host that cannot
+//! reach it refuses, leaving the VM running.
 
 mod common;
 
@@ -75,9 +76,10 @@ async fn first_pass(hostd: &Hostd, vm: &str, bought: &Bought) -> u64 {
         from = next;
         let text = String::from_utf8_lossy(&console);
         assert!(!text.contains("failed"), "{text}");
+        // Whole lines only: a read may end mid-line.
         sum = text
-            .lines()
-            .filter(|l| l.contains("bench: blk-read pass="))
+            .split_inclusive('\n')
+            .filter(|l| l.ends_with('\n') && l.contains("bench: blk-read pass="))
             .find_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("fnv=")))
             .map(|hex| u64::from_str_radix(hex, 16).unwrap());
         sum.is_some()
@@ -180,13 +182,14 @@ async fn a_writable_disk_is_the_vms_own_copy_and_goes_when_the_vm_ends() {
     let writer_cmdline = "workload=blk wss=4";
     let reader = buy(&kernel, READER, &image);
     let writer = buy(&kernel, writer_cmdline, &image);
-    let hostd = Hostd::start(&[], &[&reader, &writer], &[]);
+    let mut hostd = Hostd::start(&[], &[&reader, &writer], &[]);
     let disk_dir = hostd.data_dir().join("disks");
     let kernel_digest = hostd.client.put_image(kernel.clone()).await.unwrap();
     hostd.client.put_disk(&image.sha256, &path).await.unwrap();
     let blob = hostd.data_dir().join("images").join(image.sha256.as_str());
 
-    // A reader sees the image's bytes through its own copy; stopping it removes the copy.
+    // A reader sees the image's bytes through its own copy. A restarted hostd re-adopts it
+    // with its disk, and stopping it then removes the copy.
     let vm = hostd
         .client
         .admit(&with_disk(&reader, &kernel_digest, READER, &image))
@@ -195,6 +198,15 @@ async fn a_writable_disk_is_the_vms_own_copy_and_goes_when_the_vm_ends() {
     let copy = copy_of(&disk_dir, &vm);
     assert!(copy.is_file(), "no copy at {}", copy.display());
     assert_eq!(first_pass(&hostd, &vm.vm_id, &reader).await, want);
+    hostd.kill9();
+    hostd.spawn();
+    assert_eq!(
+        hostd.client.vm(&vm.vm_id).await.unwrap().pid,
+        vm.pid,
+        "{}",
+        hostd.log()
+    );
+    assert!(copy.is_file());
     hostd.client.stop(&vm.vm_id, &reader.tenant).await.unwrap();
     assert!(!copy.exists());
 
@@ -279,7 +291,12 @@ async fn a_writable_disk_on_a_shared_disk_dir_migrates_and_other_hosts_refuse_it
         a.log(),
         b.log()
     );
-    assert_eq!(b.client.vm(&vm.vm_id).await.unwrap().state, "running");
+    // The destination's watcher marks it running once its `vmm` reports so.
+    let running = eventually(Duration::from_secs(10), || {
+        futures_block(b.client.vm(&vm.vm_id)).is_ok_and(|v| v.state == "running")
+    })
+    .await;
+    assert!(running, "{}", b.log());
     assert_eq!(first_pass(b, &vm.vm_id, &bought).await, want);
     // The source left the copy to its new host, which removes it when the VM ends there.
     let copy = copy_of(&disk_dir, &vm);
