@@ -371,13 +371,9 @@ async fn inject_uploads_the_disk_and_a_disk_over_the_hosts_limit_is_refused_clea
         return;
     }
     let kernel = bench_elf();
-    // 2 MiB of varied bytes; the guest reads it all and prints its FNV-1a checksum.
-    let disk: Vec<u8> = (0..2u32 << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
-    let want = disk.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
+    // 2 MiB; the guest reads it all and prints its FNV-1a checksum.
+    let disk = laundromat_tests::disk_image::pseudo_random(2 << 20, 0xc11);
+    let want = laundromat_tests::disk_image::fnv1a(&disk);
     let cmdline = "workload=blk-read wss=2";
     let image = laundromat_api::hostd::DiskImage {
         sha256: laundromat_api::hostd::BlobDigest::of(&disk),

@@ -15,29 +15,14 @@ use std::time::Duration;
 use common::*;
 use hostd::client::ClientError;
 use laundromat_api::hostd::{AdmitRequest, BlobDigest, DiskImage, VmView};
+use laundromat_tests::disk_image::{fnv1a, pseudo_random};
 
 const DISK_MIB: usize = 4;
 const READER: &str = "workload=blk-read wss=4";
 
-/// FNV-1a 64, as the guest computes it, written here independently.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-/// A disk image of pseudo-random words (splitmix64 from `seed`) at `path`: its reference
-/// and its checksum.
+/// A disk image of pseudo-random words from `seed` at `path`: its reference and its checksum.
 fn make_disk(path: &Path, seed: u64, readonly: bool) -> (DiskImage, u64) {
-    let mut x = seed;
-    let mut data = vec![0u8; DISK_MIB << 20];
-    for word in data.chunks_exact_mut(8) {
-        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = x;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        word.copy_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
+    let data = pseudo_random(DISK_MIB << 20, seed);
     std::fs::write(path, &data).unwrap();
     let image = DiskImage {
         sha256: BlobDigest::of(&data),
