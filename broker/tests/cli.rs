@@ -1,5 +1,6 @@
 //! The README's walk-through with the real binaries: start a broker, make keys, register
-//! and top up a tenant, buy a token with `laundromat`, read it back, check the ledger.
+//! and top up a tenant, buy a token with `laundromat` (one for an image with a disk too), read
+//! it back, check the ledger.
 
 mod common;
 
@@ -8,6 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{TempDir, CLUSTER};
+use sha2::Digest;
 
 const BROKER: &str = env!("CARGO_BIN_EXE_broker");
 const LAUNDROMAT: &str = env!("CARGO_BIN_EXE_laundromat");
@@ -124,6 +126,68 @@ fn buy_a_token_with_the_command_line() {
     assert_eq!(
         (shown["escrow"].as_u64(), shown["next_link"].as_u64()),
         (Some(500), Some(1))
+    );
+    // An image with a disk: the token's digest binds the disk's SHA-256 and read-only flag.
+    let (kernel, disk) = (dir.0.join("kernel"), dir.0.join("disk.img"));
+    std::fs::write(&kernel, b"a kernel").unwrap();
+    std::fs::write(&disk, vec![7u8; 3 << 20]).unwrap();
+    let buy_disk = |image: &str| {
+        let args = [
+            "--json",
+            "token",
+            "buy",
+            "--image",
+            image,
+            "--cmdline",
+            "root=/dev/vda",
+            "--disk",
+            disk.to_str().unwrap(),
+            "--disk-readonly",
+            "--vcpus",
+            "1",
+            "--mem",
+            "64",
+            "--price",
+            "5",
+            "--period",
+            "10s",
+            "--links",
+            "2",
+        ];
+        Command::new(LAUNDROMAT)
+            .args(args)
+            .args(broker_flag)
+            .env("LAUNDROMAT_CONFIG_DIR", &config)
+            .output()
+            .unwrap()
+    };
+    let bought = buy_disk(kernel.to_str().unwrap());
+    assert!(
+        bought.status.success(),
+        "{}",
+        String::from_utf8_lossy(&bought.stderr)
+    );
+    let bought: serde_json::Value = serde_json::from_slice(&bought.stdout).unwrap();
+    let file = config
+        .join("tokens")
+        .join(format!("{}.json", bought["token_id"].as_str().unwrap()));
+    let file: serde_json::Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+    let signed: token::SignedToken = serde_json::from_value(file["token"].clone()).unwrap();
+    let part = token::DiskPart {
+        sha256: sha2::Sha256::digest(vec![7u8; 3 << 20]).into(),
+        readonly: true,
+    };
+    assert_eq!(
+        signed.token().image_digest,
+        token::image_digest_with_disk(b"a kernel", None, "root=/dev/vda", Some(part))
+    );
+    // A digest already binds any disk: a disk beside one is refused.
+    let refused = buy_disk(&digest);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("--disk goes with a kernel file"),
+        "{stderr}"
     );
     // A second tenant key cannot be made over the first.
     assert!(!Command::new(LAUNDROMAT)

@@ -10,6 +10,7 @@ pub mod bench_migration;
 pub mod bench_peers;
 pub mod bench_restore;
 pub mod bench_tls;
+pub mod disk_image;
 pub mod host_keys;
 pub mod http_client;
 pub mod machine;

@@ -75,7 +75,7 @@ pub use chain::payer::Payer;
 pub use chain::verifier::Verifier;
 pub use chain::{chain_root, LinkHasher, MAX_CHAIN_LENGTH};
 pub use ids::{ClusterId, HostId, ImageDigest, KeyId, Link, TokenId};
-pub use image_digest::image_digest;
+pub use image_digest::{image_digest, image_digest_with_disk, DiskPart};
 pub use paid_time::PaidTime;
 pub use payment::Payment;
 pub use redemption::{Claim, SignedClaim, VerifiedClaim};

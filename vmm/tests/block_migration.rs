@@ -12,30 +12,16 @@ use std::time::{Duration, Instant};
 use common::hosts::Hosts;
 use common::pair::{migrate_completed, status, url, LIMIT};
 use common::*;
+use laundromat_tests::disk_image::{fnv1a, pseudo_random};
 use vmm::api::{client, protocol::Request};
 
 /// The image the guest reads: 128 MiB, a pass takes the guest a fraction of a second.
 const DISK_MIB: usize = 128;
 const GUEST_MIB: u64 = 64;
 
-/// FNV-1a 64 over `bytes`, written here independently of the guest's.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-/// Writes an image of pseudo-random words (splitmix64) and returns its checksum.
+/// Writes an image of pseudo-random words and returns its checksum.
 fn make_image(path: &Path) -> u64 {
-    let mut x = 0x5eed_u64;
-    let mut data = vec![0u8; DISK_MIB << 20];
-    for word in data.chunks_exact_mut(8) {
-        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = x;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        word.copy_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
+    let data = pseudo_random(DISK_MIB << 20, 0x5eed);
     std::fs::write(path, &data).unwrap();
     fnv1a(&data)
 }

@@ -4,6 +4,7 @@
 //! | method | path | signed by | body → answer |
 //! |---|---|---|---|
 //! | PUT | `/v1/images/{sha256}` | — | the blob → [`ImageStored`] |
+//! | PUT | `/v1/disks/{sha256}` | — | a disk image blob (its own size limit) → [`ImageStored`] |
 //! | POST | `/v1/vms` | — (the token is the credential) | [`AdmitRequest`] → [`VmView`] |
 //! | GET | `/v1/vms`, `/v1/vms/{id}` | — | → `[VmView]`, `VmView` |
 //! | POST | `/v1/vms/{id}/payments` | — (a link is its own proof) | [`token::Payment`] → [`PaymentReceipt`] |
@@ -39,6 +40,12 @@ pub fn console(id: &str) -> String {
 
 pub fn image(digest: &BlobDigest) -> String {
     format!("/v1/images/{digest}")
+}
+
+/// Where a disk image blob is uploaded: the same content-addressed store as kernels, under
+/// the host's (larger) disk size limit.
+pub fn disk(digest: &BlobDigest) -> String {
+    format!("/v1/disks/{digest}")
 }
 
 /// How the guest is started (the `vmm run --boot` modes).
@@ -85,6 +92,14 @@ impl BlobDigest {
     }
 }
 
+impl BlobDigest {
+    /// The 32 bytes the hex digits spell.
+    pub fn bytes(&self) -> [u8; 32] {
+        // Checked to be 64 hex digits when made, so this always decodes to 32 bytes.
+        token::hex::decode_array(&self.0).unwrap_or([0; 32])
+    }
+}
+
 impl AsRef<str> for BlobDigest {
     fn as_ref(&self) -> &str {
         &self.0
@@ -122,6 +137,28 @@ pub struct ImageStored {
     pub sha256: BlobDigest,
 }
 
+/// The disk image of an image reference: a virtio-blk device the guest sees as `/dev/vda`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskImage {
+    /// SHA-256 of the disk blob, uploaded with `PUT /v1/disks/{sha256}`.
+    pub sha256: BlobDigest,
+    /// Read-only disks are opened from the stored blob itself; a writable one gets a copy of
+    /// its own for the VM, so the stored blob never changes.
+    #[serde(default)]
+    pub readonly: bool,
+}
+
+impl DiskImage {
+    /// What the token's image digest binds of this disk (see `token::image_digest_with_disk`).
+    pub fn part(&self) -> token::DiskPart {
+        token::DiskPart {
+            sha256: self.sha256.bytes(),
+            readonly: self.readonly,
+        }
+    }
+}
+
 /// The body of `POST /v1/vms`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -134,6 +171,9 @@ pub struct AdmitRequest {
     pub initrd: Option<BlobDigest>,
     #[serde(default)]
     pub cmdline: String,
+    /// A disk image; bound by the token's image digest like the kernel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskImage>,
     pub boot: BootMode,
     /// Defaults to the token's memory.
     #[serde(default)]
@@ -308,6 +348,8 @@ mod tests {
             );
         }
         assert!(serde_json::from_str::<BlobDigest>("\"../x\"").is_err());
+        let digest = BlobDigest::of(b"disk");
+        assert_eq!(token::hex::encode(&digest.bytes()), digest.as_str());
     }
 
     #[test]

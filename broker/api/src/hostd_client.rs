@@ -12,6 +12,54 @@ use crate::hostd::{
 };
 use crate::signing::{self, SignatureError};
 
+mod file_body {
+    //! A file as a streamed request body.
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use bytes::Bytes;
+    use http_body::Frame;
+    use tokio::io::{AsyncRead, ReadBuf};
+
+    /// Bytes read per frame.
+    const CHUNK: usize = 1 << 20;
+
+    pub struct FileBody {
+        file: tokio::fs::File,
+        buf: Vec<u8>,
+    }
+
+    impl FileBody {
+        pub fn new(file: tokio::fs::File) -> Self {
+            Self {
+                file,
+                buf: vec![0; CHUNK],
+            }
+        }
+    }
+
+    impl http_body::Body for FileBody {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            let this = self.get_mut();
+            let mut buf = ReadBuf::new(&mut this.buf);
+            match Pin::new(&mut this.file).poll_read(cx, &mut buf) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => Poll::Ready(None),
+                Poll::Ready(Ok(())) => {
+                    Poll::Ready(Some(Ok(Frame::data(Bytes::copy_from_slice(buf.filled())))))
+                }
+            }
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot reach hostd")]
@@ -22,6 +70,12 @@ pub enum ClientError {
     Unexpected { status: u16, text: String },
     #[error("cannot sign the request")]
     Sign(#[from] SignatureError),
+    #[error("cannot read {path}")]
+    File {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl ClientError {
@@ -49,7 +103,7 @@ impl ClientError {
                 Some(*status)
             }
             ClientError::Http(e) => e.status().map(|s| s.as_u16()),
-            ClientError::Sign(_) => None,
+            ClientError::Sign(_) | ClientError::File { .. } => None,
         }
     }
 }
@@ -166,6 +220,30 @@ impl HostdClient {
             request = request.header(name, value);
         }
         Ok(request)
+    }
+
+    /// Uploads the disk image at `path`, whose SHA-256 is `digest`, streamed from the file
+    /// (disk images are large). hostd checks the digest as it stores the blob.
+    pub async fn put_disk(
+        &self,
+        digest: &BlobDigest,
+        path: &std::path::Path,
+    ) -> Result<BlobDigest, ClientError> {
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|source| ClientError::File {
+                path: path.to_owned(),
+                source,
+            })?;
+        let body = reqwest::Body::wrap(file_body::FileBody::new(file));
+        let response = self
+            .http
+            .put(self.url(&hostd::disk(digest)))
+            .body(body)
+            .send()
+            .await?;
+        let stored: ImageStored = answer(response).await?;
+        Ok(stored.sha256)
     }
 
     /// Uploads an image blob under its SHA-256; returns the digest.

@@ -75,6 +75,10 @@ fn vmm_args(host: &Host, record: &VmRecord) -> Vec<String> {
         args.push("--net".into());
         args.push(net.vmm_arg());
     }
+    if let Some(disk) = &record.disk {
+        args.push("--disk".into());
+        args.push(disk.vmm_arg());
+    }
     args
 }
 
@@ -112,18 +116,30 @@ async fn admit_inner(host: &Arc<Host>, request: AdmitRequest) -> Result<VmView, 
         .verify(&keys, now_s, &host.config.cluster_id, &token.image_digest)
         .map_err(token_refusal)?;
 
-    // 4. The image: blobs present, and the token's digest over kernel, initrd and cmdline.
+    // 4. The image: blobs present, and the token's digest over kernel, initrd, cmdline and
+    // disk.
     let missing = |e: ImageError| refuse(StatusCode::NOT_FOUND, "image_not_found", e.to_string());
-    host.images.existing(&request.kernel).map_err(missing)?;
-    if let Some(initrd) = &request.initrd {
-        host.images.existing(initrd).map_err(missing)?;
+    let blobs = [Some(&request.kernel), request.initrd.as_ref()];
+    let disk_blob = request.disk.as_ref().map(|d| &d.sha256);
+    for blob in blobs.into_iter().chain([disk_blob]).flatten() {
+        host.images.existing(blob).map_err(missing)?;
     }
     let digest = host
         .images
-        .token_digest(&request.kernel, request.initrd.as_ref(), &request.cmdline)
+        .token_digest(
+            &request.kernel,
+            request.initrd.as_ref(),
+            &request.cmdline,
+            request.disk.as_ref(),
+        )
         .await
         .map_err(|e| match e {
             ImageError::NotFound(_) => missing(e),
+            ImageError::TooLarge { .. } => refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "image_too_large",
+                e.to_string(),
+            ),
             other => ApiError::internal(format!("cannot read the image: {}", chain(&other))),
         })?;
     if digest != token.image_digest {
@@ -176,6 +192,8 @@ async fn admit_inner(host: &Arc<Host>, request: AdmitRequest) -> Result<VmView, 
             .clone(),
         redeemed_index: 0,
         net,
+        // Made below, once the resources are reserved: a copy is not made for nothing.
+        disk: None,
         process: None,
     };
     let verifier = Verifier::new(&token, host.config.max_skip)
@@ -184,6 +202,21 @@ async fn admit_inner(host: &Arc<Host>, request: AdmitRequest) -> Result<VmView, 
     reserve(host, &vm)?;
     let unreserve = || {
         host.vms().remove(&vm_id);
+    };
+    let disk = match &request.disk {
+        Some(image) => match crate::disks::for_admission(host, &vm_id, image).await {
+            Ok(disk) => Some(disk),
+            Err(error) => {
+                unreserve();
+                return Err(error);
+            }
+        },
+        None => None,
+    };
+    vm.state.lock().await.record.disk = disk.clone();
+    let unreserve = || {
+        crate::disks::remove_owned(&vm_id, disk.as_ref());
+        unreserve();
     };
 
     // 8. The broker's lease, while the record is made durable: a record without a process

@@ -26,8 +26,12 @@ pub struct HostConfig {
     pub console_bytes: usize,
     /// Consoles followed at once; more followers are refused with 503.
     pub max_console_followers: usize,
-    /// Largest image blob accepted.
+    /// Largest kernel or initrd blob accepted.
     pub max_image_bytes: u64,
+    /// Largest disk image blob accepted.
+    pub max_disk_bytes: u64,
+    /// Where VMs' own copies of writable disks live (shared storage, for migrations).
+    pub disk_dir: PathBuf,
     /// The URL this host's API is reached at, for the host directory.
     pub advertise_url: String,
     pub min_price_per_link: u64,

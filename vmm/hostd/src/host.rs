@@ -156,7 +156,12 @@ impl Host {
     ) -> std::io::Result<Arc<Self>> {
         std::fs::create_dir_all(config.data_dir.join("vms"))?;
         std::fs::create_dir_all(config.data_dir.join(crate::lifecycle::PENDING_DIR))?;
-        let images = ImageStore::open(config.data_dir.join("images"), config.max_image_bytes)?;
+        let images = ImageStore::open(
+            config.data_dir.join("images"),
+            config.max_image_bytes,
+            config.max_disk_bytes,
+        )?;
+        std::fs::create_dir_all(&config.disk_dir)?;
         let followers = config.max_console_followers;
         Ok(Arc::new(Self {
             config,

@@ -19,6 +19,7 @@ pub mod client;
 pub mod config;
 pub mod console;
 pub mod daemon;
+pub mod disks;
 pub mod durable;
 pub mod host;
 pub mod http;

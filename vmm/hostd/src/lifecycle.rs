@@ -114,6 +114,7 @@ pub async fn end_vm(host: &Host, vm: &Vm, reason: EndReason) {
         process.stop(host.config.stop_timeout).await;
     }
     crate::network::remove_vm_tap(host, &vm.id, vm.net.as_ref()).await;
+    crate::disks::remove_owned(&vm.id, state.record.disk.as_ref());
     let index = state.verifier.index();
     let claim = (index > state.record.redeemed_index)
         .then(|| Claim::from_verifier(host.host_id(), &state.verifier).sign(&host.identity.key));

@@ -67,9 +67,17 @@ struct Cli {
     /// Consoles followed at once (`console?follow=true`); more followers get 503.
     #[arg(long, default_value_t = 32)]
     max_console_followers: usize,
-    /// Largest image blob accepted, MiB.
+    /// Largest kernel or initrd blob accepted, MiB.
     #[arg(long, default_value_t = 256)]
     max_image_mib: u64,
+    /// Largest disk image blob accepted, MiB (`PUT /v1/disks/{sha256}`).
+    #[arg(long, default_value_t = 8192)]
+    max_disk_mib: u64,
+    /// Where VMs' own copies of writable disk images live [default: <data dir>/disks]. For
+    /// host-to-host migration of VMs with a writable disk, put it on storage both hosts reach:
+    /// the destination opens the same file.
+    #[arg(long)]
+    disk_dir: Option<PathBuf>,
     /// The URL other parties reach this API at, for the host directory [default: from --listen].
     #[arg(long)]
     advertise_url: Option<String>,
@@ -234,6 +242,9 @@ fn run(cli: Cli) -> Result<(), String> {
         ));
     }
     let config = HostConfig {
+        disk_dir: cli
+            .disk_dir
+            .unwrap_or_else(|| cli.data_dir.join(hostd::disks::DEFAULT_DIR)),
         data_dir: cli.data_dir,
         cluster_id,
         memory_mib: cli.mem_mib,
@@ -245,6 +256,7 @@ fn run(cli: Cli) -> Result<(), String> {
         console_bytes: cli.console_kib.saturating_mul(1024).max(1024),
         max_console_followers: cli.max_console_followers,
         max_image_bytes: cli.max_image_mib.saturating_mul(1 << 20),
+        max_disk_bytes: cli.max_disk_mib.saturating_mul(1 << 20),
         advertise_url: cli
             .advertise_url
             .unwrap_or_else(|| format!("http://{}", cli.listen)),

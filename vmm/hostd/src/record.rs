@@ -33,6 +33,9 @@ pub struct VmRecord {
     /// is made, so that a restart after a crash finds the tap to delete.
     #[serde(default)]
     pub net: Option<crate::network::VmNet>,
+    /// Its disk, if the image carries one (see `crate::disks`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<crate::disks::VmDisk>,
     /// The `vmm` process, once started.
     pub process: Option<ProcessId>,
 }

@@ -1,7 +1,8 @@
 //! The tenant's `laundromat` binary against a real hostd: inject a bench guest, pay for it
 //! (by hand and with `--follow`), survive a payer that crashed before recording a link, read
 //! its status and console (read once, and followed until the VM stops), and stop it; another tenant can neither stop nor read it; and
-//! `pay --follow` follows a VM that migrates to another host.
+//! `pay --follow` follows a VM that migrates to another host; `vm inject --disk` uploads a disk
+//! image the guest reads, within the host's disk limit.
 //!
 //! `laundromat` is the broker package's binary: it must be built in the same profile
 //! (`cargo build --release -p broker --bin laundromat`; `cargo test --workspace` does).
@@ -362,4 +363,88 @@ async fn pay_follow_follows_the_vm_across_a_migration() {
     let status = alice.json(&["vm", "status", &vm]);
     assert_eq!(status["host_id"], b.identity.host_id.to_string());
     assert_eq!(status["paid_index"].as_u64(), Some(held));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inject_uploads_the_disk_and_a_disk_over_the_hosts_limit_is_refused_clearly() {
+    if !kvm_available() {
+        return;
+    }
+    let kernel = bench_elf();
+    // 2 MiB; the guest reads it all and prints its FNV-1a checksum.
+    let disk = laundromat_tests::disk_image::pseudo_random(2 << 20, 0xc11);
+    let want = laundromat_tests::disk_image::fnv1a(&disk);
+    let cmdline = "workload=blk-read wss=2";
+    let image = laundromat_api::hostd::DiskImage {
+        sha256: laundromat_api::hostd::BlobDigest::of(&disk),
+        readonly: true,
+    };
+    let bought = TokenSpec {
+        disk: Some(image),
+        ..TokenSpec::new(&kernel, cmdline)
+    }
+    .buy();
+    let small = Hostd::start(&["--max-disk-mib", "1"], &[&bought], &[]);
+    let tenant = Tenant::new(small.dir.path(), "tenant", &bought);
+    let (kernel_file, disk_file) = (
+        small.dir.path().join("bench.elf"),
+        small.dir.path().join("disk.img"),
+    );
+    std::fs::write(&kernel_file, &kernel).unwrap();
+    std::fs::write(&disk_file, &disk).unwrap();
+    let inject = |url: &str, readonly: bool| {
+        let mut args = vec![
+            "vm",
+            "inject",
+            "--host",
+            url,
+            "--token",
+            tenant.token_file.to_str().unwrap(),
+            "--kernel",
+            kernel_file.to_str().unwrap(),
+            "--cmdline",
+            cmdline,
+            "--disk",
+            disk_file.to_str().unwrap(),
+        ];
+        if readonly {
+            args.push("--disk-readonly");
+        }
+        tenant.run(&args)
+    };
+
+    // The token binds the disk read-only: writable does not match, checked before uploading.
+    let mismatch = inject(&small.url, false);
+    let stderr = String::from_utf8_lossy(&mismatch.stderr);
+    assert!(
+        !mismatch.status.success() && stderr.contains("do not match the token's image digest"),
+        "{stderr}"
+    );
+    // A disk over the host's limit: refused with the flag that sets it.
+    let refused = inject(&small.url, true);
+    assert_refused(&refused, "413", "image_too_large");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--max-disk-mib"));
+
+    // A host that takes it: the disk is uploaded and the guest reads exactly its bytes.
+    let hostd = Hostd::start(&[], &[&bought], &[]);
+    let injected = inject(&hostd.url, true);
+    assert!(
+        injected.status.success(),
+        "{}",
+        String::from_utf8_lossy(&injected.stderr)
+    );
+    let vm = String::from_utf8_lossy(&injected.stdout).trim().to_owned();
+    let (mut console, mut from) = (String::new(), 0);
+    let read = eventually(Duration::from_secs(30), || {
+        let (bytes, next) = futures_block(hostd.client.console(&vm, from, &bought.tenant)).unwrap();
+        console.push_str(&String::from_utf8_lossy(&bytes));
+        from = next;
+        // Whole lines only: a read may end mid-line.
+        console[..console.rfind('\n').unwrap_or(0)].contains(" fnv=")
+    })
+    .await;
+    assert!(read, "{console}");
+    let line = console.lines().find(|l| l.contains(" fnv=")).unwrap();
+    assert!(line.ends_with(&format!("fnv={want:016x}")), "{line}");
+    hostd.client.stop(&vm, &bought.tenant).await.unwrap();
 }

@@ -2,6 +2,7 @@
 //! injected into hosts on those tokens ([`vm`]) and paid for link by link ([`pay`]).
 
 mod console;
+mod disk;
 mod follow;
 mod migrate;
 mod migrate_progress;
@@ -20,10 +21,11 @@ use broker::client::{new_idempotency_key, Client};
 use broker::clock::unix_now;
 use broker::keys;
 use clap::{Parser, Subcommand};
+use laundromat_api::hostd::DiskImage;
 use laundromat_api::paths;
 use laundromat_api::types::{BuyToken, Purchase, Statement, TokenState};
 use serde::{Deserialize, Serialize};
-use token::{image_digest, ImageDigest, Link, Payer, SignedToken, TokenId};
+use token::{image_digest_with_disk, ImageDigest, Link, Payer, SignedToken, TokenId};
 
 #[derive(Parser)]
 #[command(
@@ -103,6 +105,8 @@ struct BuyArgs {
     initrd: Option<PathBuf>,
     #[arg(long, default_value = "")]
     cmdline: String,
+    #[command(flatten)]
+    disk: disk::DiskArgs,
     #[arg(long)]
     vcpus: u32,
     /// Memory in MiB.
@@ -193,8 +197,10 @@ enum CliError {
     UnknownVm(String),
     #[error("{} holds no bought token (its purchase did not complete)", .0.display())]
     NotBought(PathBuf),
-    #[error("the kernel, initrd and command line do not match the token's image digest")]
+    #[error("the kernel, initrd, command line and disk do not match the token's image digest")]
     WrongImage,
+    #[error("--image is a digest, which already binds any disk: --disk goes with a kernel file")]
+    DiskWithDigest,
     #[error("none of the broker's {hosts} hosts fits: a fresh advert with {memory_mib} MiB and {vcpus} vCPUs free at no more than {price} per link (see `laundromat hosts`)")]
     NoHostFits {
         hosts: usize,
@@ -283,6 +289,9 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
 
 fn image(args: &BuyArgs) -> Result<ImageDigest, CliError> {
     if let Ok(digest) = args.image.parse::<ImageDigest>() {
+        if args.disk.disk.is_some() {
+            return Err(CliError::DiskWithDigest);
+        }
         return Ok(digest);
     }
     let read = |path: &Path| {
@@ -293,7 +302,13 @@ fn image(args: &BuyArgs) -> Result<ImageDigest, CliError> {
     };
     let kernel = read(Path::new(&args.image))?;
     let initrd = args.initrd.as_deref().map(read).transpose()?;
-    Ok(image_digest(&kernel, initrd.as_deref(), &args.cmdline))
+    let disk = args.disk.image()?;
+    Ok(image_digest_with_disk(
+        &kernel,
+        initrd.as_deref(),
+        &args.cmdline,
+        disk.as_ref().map(DiskImage::part),
+    ))
 }
 
 async fn buy(cli: &Cli, dir: &Path, args: &BuyArgs) -> Result<(), CliError> {

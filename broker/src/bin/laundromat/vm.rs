@@ -7,7 +7,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use laundromat_api::hostd::{AdmitRequest, BlobDigest, BootMode, VmView};
+use laundromat_api::hostd::{AdmitRequest, BlobDigest, BootMode, DiskImage, VmView};
 use laundromat_api::hostd_client::{ClientError, HostdClient};
 use serde::{Deserialize, Serialize};
 use token::SignedToken;
@@ -16,8 +16,8 @@ use crate::{print, write_private, CliError, TokenFile};
 
 #[derive(clap::Subcommand)]
 pub enum VmAction {
-    /// Start a VM on a host: upload its kernel (and initrd) if the host lacks them, then
-    /// admit it on the token. Prints the VM id.
+    /// Start a VM on a host: upload its kernel (and initrd and disk) if the host lacks them,
+    /// then admit it on the token. Prints the VM id.
     Inject(InjectArgs),
     /// The host's view of a VM: state, paid index, paid until, reclaim time.
     Status(VmRef),
@@ -58,6 +58,8 @@ pub struct InjectArgs {
     /// The kernel command line; it is part of the token's image digest.
     #[arg(long, default_value = "")]
     cmdline: String,
+    #[command(flatten)]
+    disk: crate::disk::DiskArgs,
     /// How the host boots the kernel.
     #[arg(long, value_enum, default_value_t = Boot::Bench)]
     boot: Boot,
@@ -176,18 +178,28 @@ fn read(path: &Path) -> Result<Vec<u8>, CliError> {
     })
 }
 
+/// What `vm inject` may have to upload: the kernel, the initrd and the disk image's file.
+struct Images {
+    kernel: Vec<u8>,
+    initrd: Option<Vec<u8>>,
+    disk: Option<PathBuf>,
+}
+
 /// Admits the VM at `host`. Images are content-addressed: they are uploaded only if the host
-/// does not have them yet.
+/// does not have them yet (a disk too, streamed from its file).
 async fn admit(
     host: &HostdClient,
     request: &AdmitRequest,
-    (kernel, initrd): &(Vec<u8>, Option<Vec<u8>>),
+    images: &Images,
 ) -> Result<VmView, ClientError> {
     match host.admit(request).await {
         Err(error) if error.code() == Some("image_not_found") => {
-            host.put_image(kernel.clone()).await?;
-            if let Some(initrd) = initrd {
+            host.put_image(images.kernel.clone()).await?;
+            if let Some(initrd) = &images.initrd {
                 host.put_image(initrd.clone()).await?;
+            }
+            if let (Some(disk), Some(path)) = (&request.disk, &images.disk) {
+                host.put_disk(&disk.sha256, path).await?;
             }
             host.admit(request).await
         }
@@ -202,7 +214,7 @@ async fn inject_anywhere(
     broker: &str,
     token: &token::BootToken,
     request: &AdmitRequest,
-    images: &(Vec<u8>, Option<Vec<u8>>),
+    images: &Images,
 ) -> Result<(HostdClient, VmView), CliError> {
     let entries = broker::directory::fetch(broker).await?;
     let memory = u64::from(request.memory_mib.unwrap_or(token.memory_mib));
@@ -249,8 +261,14 @@ async fn inject(json: bool, dir: &Path, broker: &str, args: &InjectArgs) -> Resu
         .ok_or_else(|| CliError::NotBought(token_file.clone()))?;
     let kernel = read(&args.kernel)?;
     let initrd = args.initrd.as_deref().map(read).transpose()?;
+    let disk = args.disk.image()?;
     // The host would refuse a mismatch too, but only after the upload.
-    let digest = token::image_digest(&kernel, initrd.as_deref(), &args.cmdline);
+    let digest = token::image_digest_with_disk(
+        &kernel,
+        initrd.as_deref(),
+        &args.cmdline,
+        disk.as_ref().map(DiskImage::part),
+    );
     if digest != signed.token().image_digest {
         return Err(CliError::WrongImage);
     }
@@ -259,11 +277,16 @@ async fn inject(json: bool, dir: &Path, broker: &str, args: &InjectArgs) -> Resu
         kernel: BlobDigest::of(&kernel),
         initrd: initrd.as_deref().map(BlobDigest::of),
         cmdline: args.cmdline.clone(),
+        disk,
         boot: args.boot.into(),
         memory_mib: args.memory,
         vcpus: args.vcpus,
     };
-    let images = (kernel, initrd);
+    let images = Images {
+        kernel,
+        initrd,
+        disk: args.disk.disk.clone(),
+    };
     let (host, view) = if args.host == "auto" {
         inject_anywhere(broker, signed.token(), &request, &images).await?
     } else {

@@ -14,7 +14,7 @@ use token::Payment;
 use super::error::{chain, ApiError};
 use crate::admission::AdmitRequest;
 use crate::host::{now_ms, Host, VmView};
-use crate::images::{BlobDigest, ImageError};
+use crate::images::{BlobDigest, BlobKind, ImageError};
 use crate::lifecycle::{end_vm, EndReason};
 
 type HostState = State<Arc<Host>>;
@@ -63,9 +63,26 @@ pub async fn put_image(
     Path(digest): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
+    store_blob(&host, digest, BlobKind::Boot, body).await
+}
+
+pub async fn put_disk(
+    State(host): HostState,
+    Path(digest): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    store_blob(&host, digest, BlobKind::Disk, body).await
+}
+
+async fn store_blob(
+    host: &Host,
+    digest: String,
+    kind: BlobKind,
+    body: Body,
+) -> Result<Response, ApiError> {
     let digest = BlobDigest::try_from(digest)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_digest", e.to_string()))?;
-    let created = host.images.put(&digest, body).await.map_err(|e| {
+    let created = host.images.put(&digest, kind, body).await.map_err(|e| {
         let (status, code) = match &e {
             ImageError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "image_too_large"),
             ImageError::DigestMismatch { .. } => (StatusCode::BAD_REQUEST, "digest_mismatch"),

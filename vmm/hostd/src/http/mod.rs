@@ -19,13 +19,15 @@ use axum::Router;
 use tower::ServiceBuilder;
 
 use crate::host::Host;
+use crate::images::BlobKind;
 use error::ApiError;
 
 /// Largest JSON request body (tokens, payments): far above any legitimate one.
 const MAX_JSON_BODY: usize = 64 * 1024;
 
 pub fn router(host: Arc<Host>, max_concurrent: usize) -> Router {
-    let image_limit = usize::try_from(host.images.max_bytes()).unwrap_or(usize::MAX);
+    let limit = |kind| usize::try_from(host.images.limit(kind)).unwrap_or(usize::MAX);
+    let (image_limit, disk_limit) = (limit(BlobKind::Boot), limit(BlobKind::Disk));
     let routes = Router::new()
         .route("/healthz", get(handlers::healthz))
         .route("/metrics", get(handlers::metrics))
@@ -33,6 +35,10 @@ pub fn router(host: Arc<Host>, max_concurrent: usize) -> Router {
         .route(
             "/v1/images/{sha256}",
             put(handlers::put_image).layer(DefaultBodyLimit::max(image_limit)),
+        )
+        .route(
+            "/v1/disks/{sha256}",
+            put(handlers::put_disk).layer(DefaultBodyLimit::max(disk_limit)),
         )
         .route("/v1/vms", post(handlers::admit).get(handlers::list))
         .route("/v1/vms/{id}", get(handlers::show).delete(handlers::delete))

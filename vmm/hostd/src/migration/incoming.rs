@@ -150,6 +150,11 @@ pub async fn prepare(
             })?)
         }
     };
+    let disk = vm
+        .disk
+        .as_ref()
+        .map(|image| crate::disks::for_arrival(host, &vm.vm_id, image))
+        .transpose()?;
     let record = VmRecord {
         vm_id: vm.vm_id.clone(),
         token: vm.token.clone(),
@@ -164,6 +169,7 @@ pub async fn prepare(
         // The broker pays this host only above the source's final claim.
         redeemed_index: verifier.index(),
         net,
+        disk,
         process: None,
     };
     let new_vm = vm_from_record(host, record, verifier, Phase::Incoming);
@@ -215,6 +221,10 @@ pub async fn prepare(
     if let Some(net) = &new_vm.net {
         args.push("--net".into());
         args.push(net.vmm_arg());
+    }
+    if let Some(disk) = &new_vm.state.lock().await.record.disk {
+        args.push("--disk".into());
+        args.push(disk.vmm_arg());
     }
     let process = match start(host, &new_vm, &args).await {
         Ok(process) => process,
@@ -279,7 +289,9 @@ async fn watch(host: Arc<Host>, vm: Arc<Vm>, process: Arc<VmmProcess>, migration
             .inc("hostd_incoming_migrations_total", "failed");
         return;
     }
-    // The VM runs here now: this host bills and supervises it.
+    // The VM runs here now: this host bills and supervises it, and its writable disk copy is
+    // this host's to remove when it ends.
+    take_disk(&vm).await;
     vm.set_phase(Phase::Running);
     set_outcome(&host, &migration_id, IncomingOutcome::Running);
     host.metrics
@@ -287,6 +299,20 @@ async fn watch(host: Arc<Host>, vm: Arc<Vm>, process: Arc<VmmProcess>, migration
     tracing::info!(event = "vm_arrived", vm = %vm.id, token = %vm.token.token_id, "the migrated VM runs here");
     crate::lifecycle::supervise(host.clone(), vm.clone(), process);
     confirm_handover(&host, &vm).await;
+}
+
+/// Makes an arrived VM's disk copy this host's (recorded durably): the source no longer runs
+/// the VM, so the copy goes when the VM ends here.
+async fn take_disk(vm: &Vm) {
+    let mut state = vm.state.lock().await;
+    let Some(disk) = state.record.disk.as_mut().filter(|d| !d.owned) else {
+        return;
+    };
+    disk.owned = true;
+    let record = state.record.clone();
+    if let Err(e) = tokio::task::block_in_place(|| record.save(&vm.dir)) {
+        tracing::warn!(vm = %vm.id, "cannot record that the disk copy is this host's: {}", chain(&e));
+    }
 }
 
 /// Confirms the lease handover, retrying while the broker cannot be reached (bounded: after

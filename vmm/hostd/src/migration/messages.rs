@@ -1,6 +1,6 @@
 //! What the hosts and the requester exchange about a migration.
 
-use laundromat_api::hostd::BootMode;
+use laundromat_api::hostd::{BootMode, DiskImage};
 use serde::{Deserialize, Serialize};
 use token::chain::verifier::VerifierState;
 use token::{HostId, Link, SignedToken};
@@ -31,6 +31,10 @@ pub struct MovingVm {
     /// The guest NIC's MAC, if it has one: the destination gives it a tap with the same MAC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
+    /// The disk image, if the VM has one: the destination must reach it already (see
+    /// `crate::disks`); the file does not move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskImage>,
     pub payment: VerifierState,
     pub paid_until_ms: u64,
 }

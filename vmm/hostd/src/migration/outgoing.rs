@@ -120,6 +120,7 @@ async fn prepare(host: &Arc<Host>, vm: &Arc<Vm>, to: HostId) -> Result<Outgoing,
             vcpus: record.vcpus,
             admitted_at_ms: record.admitted_at_ms,
             mac: vm.net.as_ref().map(|net| net.mac.to_string()),
+            disk: record.disk.as_ref().map(|disk| disk.image.clone()),
             payment: state.verifier.state().clone(),
             paid_until_ms: vm.meter.paid_until(index),
         };

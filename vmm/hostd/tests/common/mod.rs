@@ -17,7 +17,7 @@ use hostd::broker::fake::FakeState;
 use hostd::broker::{BrokerKey, HostRecord};
 use hostd::client::HostdClient;
 use hostd::identity::HostIdentity;
-use laundromat_api::hostd::BootMode;
+use laundromat_api::hostd::{BootMode, DiskImage};
 use token::{
     BootToken, ClusterId, HostId, KeyId, Link, Payer, SignedToken, SigningKey, TokenId,
     TOKEN_VERSION,
@@ -108,6 +108,7 @@ pub struct TokenSpec {
     pub tenant: u8,
     pub kernel: Vec<u8>,
     pub cmdline: String,
+    pub disk: Option<DiskImage>,
     pub memory_mib: u32,
     pub vcpus: u32,
     pub link_period_ms: u64,
@@ -124,6 +125,7 @@ impl TokenSpec {
             tenant: 1,
             kernel: kernel.to_vec(),
             cmdline: cmdline.into(),
+            disk: None,
             memory_mib: 32,
             vcpus: 1,
             link_period_ms: 60_000,
@@ -145,7 +147,12 @@ impl TokenSpec {
             token_id,
             tenant_key: tenant.verifying_key(),
             cluster_id: self.cluster,
-            image_digest: token::image_digest(&self.kernel, None, &self.cmdline),
+            image_digest: token::image_digest_with_disk(
+                &self.kernel,
+                None,
+                &self.cmdline,
+                self.disk.as_ref().map(DiskImage::part),
+            ),
             vcpus: self.vcpus,
             memory_mib: self.memory_mib,
             price_per_link: PRICE,
@@ -565,6 +572,7 @@ pub fn request(bought: &Bought, kernel: impl AsRef<str>, cmdline: &str) -> Admit
         kernel: kernel.as_ref().to_string().try_into().unwrap(),
         initrd: None,
         cmdline: cmdline.into(),
+        disk: None,
         boot: BootMode::Bench,
         memory_mib: None,
         vcpus: None,
