@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::{Any, AnyPool, Executor, Transaction};
+use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Transaction};
 use tokio::sync::{Mutex, MutexGuard};
 
 /// Which database a URL names.
@@ -98,7 +98,7 @@ pub struct Db {
 
 /// A write transaction, with the SQLite writer gate held until it ends.
 pub struct WriteTx<'a> {
-    pub tx: Transaction<'static, Any>,
+    pub tx: Transaction<'a, Any>,
     _gate: Option<MutexGuard<'a, ()>>,
 }
 
@@ -166,6 +166,29 @@ impl Db {
             }
             Backend::Postgres => Ok(WriteTx {
                 tx: self.pool.begin().await?,
+                _gate: None,
+            }),
+        }
+    }
+
+    /// Begins a write transaction on a connection the caller keeps between transactions,
+    /// as the group-commit writers do: taking one from the pool checks it with a round
+    /// trip first, every time.
+    pub async fn begin_on<'a>(
+        &'a self,
+        conn: &'a mut AnyConnection,
+    ) -> Result<WriteTx<'a>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => {
+                let gate = self.writer.lock().await;
+                let tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+                Ok(WriteTx {
+                    tx,
+                    _gate: Some(gate),
+                })
+            }
+            Backend::Postgres => Ok(WriteTx {
+                tx: conn.begin().await?,
                 _gate: None,
             }),
         }

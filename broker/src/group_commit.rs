@@ -21,10 +21,13 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use sqlx::Acquire;
+use sqlx::pool::PoolConnection;
+use sqlx::{Acquire, Any, AnyPool};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::db::is_retryable;
+#[cfg(doc)]
+use crate::db::Db;
 use crate::deferred::Deferred;
 use crate::error::ServiceError;
 use crate::idempotency::{self, Stored};
@@ -99,14 +102,15 @@ impl Committer {
     }
 }
 
-/// Starts `writers` writers for `broker`, sharing one queue.
-pub(crate) fn spawn(broker: Weak<Broker>, writers: usize) -> Committer {
+/// Starts `writers` writers for `broker`, whose database pool is `pool`, sharing one queue.
+pub(crate) fn spawn(broker: Weak<Broker>, pool: &AnyPool, writers: usize) -> Committer {
     let (queue, jobs) = mpsc::channel(QUEUE);
     let jobs = Arc::new(Mutex::new(jobs));
     for shard in 0..writers.max(1) {
         let shard = u32::try_from(shard).unwrap_or(u32::MAX);
         tokio::spawn(writer(
             broker.clone(),
+            pool.clone(),
             queue.downgrade(),
             jobs.clone(),
             shard,
@@ -137,6 +141,19 @@ struct WriterState {
     /// How many more batches run with a savepoint per request from the start, after one
     /// had to (see [`Mode`]).
     careful_left: u32,
+    /// Its connection, kept from batch to batch (see [`Db::begin_on`]); dropped after a
+    /// failure, and taken afresh from the pool.
+    conn: Option<PoolConnection<Any>>,
+}
+
+impl WriterState {
+    fn new(shard: u32) -> Self {
+        Self {
+            shard,
+            careful_left: 0,
+            conn: None,
+        }
+    }
 }
 
 /// After a batch had to be run again with savepoints, how many of the writer's next
@@ -157,15 +174,25 @@ enum Mode {
 
 async fn writer(
     broker: Weak<Broker>,
+    pool: AnyPool,
     requeue: mpsc::WeakSender<Job>,
     jobs: Arc<Mutex<mpsc::Receiver<Job>>>,
     shard: u32,
 ) {
-    let mut state = WriterState {
-        shard,
-        careful_left: 0,
-    };
-    while let Some(batch) = next_batch(&jobs).await {
+    let mut state = WriterState::new(shard);
+    loop {
+        // Closing the pool waits for every connection taken from it: the writer gives its
+        // own back as soon as the pool closes, rather than when the next request comes.
+        let next = tokio::select! {
+            next = next_batch(&jobs) => next,
+            () = pool.close_event(), if state.conn.is_some() => {
+                state.conn = None;
+                continue;
+            }
+        };
+        let Some(batch) = next else {
+            return;
+        };
         // The jobs' senders see their answers dropped, and answer "unavailable".
         let Some(broker) = broker.upgrade() else {
             return;
@@ -198,7 +225,12 @@ async fn commit_batch(broker: &Broker, mut batch: Vec<Job>, state: &mut WriterSt
     let mut attempt = 0;
     let outcomes = loop {
         attempt += 1;
-        match run_batch(broker, &batch, state.shard, mode).await {
+        let result = run_batch_on(broker, &mut state.conn, &batch, state.shard, mode).await;
+        if result.is_err() {
+            // Whatever state the failure left the connection in, it goes.
+            state.conn = None;
+        }
+        match result {
             Ok(Some(outcomes)) => break outcomes,
             Ok(None) => {
                 // Run at most once per batch, so it is not counted as an attempt.
@@ -239,22 +271,40 @@ async fn commit_batch(broker: &Broker, mut batch: Vec<Job>, state: &mut WriterSt
     again
 }
 
-/// One transaction over the batch. Fails only when the transaction as a whole fails; the
-/// outcomes then mean nothing. In [`Mode::Straight`], returns `None`, having rolled back,
-/// when a request was refused or failed: the batch is to run again carefully.
+/// [`run_batch_on`] on a connection from the pool.
+#[cfg(test)]
 async fn run_batch(
     broker: &Broker,
     batch: &[Job],
     shard: u32,
     mode: Mode,
 ) -> Result<Option<Vec<Outcome>>, sqlx::Error> {
+    run_batch_on(broker, &mut None, batch, shard, mode).await
+}
+
+/// One transaction over the batch, on the writer's connection `conn` (taken from the pool
+/// if it has none). Fails only when the transaction as a whole fails; the outcomes then
+/// mean nothing. In [`Mode::Straight`], returns `None`, having rolled back, when a request
+/// was refused or failed: the batch is to run again carefully.
+async fn run_batch_on(
+    broker: &Broker,
+    conn: &mut Option<PoolConnection<Any>>,
+    batch: &[Job],
+    shard: u32,
+    mode: Mode,
+) -> Result<Option<Vec<Outcome>>, sqlx::Error> {
     let started = std::time::Instant::now();
-    let mut write = broker.db.begin().await?;
+    let conn = match conn {
+        Some(conn) => conn,
+        None => conn.insert(broker.db.pool().acquire().await?),
+    };
+    let mut write = broker.db.begin_on(conn).await?;
     let held = HeldCredits::default();
     let learned = Learned::default();
     let outcomes = match mode {
+        // A straight batch applies the held credits with its deferred writes.
         Mode::Straight => {
-            match run_straight(broker, &mut write.tx, batch, &held, &learned).await? {
+            match run_straight(broker, &mut write.tx, batch, &held, &learned, shard).await? {
                 Some(outcomes) => outcomes,
                 None => {
                     write.tx.rollback().await?;
@@ -262,9 +312,12 @@ async fn run_batch(
                 }
             }
         }
-        Mode::Careful => run_careful(broker, &mut write.tx, batch, &held, &learned).await?,
+        Mode::Careful => {
+            let outcomes = run_careful(broker, &mut write.tx, batch, &held, &learned).await?;
+            held.apply(&mut write.tx, shard).await?;
+            outcomes
+        }
     };
-    held.apply(&mut write.tx, shard).await?;
     let committing = std::time::Instant::now();
     write.tx.commit().await?;
     tracing::trace!(
@@ -279,18 +332,34 @@ async fn run_batch(
 }
 
 /// The requests of a straight batch, with their keys looked up at once and their ledger
-/// rows and answers written at once at the end (see [`crate::deferred`]). `None` when one
+/// rows and answers written at once at the end, with the held credits (see
+/// [`crate::deferred`]). `None` when one
 /// of them was refused or failed, or the deferred writes failed: the transaction is then
 /// to be rolled back.
 async fn run_straight(
     broker: &Broker,
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     batch: &[Job],
     held: &HeldCredits,
     learned: &Learned,
+    shard: u32,
 ) -> Result<Option<Vec<Outcome>>, sqlx::Error> {
     let keys: Vec<_> = batch.iter().map(|job| &job.keyed.request).collect();
-    let deferred = Deferred::prefetch(tx, &keys).await?;
+    let tokens: Vec<_> = batch
+        .iter()
+        .filter_map(|job| match &job.op {
+            Operation::Redeem(body) => Some(body.claim.claim.token_id),
+            _ => None,
+        })
+        .collect();
+    let deferred = match Deferred::prefetch(tx, &keys, &tokens).await {
+        Ok(deferred) => deferred,
+        Err(ServiceError::Database(error)) => return Err(error),
+        Err(error) => {
+            tracing::debug!(%error, "a batch's tokens could not be read; running it with savepoints");
+            return Ok(None);
+        }
+    };
     let mut outcomes = Vec::with_capacity(batch.len());
     for job in batch {
         let applied = broker
@@ -307,7 +376,8 @@ async fn run_straight(
             }
         }
     }
-    if let Err(error) = deferred.flush(tx).await {
+    let flushed = deferred.flush(tx, broker.db.backend(), held, shard).await;
+    if let Err(error) = flushed {
         tracing::debug!(%error, "a batch's deferred writes failed; running it with savepoints");
         return Ok(None);
     }
@@ -317,7 +387,7 @@ async fn run_straight(
 /// The requests of a careful batch, each in a savepoint of its own.
 async fn run_careful(
     broker: &Broker,
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     batch: &[Job],
     held: &HeldCredits,
     learned: &Learned,
@@ -351,7 +421,7 @@ async fn run_careful(
 /// its own so that a failure to record it touches no other request.
 async fn record_refusal(
     broker: &Broker,
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     job: &Job,
     stored: Stored,
 ) -> Result<Outcome, sqlx::Error> {

@@ -147,10 +147,7 @@ async fn one_batch_isolates_requests(url: &str) {
         batch.push(job);
         answers.push(answer);
     }
-    let mut state = WriterState {
-        shard: 0,
-        careful_left: 0,
-    };
+    let mut state = WriterState::new(0);
     let again = commit_batch(&broker, batch, &mut state).await;
     assert!(again.is_empty(), "nothing lost a race: {again:?}");
     assert_eq!(
@@ -209,6 +206,9 @@ async fn one_batch_isolates_requests(url: &str) {
     assert!(report.violations.is_empty(), "{:?}", report.violations);
     broker.db.close().await;
 }
+
+#[path = "group_commit_redeem_tests.rs"]
+mod redeem;
 
 #[tokio::test]
 async fn sqlite_one_batch_isolates_requests() {

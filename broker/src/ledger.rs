@@ -234,11 +234,16 @@ impl HeldCredits {
         Ok(())
     }
 
+    /// Takes the held credits, in the order of the account ids, to be applied by the caller.
+    pub fn take(&self) -> BTreeMap<String, u64> {
+        std::mem::take(&mut *self.credits())
+    }
+
     /// Applies the held credits to the accounts' `shard`, in the order of the account ids
     /// (so that two transactions applying theirs cannot deadlock), and forgets them. The
     /// shard row's foreign key refuses an account that does not exist.
     pub async fn apply(&self, conn: &mut AnyConnection, shard: u32) -> Result<(), sqlx::Error> {
-        let credits = std::mem::take(&mut *self.credits());
+        let credits = self.take();
         for (account, amount) in credits {
             sqlx::query(
                 "INSERT INTO account_shards (account_id, shard, amount) VALUES ($1, $2, $3) \
@@ -255,20 +260,41 @@ impl HeldCredits {
     }
 }
 
+/// When a transfer to a host writes what it writes (see [`crate::deferred`]).
+#[derive(Clone, Copy)]
+pub enum HostTransfer<'a> {
+    /// The debit and the ledger row now.
+    Now,
+    /// The debit now, the ledger row at the end of the straight batch.
+    RowLater(&'a Deferred),
+    /// Both at the end of the straight batch: for a redemption's debit of its token's
+    /// escrow, which nothing in the batch reads before then.
+    Later(&'a Deferred),
+}
+
 /// Moves `amount` from an account to a host's, holding the host's credit in `held` (see
-/// [`HeldCredits`]). The debit is made now; the ledger row is written now, or kept in
-/// `deferred` to be written at the end of a straight batch. A zero amount moves nothing
-/// and writes nothing.
+/// [`HeldCredits`]). The debit and the ledger row are written now or at the end of a
+/// straight batch, as `when` says. A zero amount moves nothing and writes nothing.
 pub async fn transfer_to_host(
     conn: &mut AnyConnection,
     movement: Movement<'_>,
     held: &HeldCredits,
-    deferred: Option<&Deferred>,
+    when: HostTransfer<'_>,
 ) -> Result<(), ServiceError> {
     if movement.amount == 0 {
         return Ok(());
     }
-    let amount = debit(conn, movement.from, movement.amount).await?;
+    let (amount, deferred) = match when {
+        HostTransfer::Now => (debit(conn, movement.from, movement.amount).await?, None),
+        HostTransfer::RowLater(deferred) => (
+            debit(conn, movement.from, movement.amount).await?,
+            Some(deferred),
+        ),
+        HostTransfer::Later(deferred) => (
+            deferred.debit(movement.from, movement.amount)?,
+            Some(deferred),
+        ),
+    };
     match deferred {
         Some(deferred) => deferred.transfer(TransferRow {
             id: movement.id.to_owned(),

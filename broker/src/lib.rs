@@ -6,12 +6,15 @@
 //! - [`rules`]: the lease and settlement rules, pure; [`ops`]: the operations on the ledger.
 //! - [`idempotency`], [`service`]: one path for every request that moves money;
 //!   [`group_commit`]: the single writer that commits many of them at once; [`known`]: the
-//!   registered signers it has seen; [`deferred`]: what a batch writes once, at its end.
+//!   registered signers it has seen; [`deferred`]: what a batch writes once, at its end;
+//!   [`batch_tokens`]: its multi-row statements on tokens and escrows; [`pg_flush`]: its
+//!   writes as one PostgreSQL statement.
 //! - [`http`], [`server`]: the axum service; [`client`]: a signing client.
 //! - [`directory`]: the host directory, from the hosts' signed adverts.
 //! - [`check`]: the invariants, proved from the rows.
 //! - [`scratch_pg`]: a throwaway PostgreSQL cluster for the tests and the benchmark.
 
+pub mod batch_tokens;
 pub mod check;
 pub mod client;
 pub mod clock;
@@ -27,6 +30,7 @@ pub mod known;
 pub mod ledger;
 pub mod metrics;
 pub mod ops;
+pub mod pg_flush;
 pub mod rules;
 pub mod scratch_pg;
 pub mod server;

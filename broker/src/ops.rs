@@ -11,7 +11,7 @@ use token::{BootToken, HostId, SignedClaim, SignedToken, TokenId, VerifiedClaim,
 use crate::db::to_db;
 use crate::deferred::Deferred;
 use crate::error::ServiceError;
-use crate::ledger::{self, Movement};
+use crate::ledger::{self, HostTransfer, Movement};
 use crate::rules::Credit;
 use crate::service::Config;
 use crate::store::{self, key_hex, HostRow};
@@ -369,6 +369,7 @@ async fn pay_credit(
     ctx: &Context<'_>,
     token_id: &TokenId,
     credit: Option<Credit>,
+    when: HostTransfer<'_>,
 ) -> Result<u64, ServiceError> {
     let Some(credit) = credit else {
         return Ok(0);
@@ -386,7 +387,7 @@ async fn pay_credit(
             at: ctx.now,
         },
         ctx.held,
-        ctx.deferred,
+        when,
     )
     .await?;
     Ok(credit.amount)
@@ -406,11 +407,20 @@ async fn redeem(
 ) -> Result<Answer, ServiceError> {
     let claim = verify_claim(host, &body.claim)?;
     let token_id = claim.claim().token_id;
-    let row = store::load_token(conn, &token_id, true).await?;
+    // In a straight batch the token was locked and read with the batch's others, and its
+    // changes and its escrow's debit are written with theirs (see [`crate::deferred`]).
+    let row = match ctx.deferred {
+        Some(deferred) => deferred.token(conn, &token_id).await?,
+        None => store::load_token(conn, &token_id, true).await?,
+    };
     let mut book = row.book.clone();
     let credit = book.redeem(&claim, ctx.config.max_claim_distance)?;
-    let credited = pay_credit(conn, ctx, &token_id, credit).await?;
-    store::save_book(conn, &row.book, &book).await?;
+    let when = ctx.deferred.map_or(HostTransfer::Now, HostTransfer::Later);
+    let credited = pay_credit(conn, ctx, &token_id, credit, when).await?;
+    match ctx.deferred {
+        Some(deferred) => deferred.save_book(&book)?,
+        None => store::save_book(conn, &row.book, &book).await?,
+    }
     let host_account = ledger::host_account(&host.0);
     let stored = match ctx.deferred {
         Some(deferred) => deferred.stored_balance(conn, &host_account).await?,
@@ -496,7 +506,10 @@ async fn lease(
         }
         _ => None,
     };
-    pay_credit(conn, ctx, id, credit).await?;
+    let when = ctx
+        .deferred
+        .map_or(HostTransfer::Now, HostTransfer::RowLater);
+    pay_credit(conn, ctx, id, credit, when).await?;
     store::save_book(conn, &row.book, &book).await?;
     let row = store::TokenRow { book, ..row };
     answer(200, &store::token_state(conn, &row).await?)

@@ -168,9 +168,9 @@ impl Broker {
         let name = op.name();
         let answer = match self.prepare(request) {
             Ok(keyed) => {
-                let committer = self
-                    .committer
-                    .get_or_init(|| group_commit::spawn(Arc::downgrade(self), self.writers()));
+                let committer = self.committer.get_or_init(|| {
+                    group_commit::spawn(Arc::downgrade(self), self.db.pool(), self.writers())
+                });
                 committer.submit(keyed, op).await
             }
             Err(error) => error_answer(&error),
@@ -241,6 +241,13 @@ impl Broker {
             Claimed::Answered(stored) => return Ok(Applied::Done(stored)),
             Claimed::Mismatch => return Err(ServiceError::IdempotencyMismatch),
             Claimed::Replayed => return Err(ServiceError::Replayed),
+        }
+        if let Some(deferred) = deferred {
+            // Only redemptions read and change tokens through the batch's deferred state;
+            // anything else reads the database, so it must hold what is pending.
+            if !matches!(op, Operation::Redeem(_)) {
+                deferred.settle(conn).await?;
+            }
         }
         let own = HeldCredits::default();
         let ctx = Context {

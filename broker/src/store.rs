@@ -84,6 +84,58 @@ pub struct TokenRow {
     pub expiry: u64,
 }
 
+/// The columns of `tokens` a [`TokenRow`] is read from, after `token_id`.
+pub(crate) const TOKEN_COLUMNS: &str = "tenant_key, chain_root, chain_length, price_per_link, \
+    expiry, refunded, handover_to, handover_index, handover_link";
+
+/// The columns of `lease_ranges` a [`Range`] is read from.
+pub(crate) const RANGE_COLUMNS: &str =
+    "host_id, start_index, end_index, redeemed_index, redeemed_link";
+
+/// A token read from [`TOKEN_COLUMNS`] starting at column `at`, with no ranges yet.
+pub(crate) fn token_from_row(
+    row: &sqlx::any::AnyRow,
+    at: usize,
+    id: &TokenId,
+) -> Result<TokenRow, ServiceError> {
+    let handover = match row.try_get::<Option<String>, _>(at + 6)? {
+        Some(to) => Some(Pending {
+            to: parse(&to, "handover host")?,
+            index: from_db(row.try_get::<Option<i64>, _>(at + 7)?.unwrap_or(0)),
+            link: parse(
+                &row.try_get::<Option<String>, _>(at + 8)?
+                    .unwrap_or_default(),
+                "handover link",
+            )?,
+        }),
+        None => None,
+    };
+    Ok(TokenRow {
+        tenant_key: parse_key(&row.try_get::<String, _>(at)?)?,
+        expiry: from_db(row.try_get(at + 4)?),
+        book: LeaseBook {
+            token_id: *id,
+            chain_root: parse::<Link>(&row.try_get::<String, _>(at + 1)?, "chain root")?,
+            chain_length: from_db(row.try_get(at + 2)?),
+            price_per_link: from_db(row.try_get(at + 3)?),
+            refunded: row.try_get::<i64, _>(at + 5)? != 0,
+            handover,
+            ranges: Vec::new(),
+        },
+    })
+}
+
+/// A range read from [`RANGE_COLUMNS`] starting at column `at`.
+pub(crate) fn range_from_row(row: &sqlx::any::AnyRow, at: usize) -> Result<Range, ServiceError> {
+    Ok(Range {
+        host: parse(&row.try_get::<String, _>(at)?, "range host")?,
+        start: from_db(row.try_get(at + 1)?),
+        end: row.try_get::<Option<i64>, _>(at + 2)?.map(from_db),
+        redeemed: from_db(row.try_get(at + 3)?),
+        redeemed_link: parse(&row.try_get::<String, _>(at + 4)?, "range link")?,
+    })
+}
+
 /// Loads a token and its lease book. With `lock`, bumps the token's `lock_version` as it
 /// reads it, which serializes this transaction with every other one on the token (see
 /// [`crate::db`]).
@@ -95,60 +147,29 @@ pub async fn load_token(
     let id_text = id.to_string();
     // Locking and reading are one statement: one round trip less on the writer's path.
     let sql = if lock {
-        "UPDATE tokens SET lock_version = lock_version + 1 WHERE token_id = $1 \
-         RETURNING tenant_key, chain_root, chain_length, price_per_link, expiry, refunded, \
-         handover_to, handover_index, handover_link"
+        format!(
+            "UPDATE tokens SET lock_version = lock_version + 1 WHERE token_id = $1 \
+             RETURNING {TOKEN_COLUMNS}"
+        )
     } else {
-        "SELECT tenant_key, chain_root, chain_length, price_per_link, expiry, refunded, \
-         handover_to, handover_index, handover_link FROM tokens WHERE token_id = $1"
+        format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE token_id = $1")
     };
-    let row = sqlx::query(sql)
+    let row = sqlx::query(&sql)
         .bind(&id_text)
         .fetch_optional(&mut *conn)
         .await?
         .ok_or_else(|| ServiceError::NotFound(format!("token {id}")))?;
-    let handover = match row.try_get::<Option<String>, _>(6)? {
-        Some(to) => Some(Pending {
-            to: parse(&to, "handover host")?,
-            index: from_db(row.try_get::<Option<i64>, _>(7)?.unwrap_or(0)),
-            link: parse(
-                &row.try_get::<Option<String>, _>(8)?.unwrap_or_default(),
-                "handover link",
-            )?,
-        }),
-        None => None,
-    };
-    let ranges = sqlx::query(
-        "SELECT host_id, start_index, end_index, redeemed_index, redeemed_link \
-         FROM lease_ranges WHERE token_id = $1 ORDER BY seq",
-    )
+    let mut token = token_from_row(&row, 0, id)?;
+    token.book.ranges = sqlx::query(&format!(
+        "SELECT {RANGE_COLUMNS} FROM lease_ranges WHERE token_id = $1 ORDER BY seq"
+    ))
     .bind(&id_text)
     .fetch_all(&mut *conn)
     .await?
     .iter()
-    .map(|r| {
-        Ok(Range {
-            host: parse(&r.try_get::<String, _>(0)?, "range host")?,
-            start: from_db(r.try_get(1)?),
-            end: r.try_get::<Option<i64>, _>(2)?.map(from_db),
-            redeemed: from_db(r.try_get(3)?),
-            redeemed_link: parse(&r.try_get::<String, _>(4)?, "range link")?,
-        })
-    })
+    .map(|r| range_from_row(r, 0))
     .collect::<Result<Vec<_>, ServiceError>>()?;
-    Ok(TokenRow {
-        tenant_key: parse_key(&row.try_get::<String, _>(0)?)?,
-        expiry: from_db(row.try_get(4)?),
-        book: LeaseBook {
-            token_id: *id,
-            chain_root: parse::<Link>(&row.try_get::<String, _>(1)?, "chain root")?,
-            chain_length: from_db(row.try_get(2)?),
-            price_per_link: from_db(row.try_get(3)?),
-            refunded: row.try_get::<i64, _>(5)? != 0,
-            handover,
-            ranges,
-        },
-    })
+    Ok(token)
 }
 
 fn db_int(value: u64) -> i64 {
