@@ -18,7 +18,7 @@ use sqlx::query::Query;
 use sqlx::{Any, AnyConnection, Row};
 use token::TokenId;
 
-use crate::db::to_db;
+use crate::db::db_int;
 use crate::error::ServiceError;
 use crate::rules::Range;
 use crate::store::{range_from_row, token_from_row, TokenRow, RANGE_COLUMNS, TOKEN_COLUMNS};
@@ -27,7 +27,7 @@ use crate::store::{range_from_row, token_from_row, TokenRow, RANGE_COLUMNS, TOKE
 pub(crate) const ROWS_PER_STATEMENT: usize = 64;
 
 /// `($first, $first+1, ...)` for `width` parameters.
-fn tuple(first: usize, width: usize) -> String {
+pub(crate) fn tuple(first: usize, width: usize) -> String {
     let params: Vec<String> = (first..first + width).map(|n| format!("${n}")).collect();
     format!("({})", params.join(", "))
 }
@@ -89,11 +89,6 @@ pub(crate) struct RangeUpdate {
     pub token_id: TokenId,
     pub seq: u64,
     pub range: Range,
-}
-
-fn db_int(value: u64) -> i64 {
-    // Chain indexes and sequence numbers are at most 2^32, far inside i64.
-    to_db(value).unwrap_or(i64::MAX)
 }
 
 /// Binds a changed range as the five values `(token_id, seq, end, redeemed, link)`.

@@ -216,6 +216,12 @@ pub fn to_db(amount: u64) -> Option<i64> {
     i64::try_from(amount).ok()
 }
 
+/// A value the caller knows fits (chain indexes and sequence numbers are at most 2^32; times
+/// and held credits were checked when they were made) as a signed 64-bit column value.
+pub(crate) fn db_int(value: u64) -> i64 {
+    to_db(value).unwrap_or(i64::MAX)
+}
+
 /// Reads the ledger's signed 64-bit column back as an amount. The constraints keep every
 /// stored amount non-negative; a negative one reads as 0 and `broker check` reports it.
 pub fn from_db(value: i64) -> u64 {

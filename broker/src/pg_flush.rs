@@ -18,8 +18,8 @@ use std::collections::BTreeMap;
 
 use sqlx::{AnyConnection, Row};
 
-use crate::batch_tokens::{bind_range, RangeUpdate};
-use crate::db::to_db;
+use crate::batch_tokens::{bind_range, tuple, RangeUpdate};
+use crate::db::db_int;
 use crate::error::ServiceError;
 use crate::idempotency::{KeyedRequest, Stored};
 use crate::ledger::TransferRow;
@@ -45,28 +45,15 @@ struct Statement {
 impl Statement {
     /// `rows` tuples of `width` parameters each.
     fn values(&mut self, rows: usize, width: usize) -> String {
-        let tuples: Vec<String> = (0..rows)
-            .map(|_| {
-                let params: Vec<String> = (0..width)
-                    .map(|_| {
-                        self.next += 1;
-                        format!("${}", self.next)
-                    })
-                    .collect();
-                format!("({})", params.join(", "))
-            })
-            .collect();
+        let first = self.next + 1;
+        self.next += rows * width;
+        let tuples: Vec<String> = (0..rows).map(|i| tuple(first + i * width, width)).collect();
         tuples.join(", ")
     }
 
     fn part(&mut self, name: &str, sql: String) {
         self.parts.push(format!("{name} AS ({sql})"));
     }
-}
-
-fn db_int(value: u64) -> i64 {
-    // Times and held credits fit in i64: they were checked when they were made.
-    to_db(value).unwrap_or(i64::MAX)
 }
 
 /// The statement for `writes`; its parameters are bound in the order of [`write`].

@@ -6,7 +6,7 @@ use laundromat_api::types::{LeaseRange, TokenState};
 use sqlx::{AnyConnection, Row};
 use token::{hex, HostId, Link, TokenId, VerifyingKey};
 
-use crate::db::{from_db, to_db};
+use crate::db::{db_int, from_db};
 use crate::error::ServiceError;
 use crate::ledger;
 use crate::rules::{LeaseBook, Pending, Range};
@@ -170,11 +170,6 @@ pub async fn load_token(
     .map(|r| range_from_row(r, 0))
     .collect::<Result<Vec<_>, ServiceError>>()?;
     Ok(token)
-}
-
-fn db_int(value: u64) -> i64 {
-    // Chain indexes are at most 2^32, far inside i64.
-    to_db(value).unwrap_or(i64::MAX)
 }
 
 /// Writes back what an operation changed in a token's book, compared with `before`.

@@ -55,15 +55,20 @@ pub fn dirs_for(id: &str) -> Vec<PathBuf> {
     dirs_in(id, !v2_has_memory())
 }
 
-fn dirs_in(id: &str, v1: bool) -> Vec<PathBuf> {
+/// The `laundromat` directories every VM's cgroup sits in: one per v1 hierarchy, or one on v2.
+fn parent_dirs(v1: bool) -> Vec<PathBuf> {
     if v1 {
         V1_CONTROLLERS
             .iter()
-            .map(|c| Path::new(ROOT).join(c).join(PARENT).join(id))
+            .map(|c| Path::new(ROOT).join(c).join(PARENT))
             .collect()
     } else {
-        vec![Path::new(ROOT).join(PARENT).join(id)]
+        vec![Path::new(ROOT).join(PARENT)]
     }
+}
+
+fn dirs_in(id: &str, v1: bool) -> Vec<PathBuf> {
+    parent_dirs(v1).into_iter().map(|p| p.join(id)).collect()
 }
 
 fn write(path: &Path, value: &str) -> Result<(), JailError> {
@@ -84,16 +89,13 @@ impl Cgroup {
     /// Creates `id`'s cgroup with `limits` under `parents`; a leftover of the same name is
     /// removed first.
     pub fn create(id: &str, limits: Limits, parents: &Parents) -> Result<Self, JailError> {
-        let v1 = parents.v1;
-        remove(id);
-        let cg = Self {
-            dirs: dirs_in(id, v1),
-        };
-        if !v1 {
-            let parent = Path::new(ROOT).join(PARENT);
-            mkdir(&parent)?;
+        let dirs: Vec<PathBuf> = parents.dirs.iter().map(|(p, _)| p.join(id)).collect();
+        remove_dirs(&dirs);
+        // From here on, dropping `cg` removes whatever was made, should a step fail.
+        let cg = Self { dirs };
+        if !parents.v1 {
             // Delegate the controllers down to the VM's level (already-enabled is fine).
-            for dir in [Path::new(ROOT), parent.as_path()] {
+            for dir in [Path::new(ROOT), &parents.dirs[0].0] {
                 let _ = write(&dir.join("cgroup.subtree_control"), "+memory +pids +cpu");
             }
             let dir = &cg.dirs[0];
@@ -134,18 +136,9 @@ impl Parents {
         if v1 && !v1_mounted() {
             return Err(JailError::NoCgroups);
         }
-        let roots: Vec<PathBuf> = if v1 {
-            V1_CONTROLLERS
-                .iter()
-                .map(|c| Path::new(ROOT).join(c))
-                .collect()
-        } else {
-            vec![ROOT.into()]
-        };
-        let dirs = roots
+        let dirs = parent_dirs(v1)
             .into_iter()
-            .map(|root| {
-                let dir = root.join(PARENT);
+            .map(|dir| {
                 mkdir(&dir)?;
                 let file = std::fs::File::open(&dir).map_err(|source| JailError::Cgroup {
                     path: dir.clone(),
@@ -198,7 +191,10 @@ const REMOVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Removes `id`'s cgroup directories; returns whether none is left. Processes still inside
 /// (a killed jail's VM) are killed first, since a cgroup with members cannot be removed.
 pub fn remove(id: &str) -> bool {
-    let dirs = dirs_for(id);
+    remove_dirs(&dirs_for(id))
+}
+
+fn remove_dirs(dirs: &[PathBuf]) -> bool {
     let deadline = Instant::now() + REMOVE_TIMEOUT;
     loop {
         for dir in dirs.iter().filter(|d| d.exists()) {
@@ -226,9 +222,6 @@ pub fn remove(id: &str) -> bool {
 
 impl Drop for Cgroup {
     fn drop(&mut self) {
-        let Some(id) = self.dirs[0].file_name().and_then(|n| n.to_str()) else {
-            return;
-        };
-        remove(id);
+        remove_dirs(&self.dirs);
     }
 }

@@ -191,8 +191,7 @@ pub fn run(cfg: &JailConfig, vm: impl FnOnce() -> ExitCode) -> Result<ExitCode, 
         // SAFETY: installs a handler that only calls kill.
         unsafe { libc::signal(sig, forward as *const () as libc::sighandler_t) };
     }
-    // The child joins it by itself: a process that moves itself skips the kernel's global
-    // threadgroup lock, which a move by pid takes (and which waits for an RCU grace period).
+    // The child joins it by itself (see `Parents::join`).
     let made = cgroup::Cgroup::create(&cfg.id, cfg.limits, &parents);
     drop(parents);
     let group = match made {
@@ -201,8 +200,8 @@ pub fn run(cfg: &JailConfig, vm: impl FnOnce() -> ExitCode) -> Result<ExitCode, 
             // SAFETY: kills our own child, which has not built the VM.
             unsafe { libc::kill(pid, libc::SIGKILL) };
             wait(pid);
+            // What `create` made went with it.
             let _ = std::fs::remove_dir(&root);
-            cgroup::remove(&cfg.id);
             return Err(e);
         }
     };
