@@ -22,6 +22,9 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Transaction};
 use tokio::sync::{Mutex, MutexGuard};
 
+/// How long [`Db::close`] waits for connections still in use.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Which database a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -194,8 +197,18 @@ impl Db {
         }
     }
 
+    /// Closes the pool. sqlx waits for every checked-out connection to come back; one still
+    /// held (a writer's kept connection, a task that outlives shutdown) would make that wait
+    /// forever, so it is bounded, and what is left is dropped with the pool.
     pub async fn close(&self) {
-        self.pool.close().await;
+        if tokio::time::timeout(CLOSE_TIMEOUT, self.pool.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "database connections still in use after {CLOSE_TIMEOUT:?}; closing without them"
+            );
+        }
     }
 }
 

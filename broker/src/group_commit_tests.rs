@@ -154,6 +154,8 @@ async fn one_batch_isolates_requests(url: &str) {
         state.careful_left, CAREFUL_BATCHES,
         "the refusal made the batch run again with savepoints"
     );
+    // The writer's kept connection goes back to the pool, which `close` waits for.
+    drop(state);
     let mut got = Vec::new();
     for answer in answers {
         got.push(answer.await.expect("every request is answered"));
