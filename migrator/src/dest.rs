@@ -9,8 +9,9 @@
 //!   guest.
 //! - After `Commit` the destination runs the VM and acknowledges with `Running`. If that
 //!   acknowledgement is lost, the source stays paused: still only one copy runs.
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
+use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
@@ -71,6 +72,8 @@ pub struct Incoming {
     pub ram_bytes: u64,
     pub machine: Vec<u8>,
     pub received: Received,
+    /// Page data on its way to a shared memory file (see `write_pages_to_file`).
+    staging: Vec<u8>,
     pub started: Instant,
 }
 
@@ -109,6 +112,7 @@ pub fn accept(
         ram_bytes,
         machine: blob,
         received: Received::default(),
+        staging: Vec::new(),
         started,
     })
 }
@@ -120,12 +124,18 @@ fn apply_memory(
     mem: &GuestMemory,
     msg: Message,
     received: &mut Received,
+    staging: &mut Vec<u8>,
 ) -> Result<Option<Message>, DestError> {
     match msg {
         Message::Pages { gpa, len } => {
             check_range(mem, gpa, len)?;
-            crate::guest_ram::populate(mem, gpa, len);
-            read_pages(input, mem, gpa, len)?;
+            match crate::guest_ram::shared_file(mem, gpa, len) {
+                Some((file, offset)) => write_pages_to_file(input, file, offset, len, staging)?,
+                None => {
+                    crate::guest_ram::populate(mem, gpa, len);
+                    read_pages(input, mem, gpa, len)?;
+                }
+            }
             received.pages += len / PAGE_SIZE;
             received.bytes += 16 + len;
         }
@@ -157,9 +167,10 @@ fn apply_memory(
 fn receive_lane(lane: SecureStream, mem: &GuestMemory) -> Result<Received, DestError> {
     let mut input = BufReader::with_capacity(READ_BUFFER, lane);
     let mut got = Received::default();
+    let mut staging = Vec::new();
     loop {
         let msg = wire::recv(&mut input)?;
-        match apply_memory(&mut input, mem, msg, &mut got)? {
+        match apply_memory(&mut input, mem, msg, &mut got, &mut staging)? {
             None => {}
             Some(Message::LaneEnd) => return Ok(got),
             Some(other) => return Err(DestError::OutOfOrder(other.tag())),
@@ -190,6 +201,23 @@ fn read_pages(
         done += n;
     }
     Ok(())
+}
+
+/// Reads `len` bytes of page data and writes them to guest RAM's shared file at `offset`
+/// (`pwrite`). The kernel then allocates the file's pages without mapping them into this
+/// process or zeroing them first: populating the mapping and copying into it cost the
+/// receiver half its time on a 1 GiB guest, one more copy through `staging` costs far less.
+fn write_pages_to_file(
+    input: &mut BufReader<SecureStream>,
+    file: &std::fs::File,
+    offset: u64,
+    len: u64,
+    staging: &mut Vec<u8>,
+) -> Result<(), DestError> {
+    staging.resize(len as usize, 0);
+    input.read_exact(staging).map_err(WireError::from)?;
+    file.write_all_at(staging, offset)
+        .map_err(|e| DestError::Memory(vm_memory::GuestMemoryError::IOError(e)))
 }
 
 /// Checks that `[gpa, gpa + len)` lies inside one region of `mem`.
@@ -268,7 +296,13 @@ impl Incoming {
     fn receive_frames(&mut self, mem: &GuestMemory) -> Result<Vec<u8>, DestError> {
         loop {
             let msg = wire::recv(&mut self.input)?;
-            match apply_memory(&mut self.input, mem, msg, &mut self.received)? {
+            match apply_memory(
+                &mut self.input,
+                mem,
+                msg,
+                &mut self.received,
+                &mut self.staging,
+            )? {
                 None => {}
                 Some(Message::RoundEnd { round }) => self.received.rounds = round + 1,
                 Some(Message::State(state)) => return Ok(state),

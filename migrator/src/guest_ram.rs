@@ -39,6 +39,16 @@ pub fn read(
     mem.read_slice(buf, GuestAddress(gpa))
 }
 
+/// The file and offset of `[gpa, gpa + len)` when it lies in RAM mapped shared with a file.
+pub fn shared_file(mem: &GuestMemory, gpa: u64, len: u64) -> Option<(&File, u64)> {
+    let region = mem.find_region(GuestAddress(gpa))?;
+    let shared = std::ops::Deref::deref(region).flags() & libc::MAP_SHARED != 0;
+    let fo = region.file_offset().filter(|_| shared)?;
+    let offset = fo.start().checked_add(gpa - region.start_addr().0)?;
+    (offset.checked_add(len).is_some() && gpa + len <= region.start_addr().0 + region.len())
+        .then_some((fo.file(), offset))
+}
+
 /// `MADV_POPULATE_WRITE` (Linux 5.14); the libc crate does not name it yet.
 const MADV_POPULATE_WRITE: libc::c_int = 23;
 
@@ -106,10 +116,51 @@ fn host_has_swap() -> bool {
     std::fs::read_to_string("/proc/swaps").map_or(true, |s| s.lines().count() > 1)
 }
 
+/// Which pages of a file-backed region hold data in its file, found in one walk.
+pub struct FileData {
+    /// Guest address of the region.
+    start: u64,
+    pages: Vec<bool>,
+}
+
+impl FileData {
+    /// Walks the file of the region at `gpa` once (`SEEK_DATA`/`SEEK_HOLE`); `None` for
+    /// anonymous RAM or when the file cannot say.
+    ///
+    /// A sender asks once per region and pass, not per run: on tmpfs `SEEK_HOLE` walks the
+    /// page cache to the end of the data it starts in, so asking per 1 MiB run walked the rest
+    /// of a dense file every time (a third of the sender's CPU time for a 1 GiB file of random
+    /// data, and quadratic in RAM). The answer may go stale while the guest runs, safely: a page
+    /// written since is resident (shared mappings) or a private copy (private ones), which
+    /// [`untouched`] checks afresh each time.
+    pub fn of_region(mem: &GuestMemory, gpa: u64) -> Option<Self> {
+        let region = mem.find_region(GuestAddress(gpa))?;
+        let fo = region.file_offset()?;
+        let mut pages = vec![false; (region.len() / PAGE_SIZE) as usize];
+        mark_file_data(fo.file(), fo.start(), region.len(), &mut pages).ok()?;
+        Some(FileData {
+            start: region.start_addr().0,
+            pages,
+        })
+    }
+
+    /// The `pages` entries from `gpa`, if they lie in this region.
+    fn range(&self, gpa: u64, pages: usize) -> Option<&[bool]> {
+        let first = usize::try_from(gpa.checked_sub(self.start)? / PAGE_SIZE).ok()?;
+        self.pages.get(first..first.checked_add(pages)?)
+    }
+}
+
 /// For `pages` pages at `gpa`, which are known to read as zero without reading them: pages
 /// not resident in this process (`mincore`) and, for file-backed RAM, in a hole of the file
-/// (`SEEK_DATA`). `None` when that cannot be known (swap, or a query failed).
-pub fn untouched(mem: &GuestMemory, gpa: u64, pages: usize) -> Option<Vec<bool>> {
+/// (`SEEK_DATA`; from `file` when the caller walked the file already). `None` when that cannot
+/// be known (swap, or a query failed).
+pub fn untouched(
+    mem: &GuestMemory,
+    gpa: u64,
+    pages: usize,
+    file: Option<&FileData>,
+) -> Option<Vec<bool>> {
     static NO_SWAP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     if !*NO_SWAP.get_or_init(|| !host_has_swap()) {
         return None;
@@ -123,8 +174,13 @@ pub fn untouched(mem: &GuestMemory, gpa: u64, pages: usize) -> Option<Vec<bool>>
         _ => resident(mem, gpa, pages)?,
     };
     if let Some(fo) = region.file_offset() {
-        let start = fo.start() + (gpa - region.start_addr().0);
-        mark_file_data(fo.file(), start, pages as u64 * PAGE_SIZE, &mut data).ok()?;
+        match file.and_then(|f| f.range(gpa, pages)) {
+            Some(known) => data.iter_mut().zip(known).for_each(|(d, &k)| *d |= k),
+            None => {
+                let start = fo.start() + (gpa - region.start_addr().0);
+                mark_file_data(fo.file(), start, pages as u64 * PAGE_SIZE, &mut data).ok()?;
+            }
+        }
     }
     Some(data.iter().map(|&d| !d).collect())
 }
@@ -218,7 +274,7 @@ mod tests {
     fn untouched_anonymous_pages_are_known_without_reading_them() {
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         mem.write_obj(1u8, GuestAddress(2 * PAGE_SIZE)).unwrap();
-        if let Some(u) = untouched(&mem, 0, 4) {
+        if let Some(u) = untouched(&mem, 0, 4, None) {
             assert_eq!(u, vec![true, true, false, true]);
         }
         let mut buf = vec![0u8; 4096];
@@ -250,7 +306,10 @@ mod tests {
     fn file_backed(flags: libc::c_int) -> GuestMemory {
         let mut f = tempfile_in_tmp();
         f.write_all(&vec![7u8; 1 << 16]).unwrap();
-        let size = 1 << 16;
+        map_file(f, 1 << 16, flags)
+    }
+
+    fn map_file(f: std::fs::File, size: usize, flags: libc::c_int) -> GuestMemory {
         let region = MmapRegionBuilder::new_with_bitmap(
             size,
             AtomicBitmap::new(size, std::num::NonZeroUsize::new(4096).unwrap()),
@@ -272,7 +331,7 @@ mod tests {
         read(&mem, 0, &mut buf).unwrap();
         assert_eq!((buf[0], buf[100]), (7, 9));
         // The file holds data there: not untouched.
-        assert_ne!(untouched(&mem, 0, 1), Some(vec![true]));
+        assert_ne!(untouched(&mem, 0, 1, None), Some(vec![true]));
     }
 
     #[test]
@@ -306,25 +365,39 @@ mod tests {
         let f = tempfile_in_tmp();
         f.set_len(1 << 20).unwrap();
         f.write_all_at(&[3; 8], PAGE_SIZE).unwrap();
-        let size = 1 << 20;
-        let region = MmapRegionBuilder::new_with_bitmap(
-            size,
-            AtomicBitmap::new(size, std::num::NonZeroUsize::new(4096).unwrap()),
-        )
-        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-        .with_mmap_flags(libc::MAP_PRIVATE)
-        .with_file_offset(FileOffset::new(f, 0))
-        .build()
-        .unwrap();
-        let mem =
-            GuestMemory::from_regions(vec![GuestRegionMmap::new(region, GuestAddress(0)).unwrap()])
-                .unwrap();
+        let mem = map_file(f, 1 << 20, libc::MAP_PRIVATE);
         assert_eq!(mem.read_obj::<u8>(GuestAddress(4 * PAGE_SIZE)).unwrap(), 0);
         mem.write_obj(9u8, GuestAddress(6 * PAGE_SIZE)).unwrap();
-        if let Some(u) = untouched(&mem, 0, 8) {
+        if let Some(u) = untouched(&mem, 0, 8, None) {
             let data: Vec<usize> = (0..8).filter(|&i| !u[i]).collect();
             assert!(data.contains(&1) && data.contains(&6), "{data:?}");
             assert!(!data.contains(&4), "{data:?}");
+        }
+    }
+
+    #[test]
+    fn one_walk_of_the_file_answers_as_walks_per_run_do_and_sees_later_writes() {
+        for flags in [libc::MAP_SHARED, libc::MAP_PRIVATE] {
+            let f = tempfile_in_tmp();
+            f.set_len(1 << 20).unwrap();
+            f.write_all_at(&[3; 8], 5 * PAGE_SIZE).unwrap();
+            f.write_all_at(&[4; 8], 130 * PAGE_SIZE).unwrap();
+            let mem = map_file(f, 1 << 20, flags);
+            let walked = FileData::of_region(&mem, 0).unwrap();
+            // The guest writes after the walk, as it does while a pass runs.
+            mem.write_obj(9u8, GuestAddress(200 * PAGE_SIZE)).unwrap();
+            for (gpa, pages) in [(0, 256), (4 * PAGE_SIZE, 8), (128 * PAGE_SIZE, 128)] {
+                let (Some(once), Some(per_run)) = (
+                    untouched(&mem, gpa, pages, Some(&walked)),
+                    untouched(&mem, gpa, pages, None),
+                ) else {
+                    continue; // swap on this host: nothing is known without reading
+                };
+                assert_eq!(once, per_run, "flags {flags} at {gpa:#x}");
+            }
+            if let Some(u) = untouched(&mem, 0, 256, Some(&walked)) {
+                assert!(!u[5] && !u[130] && !u[200], "data seen as untouched");
+            }
         }
     }
 

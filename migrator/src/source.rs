@@ -132,6 +132,10 @@ impl<V: MigratableVm> Sender<'_, V> {
         let mut bytes = 0;
         let page = PAGE_SIZE as usize;
         let mut cleared = 0;
+        let file_data = match first_pass {
+            true => guest_ram::FileData::of_region(self.vm.memory(), base),
+            false => None,
+        };
         for (first, count) in bitmap.runs(MAX_PAGES_PER_FRAME) {
             if self.manual_log {
                 cleared = self.clear_log(index, bitmap, cleared, (first, first + count))?;
@@ -140,7 +144,9 @@ impl<V: MigratableVm> Sender<'_, V> {
             let gpa = base + first * PAGE_SIZE;
             // In the first pass, pages the guest never touched are zero: skip reading them.
             let untouched = match first_pass {
-                true => guest_ram::untouched(self.vm.memory(), gpa, count as usize),
+                true => {
+                    guest_ram::untouched(self.vm.memory(), gpa, count as usize, file_data.as_ref())
+                }
                 false => None,
             };
             if untouched.as_ref().is_some_and(|u| u.iter().all(|&z| z)) {

@@ -17,7 +17,11 @@ use migrator::wire::{self, Message};
 use vmm::api::{client, protocol::Request};
 
 fn loopback(wss: u32, vcpus: u8, lanes: u32) {
-    let mut p = pair(wss, vcpus, "");
+    loopback_with(wss, vcpus, lanes, false)
+}
+
+fn loopback_with(wss: u32, vcpus: u8, lanes: u32, on_files: bool) {
+    let mut p = pair_with(wss, vcpus, "", on_files);
     let stats = migrate(&p, p.port, lanes);
     assert_eq!(
         stats["status"],
@@ -91,6 +95,16 @@ fn loopback_256mib_two_vcpus_two_connections() {
     let _serial = serial();
     if kvm_available() {
         loopback(256, 2, 2);
+    }
+}
+
+/// RAM in shared files on both sides: the destination writes pages to its file (`pwrite`)
+/// instead of copying them into its mapping; the guest checks every page it wrote.
+#[test]
+fn loopback_64mib_on_memory_files_two_connections() {
+    let _serial = serial();
+    if kvm_available() {
+        loopback_with(64, 2, 2, true);
     }
 }
 

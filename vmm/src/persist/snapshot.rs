@@ -107,7 +107,7 @@ fn write_memory(file: &File, path: &Path, mem: &GuestMemory) -> Result<u64, Snap
     let mut file_offset = 0u64;
     for region in mem.iter() {
         let pages = (region.len() / PAGE as u64) as usize;
-        let data: Vec<bool> = match guest_ram::untouched(mem, region.start_addr().0, pages) {
+        let data: Vec<bool> = match guest_ram::untouched(mem, region.start_addr().0, pages, None) {
             Some(untouched) => untouched.iter().map(|&u| !u).collect(),
             None => vec![true; pages],
         };

@@ -21,7 +21,20 @@ pub struct Pair {
 
 /// A dirtying bench guest on the source and an `--incoming` destination, both on loopback.
 pub fn pair(wss: u32, vcpus: u8, extra_cmdline: &str) -> Pair {
+    pair_with(wss, vcpus, extra_cmdline, false)
+}
+
+/// As [`pair`]; with `on_files`, each side's RAM is a file of its own mapped shared
+/// (`--mem-file`), as a host that keeps guest RAM in tmpfs has it.
+pub fn pair_with(wss: u32, vcpus: u8, extra_cmdline: &str, on_files: bool) -> Pair {
     let dir = tempfile::tempdir().unwrap();
+    let mem_file = |name: &str| match on_files {
+        true => vec![
+            "--mem-file".into(),
+            dir.path().join(name).display().to_string(),
+        ],
+        false => Vec::new(),
+    };
     let src_sock = dir.path().join("src.sock");
     let dst_sock = dir.path().join("dst.sock");
     let port = free_port();
@@ -29,15 +42,13 @@ pub fn pair(wss: u32, vcpus: u8, extra_cmdline: &str) -> Pair {
     let hosts = Hosts::new();
     let mut args = hosts.incoming_args(&url);
     args.extend(["--api-sock".into(), dst_sock.display().to_string()]);
+    args.extend(mem_file("dst.mem"));
     let dst = Vmm::spawn(&args);
     dst.wait_stderr("waiting for an incoming migration", LIMIT);
     let cmdline = format!("workload=dirty wss={wss} report-ms=100 {extra_cmdline}");
-    let src = Vmm::spawn(&bench_args(
-        u64::from(wss) + 64,
-        vcpus,
-        &cmdline,
-        Some(&src_sock),
-    ));
+    let mut src_args = bench_args(u64::from(wss) + 64, vcpus, &cmdline, Some(&src_sock));
+    src_args.extend(mem_file("src.mem"));
+    let src = Vmm::spawn(&src_args);
     // Let the guest touch its whole working set at least once.
     src.wait_line(LIMIT, |l| field(l, "gen").is_some_and(|g| g >= 2));
     Pair {
