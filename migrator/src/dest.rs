@@ -172,6 +172,7 @@ fn receive_lane(lane: SecureStream, mem: &GuestMemory) -> Result<Received, DestE
         let msg = wire::recv(&mut input)?;
         match apply_memory(&mut input, mem, msg, &mut got, &mut staging)? {
             None => {}
+            Some(Message::Sync) => wire::send(input.get_mut(), &Message::Synced)?,
             Some(Message::LaneEnd) => return Ok(got),
             Some(other) => return Err(DestError::OutOfOrder(other.tag())),
         }
@@ -305,6 +306,8 @@ impl Incoming {
             )? {
                 None => {}
                 Some(Message::RoundEnd { round }) => self.received.rounds = round + 1,
+                // Everything before it on this lane is applied (applying is synchronous).
+                Some(Message::Sync) => wire::send(self.input.get_mut(), &Message::Synced)?,
                 Some(Message::State(state)) => return Ok(state),
                 Some(other) => return Err(DestError::OutOfOrder(other.tag())),
             }

@@ -27,26 +27,40 @@ pub fn lane_of(gpa: u64, lanes: usize) -> usize {
     ((gpa / CHUNK) % lanes as u64) as usize
 }
 
+/// What a lane's thread is given.
+enum Work {
+    Bytes(Vec<u8>),
+    /// Send everything so far and `Sync`, wait for `Synced`, and say how that went.
+    Sync(SyncSender<std::io::Result<()>>),
+}
+
 /// An extra lane on the source: batches go to a thread that encrypts and sends them.
 struct LaneWriter {
     batch: Vec<u8>,
-    to_thread: Option<SyncSender<Vec<u8>>>,
+    to_thread: Option<SyncSender<Work>>,
     recycled: Receiver<Vec<u8>>,
     thread: Option<JoinHandle<Result<(), std::io::Error>>>,
 }
 
 impl LaneWriter {
     fn new(stream: SecureStream) -> std::io::Result<Self> {
-        let (to_thread, work) = sync_channel::<Vec<u8>>(2);
+        let (to_thread, work) = sync_channel::<Work>(2);
         let (give_back, recycled) = sync_channel::<Vec<u8>>(4);
         let thread = std::thread::Builder::new()
             .name("migration-lane".into())
             .spawn(move || {
                 let mut out = BufWriter::with_capacity(WRITE_BUFFER, stream);
-                for mut batch in work {
-                    out.write_all(&batch)?;
-                    batch.clear();
-                    let _ = give_back.try_send(batch);
+                for item in work {
+                    match item {
+                        Work::Bytes(mut batch) => {
+                            out.write_all(&batch)?;
+                            batch.clear();
+                            let _ = give_back.try_send(batch);
+                        }
+                        Work::Sync(done) => {
+                            let _ = done.send(sync(&mut out));
+                        }
+                    }
                 }
                 out.flush()
             })?;
@@ -76,11 +90,23 @@ impl LaneWriter {
             .try_recv()
             .unwrap_or_else(|_| Vec::with_capacity(BATCH));
         let full = std::mem::replace(&mut self.batch, next);
-        let sent = self.to_thread.as_ref().map(|t| t.send(full));
+        self.give(Work::Bytes(full))
+    }
+
+    fn give(&mut self, work: Work) -> std::io::Result<()> {
+        let sent = self.to_thread.as_ref().map(|t| t.send(work));
         match sent {
             Some(Ok(())) => Ok(()),
             _ => Err(self.thread_error()),
         }
+    }
+
+    /// Starts a sync on the lane's thread; the answer comes on the returned channel.
+    fn start_sync(&mut self) -> std::io::Result<Receiver<std::io::Result<()>>> {
+        self.send_batch()?;
+        let (done, answer) = sync_channel(1);
+        self.give(Work::Sync(done))?;
+        Ok(answer)
     }
 
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
@@ -165,6 +191,39 @@ impl ExtraLanes {
     pub fn finish(&mut self) -> std::io::Result<()> {
         self.lanes.iter_mut().try_for_each(LaneWriter::finish)
     }
+
+    /// Asks the destination, on every extra lane, to answer once it has applied everything
+    /// sent on that lane so far. The caller syncs the first lane itself, then waits here.
+    pub fn start_sync(&mut self) -> std::io::Result<PendingSync> {
+        let answers = self
+            .lanes
+            .iter_mut()
+            .map(LaneWriter::start_sync)
+            .collect::<std::io::Result<_>>()?;
+        Ok(PendingSync(answers))
+    }
+}
+
+/// Syncs under way on the extra lanes.
+pub struct PendingSync(Vec<Receiver<std::io::Result<()>>>);
+
+impl PendingSync {
+    /// Waits for every extra lane's `Synced`.
+    pub fn wait(self) -> std::io::Result<()> {
+        for answer in self.0 {
+            answer
+                .recv()
+                .map_err(|_| std::io::Error::other("a migration lane stopped during a sync"))??;
+        }
+        Ok(())
+    }
+}
+
+/// Sends `Sync` after everything buffered in `out` and waits for the destination's `Synced`.
+fn sync(out: &mut BufWriter<SecureStream>) -> std::io::Result<()> {
+    wire::send(out, &Message::Sync).map_err(std::io::Error::other)?;
+    wire::expect(out.get_mut(), wire::Tag::Synced, "synced").map_err(std::io::Error::other)?;
+    Ok(())
 }
 
 /// Cuts `[gpa, gpa + len)` at chunk boundaries.

@@ -239,6 +239,18 @@ impl<V: MigratableVm> Sender<'_, V> {
         Ok((pages, bytes))
     }
 
+    /// Waits until the destination has applied everything sent so far, on every lane.
+    /// Pre-copy ends with this, so that what the socket buffers and the receiver still hold
+    /// is applied while the guest runs, not counted as downtime: a backlog of a few MiB per
+    /// lane cost 10-80 ms of downtime on a loaded 2-core host.
+    fn sync(&mut self) -> Result<(), SourceError> {
+        let lanes = self.extra.start_sync()?;
+        wire::send(&mut self.out, &Message::Sync)?;
+        wire::expect(self.out.get_mut(), Tag::Synced, "synced")?;
+        lanes.wait()?;
+        Ok(())
+    }
+
     fn progress(&self, round: u32, remaining: u64, dirty_rate: u64) -> Progress {
         Progress {
             status: Status::Active,
@@ -328,7 +340,10 @@ fn precopy<V: MigratableVm>(
             Some(StopReason::Timeout) if params.on_timeout == OnTimeout::Cancel => {
                 return Ok(Converged::Cancel);
             }
-            Some(_) => return Ok(Converged::Yes(maps)),
+            Some(_) => {
+                s.sync()?;
+                return Ok(Converged::Yes(maps));
+            }
             None => {}
         }
         if params.auto_converge && dirty_rate as f64 * PAGE_SIZE as f64 > 0.5 * s.bandwidth {

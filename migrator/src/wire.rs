@@ -13,8 +13,9 @@ use std::io::{Read, Write};
 /// Identifies the protocol in the first message.
 pub const MAGIC: [u8; 8] = *b"LNDRMIGR";
 /// The protocol version this build speaks. Version 2 runs inside mutual TLS and may use
-/// several connections; version 1 (a shared-key handshake, plaintext) is gone.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// several connections; version 3 adds `Sync`/`Synced`; version 1 (a shared-key handshake,
+/// plaintext) is gone.
+pub const PROTOCOL_VERSION: u32 = 3;
 pub const PAGE_SIZE: u64 = 4096;
 /// Most pages in one `Pages` frame (8 MiB).
 pub const MAX_PAGES_PER_FRAME: u64 = 2048;
@@ -44,6 +45,8 @@ pub enum Tag {
     Running = 11,
     Abort = 12,
     LaneEnd = 13,
+    Sync = 14,
+    Synced = 15,
 }
 
 impl Tag {
@@ -51,7 +54,7 @@ impl Tag {
         use Tag::*;
         [
             Hello, Welcome, Machine, Pages, Zero, RoundEnd, State, Ready, Commit, Running, Abort,
-            LaneEnd,
+            LaneEnd, Sync, Synced,
         ]
         .into_iter()
         .find(|t| *t as u8 == v)
@@ -114,6 +117,10 @@ pub enum Message {
     Abort(String),
     /// The last message on an extra lane: every page it carried has been sent.
     LaneEnd,
+    /// Asks the destination to answer `Synced` on this connection once it has applied
+    /// everything sent on it before.
+    Sync,
+    Synced,
 }
 
 impl Message {
@@ -131,6 +138,8 @@ impl Message {
             Message::Running => Tag::Running,
             Message::Abort(_) => Tag::Abort,
             Message::LaneEnd => Tag::LaneEnd,
+            Message::Sync => Tag::Sync,
+            Message::Synced => Tag::Synced,
         }
     }
 }
@@ -178,7 +187,12 @@ pub fn encode(msg: &Message) -> Vec<u8> {
         }
         Message::RoundEnd { round } => payload.extend_from_slice(&round.to_le_bytes()),
         Message::State(s) => payload.extend_from_slice(s),
-        Message::Ready | Message::Commit | Message::Running | Message::LaneEnd => {}
+        Message::Ready
+        | Message::Commit
+        | Message::Running
+        | Message::LaneEnd
+        | Message::Sync
+        | Message::Synced => {}
         Message::Abort(why) => {
             let b = why.as_bytes();
             payload.extend_from_slice(&b[..b.len().min(MAX_ABORT as usize)]);
@@ -277,7 +291,9 @@ pub fn recv<R: Read>(r: &mut R) -> Result<Message, WireError> {
         Tag::Zero => exact(tag, len, 16)?,
         Tag::RoundEnd => exact(tag, len, 4)?,
         Tag::State => at_most(tag, len, MAX_STATE)?,
-        Tag::Ready | Tag::Commit | Tag::Running | Tag::LaneEnd => exact(tag, len, 0)?,
+        Tag::Ready | Tag::Commit | Tag::Running | Tag::LaneEnd | Tag::Sync | Tag::Synced => {
+            exact(tag, len, 0)?
+        }
         Tag::Abort => at_most(tag, len, MAX_ABORT)?,
     }
     let payload_len = if tag == Tag::Pages { 8 } else { len as usize };
@@ -322,6 +338,8 @@ pub fn recv<R: Read>(r: &mut R) -> Result<Message, WireError> {
         Tag::Running => Message::Running,
         Tag::Abort => Message::Abort(String::from_utf8_lossy(&p).into_owned()),
         Tag::LaneEnd => Message::LaneEnd,
+        Tag::Sync => Message::Sync,
+        Tag::Synced => Message::Synced,
     })
 }
 
@@ -384,6 +402,8 @@ mod tests {
             Message::Running,
             Message::Abort("no".into()),
             Message::LaneEnd,
+            Message::Sync,
+            Message::Synced,
         ]
     }
 

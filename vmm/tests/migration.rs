@@ -212,8 +212,8 @@ enum Cut {
 
 /// A proxy that cuts every connection at a chosen point of the switchover. It cannot read
 /// the encrypted stream, but the shape of the exchange gives the point away: once pages have
-/// flowed, the destination's first record on the first connection is `Ready` and its second
-/// is `Running` (its `Welcome` came before any page).
+/// flowed, the destination's records on the first connection are `Synced` (pre-copy is
+/// over), `Ready` and `Running` (its `Welcome` came before any page).
 fn cutting_proxy(dst_port: u16, cut: Cut) -> tls_proxy::Proxy {
     let replies = std::sync::atomic::AtomicUsize::new(0);
     tls_proxy::start(dst_port, tls_proxy::Options::default(), move |r| {
@@ -222,7 +222,7 @@ fn cutting_proxy(dst_port: u16, cut: Cut) -> tls_proxy::Proxy {
         }
         let n = replies.fetch_add(1, Ordering::SeqCst);
         match (cut, n) {
-            (Cut::BeforeCommit, 0) | (Cut::AfterCommit, 1) => Action::Cut,
+            (Cut::BeforeCommit, 1) | (Cut::AfterCommit, 2) => Action::Cut,
             _ => Action::Forward,
         }
     })

@@ -7,7 +7,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::hosts::Hosts;
@@ -142,6 +142,27 @@ fn one_flipped_byte_anywhere_fails_the_migration_and_the_copy_never_runs() {
     }
     const PAGES: u64 = 2 << 20;
     const LATE: u64 = 8 << 20;
+    // Once pages have flowed, the destination's records on the first connection are
+    // `Synced` (pre-copy is over), `Ready` and `Running`.
+    let late_reply = |n: usize| {
+        let seen = AtomicUsize::new(0);
+        move |r: &Record<'_>| {
+            r.dir == Dir::Down
+                && r.conn == 0
+                && r.up_bytes >= LATE
+                && seen.fetch_add(1, Ordering::SeqCst) == n
+        }
+    };
+    // The VM state is the source's last record before it waits for `Ready`, after `Synced`.
+    let state = {
+        let synced = AtomicBool::new(false);
+        move |r: &Record<'_>| {
+            if r.dir == Dir::Down && r.conn == 0 && r.up_bytes >= LATE {
+                synced.store(true, Ordering::SeqCst);
+            }
+            r.dir == Dir::Up && r.before_pause && synced.load(Ordering::SeqCst)
+        }
+    };
     let cases: Vec<(&str, Options, Box<tls_proxy::Rule>)> = vec![
         (
             "page data",
@@ -149,21 +170,22 @@ fn one_flipped_byte_anywhere_fails_the_migration_and_the_copy_never_runs() {
             Box::new(flip_once(|r| r.dir == Dir::Up && r.up_bytes >= PAGES)),
         ),
         (
-            "the VM state (the last record before the source waits)",
+            "the VM state (the last record before the source waits for Ready)",
             Options {
                 hold_up: true,
                 ..Default::default()
             },
-            Box::new(flip_once(|r| {
-                r.dir == Dir::Up && r.before_pause && r.up_bytes >= LATE
-            })),
+            Box::new(flip_once(state)),
+        ),
+        (
+            "the destination's Synced",
+            Options::default(),
+            Box::new(flip_once(late_reply(0))),
         ),
         (
             "the destination's Ready",
             Options::default(),
-            Box::new(flip_once(|r| {
-                r.dir == Dir::Down && r.conn == 0 && r.up_bytes >= LATE
-            })),
+            Box::new(flip_once(late_reply(1))),
         ),
     ];
     for (what, opts, rule) in cases {
