@@ -105,8 +105,9 @@ pub struct Qmp {
     writer: UnixStream,
 }
 
-/// How long to wait for any one reply; QEMU answers in milliseconds unless it is wedged.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for any one reply. QEMU answers in milliseconds on a quiet host, but a
+/// TLS destination's `migrate-incoming` once took over 10 s on a host at load average 20.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Qmp {
     /// Connects to the socket QEMU serves with `-qmp unix:PATH,server=on,wait=off`, retrying
