@@ -1,0 +1,183 @@
+//! The pure part of `workload=agent`: the peer protocol's framing (the same bytes as
+//! `guest-agentd`'s), the timeline load an agent runs and checks ([`load`]), and the phases of
+//! a run with a warm-up and placement passes ([`phases`]).
+//!
+//! A peer connection carries traffic one way: the sender connects, says `P` and its id (u16
+//! little-endian), then writes frames, each a u32 little-endian length and that many bytes (a
+//! postcard [`guest_agent::Message`]). Acknowledgements come back on the connection the other
+//! agent opens, exactly as between two `guest-agentd`s, so a VM agent and a daemon interoperate.
+
+pub mod load;
+pub mod phases;
+
+use alloc::vec::Vec;
+
+use guest_agent::timeline::{Params, Post};
+
+pub use load::Load;
+pub use phases::Phases;
+
+/// The first byte of a peer connection (`guest-agentd`'s `HELLO_PEER`).
+pub const HELLO_PEER: u8 = b'P';
+/// Bytes of a peer connection's greeting: `P` and the sender's id.
+pub const HELLO_LEN: usize = 3;
+/// No frame between timeline agents comes near this; a larger length means a broken or hostile
+/// peer, and the connection is dropped (the sender resends what was not acknowledged).
+pub const MAX_FRAME: usize = 1 << 20;
+/// Posts a timeline read asks for.
+pub const TIMELINE_LIMIT: u32 = 10;
+
+/// The greeting an agent sends on a connection it opens.
+pub fn hello(me: u16) -> [u8; HELLO_LEN] {
+    let [a, b] = me.to_le_bytes();
+    [HELLO_PEER, a, b]
+}
+
+/// Appends `frame` with its length prefix to `out`.
+pub fn push_frame(out: &mut Vec<u8>, frame: &[u8]) {
+    out.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+    out.extend_from_slice(frame);
+}
+
+/// Why a peer's byte stream was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamError {
+    /// The connection did not start with `P`: not an agent (a `guest-agentd` client, say, whose
+    /// JSON interface the unikernel does not serve).
+    NotAPeer(u8),
+    TooLarge(usize),
+}
+
+impl core::fmt::Display for StreamError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            StreamError::NotAPeer(b) => write!(f, "the connection began with {b:#04x}, not 'P'"),
+            StreamError::TooLarge(n) => {
+                write!(f, "a frame of {n} bytes exceeds the {MAX_FRAME}-byte limit")
+            }
+        }
+    }
+}
+
+/// An incoming peer stream, reassembled from whatever pieces TCP hands over.
+#[derive(Debug, Default)]
+pub struct Inbound {
+    buf: Vec<u8>,
+    /// The peer's id, once its greeting is in.
+    pub from: Option<u16>,
+}
+
+impl Inbound {
+    /// Takes bytes from the stream and returns the frames they complete.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<Vec<u8>>, StreamError> {
+        self.buf.extend_from_slice(bytes);
+        let mut frames = Vec::new();
+        let mut at = 0;
+        if self.from.is_none() {
+            match self.buf.first() {
+                None => return Ok(frames),
+                Some(&b) if b != HELLO_PEER => return Err(StreamError::NotAPeer(b)),
+                Some(_) => {}
+            }
+            if self.buf.len() < HELLO_LEN {
+                return Ok(frames);
+            }
+            self.from = Some(u16::from_le_bytes([self.buf[1], self.buf[2]]));
+            at = HELLO_LEN;
+        }
+        while let Some(len) = self.buf.get(at..at + 4) {
+            let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+            if len > MAX_FRAME {
+                return Err(StreamError::TooLarge(len));
+            }
+            let Some(frame) = self.buf.get(at + 4..at + 4 + len) else {
+                break;
+            };
+            frames.push(frame.to_vec());
+            at += 4 + len;
+        }
+        self.buf.drain(..at);
+        Ok(frames)
+    }
+}
+
+/// Whether this agent's id and its peers' number the agents 0 to n-1, each once, as the data
+/// set's placement (`Params::agents`) assumes.
+pub fn ids_are_dense(me: u64, peers: impl IntoIterator<Item = u64>) -> bool {
+    let mut ids: Vec<u64> = peers.into_iter().collect();
+    ids.push(me);
+    ids.sort_unstable();
+    ids.iter().enumerate().all(|(i, &id)| id == i as u64)
+}
+
+/// The timeline data set every agent of a run seeds: `users` users over `agents` agents (ids 0
+/// to `agents - 1`), otherwise the defaults `guest-agentd` uses.
+pub fn params(users: u32, agents: u16) -> Params {
+    Params {
+        users,
+        agents,
+        ..Params::default()
+    }
+}
+
+/// The posts a timeline read of `user` must return on the freshly seeded data set.
+pub fn expected_timeline(params: &Params, user: u32, limit: u32) -> Vec<Post> {
+    let mut posts: Vec<Post> = params
+        .follows_of(user)
+        .into_iter()
+        .flat_map(|f| {
+            (0..params.posts_per_user).map(move |i| (f, u64::from(i) << 32 | u64::from(f)))
+        })
+        .map(|(author, id)| Post {
+            author,
+            id,
+            text: params.text(author, id),
+        })
+        .collect();
+    posts.sort_by_key(|p| core::cmp::Reverse(p.id));
+    posts.truncate(limit as usize);
+    posts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_reassemble_from_any_split_and_bad_streams_are_refused() {
+        let mut wire = hello(2).to_vec();
+        push_frame(&mut wire, b"first");
+        push_frame(&mut wire, b"");
+        push_frame(&mut wire, &[7u8; 3000]);
+        for piece in [1, 2, 3, 7, 4096] {
+            let mut inbound = Inbound::default();
+            let mut got = Vec::new();
+            for chunk in wire.chunks(piece) {
+                got.extend(inbound.push(chunk).unwrap());
+            }
+            assert_eq!(inbound.from, Some(2));
+            assert_eq!(got, [b"first".to_vec(), Vec::new(), [7u8; 3000].to_vec()]);
+        }
+        assert_eq!(
+            Inbound::default().push(b"C{}"),
+            Err(StreamError::NotAPeer(b'C'))
+        );
+        let mut huge = hello(1).to_vec();
+        huge.extend_from_slice(&(MAX_FRAME as u32 + 1).to_le_bytes());
+        assert_eq!(
+            Inbound::default().push(&huge),
+            Err(StreamError::TooLarge(MAX_FRAME + 1))
+        );
+    }
+
+    #[test]
+    fn agent_ids_must_be_dense_and_unique() {
+        assert!(ids_are_dense(0, []));
+        assert!(ids_are_dense(1, [0, 2]));
+        assert!(ids_are_dense(2, [1, 0]));
+        assert!(!ids_are_dense(0, [2]), "a gap");
+        assert!(!ids_are_dense(1, [1, 0]), "itself as a peer");
+        assert!(!ids_are_dense(0, [1, 1]), "a peer twice");
+        assert!(!ids_are_dense(3, [0, 1]), "out of range");
+    }
+}
