@@ -25,6 +25,10 @@ pub struct VmRun {
     pub window: u64,
     /// `move`, `fetch` or `ship-or-fetch`.
     pub policy: &'static str,
+    /// Milliseconds of warm-up reads before the measured ones (0: none), and the placement
+    /// period during the warm-up (0: no passes).
+    pub warmup_ms: u64,
+    pub place_ms: u64,
     /// How long the whole run may take.
     pub limit: Duration,
 }
@@ -32,7 +36,12 @@ pub struct VmRun {
 /// What the agents reported, summed over them.
 #[derive(Clone, Debug, Default)]
 pub struct VmFigures {
+    /// Measured reads home.
     pub reads: u64,
+    /// Warm-up reads home, placement passes, and objects the passes moved.
+    pub warm: u64,
+    pub passes: u64,
+    pub moved: u64,
     /// Continuation hops of the completed tasks.
     pub hops: u64,
     pub fetches: u64,
@@ -83,12 +92,14 @@ pub fn run(vmm: &Path, image: &Path, run: &VmRun) -> Result<VmFigures, String> {
             .collect();
         let cmdline = format!(
             "workload=agent ip={}/24 port={PORT} agent={agent} tasks={} window={} users={} \
-             policy={} report-ms=500 exit-after-ms={} {}",
+             policy={} warmup-ms={} place-ms={} report-ms=500 exit-after-ms={} {}",
             guest_ip(agent),
             run.reads_per_agent,
             run.window,
             run.users,
             run.policy,
+            run.warmup_ms,
+            run.place_ms,
             run.limit.as_millis(),
             peers.join(" ")
         );
@@ -157,7 +168,7 @@ pub fn run(vmm: &Path, image: &Path, run: &VmRun) -> Result<VmFigures, String> {
                     return Err(format!("agent {agent} finished badly: {line}"));
                 }
             }
-            figures.reads += field(&line, "results").unwrap_or(0);
+            figures.reads += field(&line, "measured").unwrap_or(0);
             figures.span_us = figures.span_us.max(field(&line, "span-us").unwrap_or(0));
             done[agent] = true;
         } else if line.starts_with("bench: agent t=") {
@@ -173,6 +184,9 @@ pub fn run(vmm: &Path, image: &Path, run: &VmRun) -> Result<VmFigures, String> {
         figures.hops += field(line, "hops").ok_or(format!("agent {agent}: no report"))?;
         figures.fetches += field(line, "fetches").unwrap_or(0);
         figures.bytes += field(line, "bytes").unwrap_or(0);
+        figures.warm += field(line, "warm").unwrap_or(0);
+        figures.passes += field(line, "passes").unwrap_or(0);
+        figures.moved += field(line, "moved").unwrap_or(0);
     }
     if figures.latencies_us.len() as u64 != figures.reads {
         return Err(format!(

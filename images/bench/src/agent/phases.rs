@@ -9,7 +9,9 @@
 //!    rounds on daemons), and agent `i` of `n` runs a placement pass at `(i + 1/2) · P / n` into
 //!    each period `P` (`place-ms`): agents take turns, each in its own slot, so that two agents
 //!    never trade the two halves of a pair. A pass whose slot went by (the vCPU was not
-//!    running) is skipped rather than run in another agent's slot.
+//!    running) is skipped rather than run in another agent's slot. Every agent also shares its
+//!    load, pairs and directory at the start of every slot, so the pass half a slot later sees
+//!    where the previous pass put things (the runtime's periodic shares keep their own pace).
 //! 3. `WARM`: the warm-up is over, every warm-up read of this agent is home and nothing it
 //!    sent is unacknowledged.
 //! 4. `COUNTED`: every agent is warm, so no warm-up task is left anywhere; once its own last
@@ -66,8 +68,9 @@ pub struct Phases {
     peers: Vec<u8>,
     /// When the warm-up started (VM clock, milliseconds).
     start_ms: Option<u64>,
-    /// The placement period whose pass is next.
+    /// The placement period whose pass is next, and the slot whose start shares next.
     next_period: u64,
+    next_share: u64,
     /// Placement passes run, and objects they sent away.
     pub passes: u64,
     pub moved: u64,
@@ -89,6 +92,7 @@ impl Phases {
             peers: vec![0; usize::from(agents)],
             start_ms: None,
             next_period: 0,
+            next_share: 0,
             passes: 0,
             moved: 0,
             baseline: Stats::default(),
@@ -197,6 +201,13 @@ impl Phases {
         }
         if self.place_ms == 0 {
             return None;
+        }
+        let slot_ms = (self.place_ms / u64::from(self.agents)).max(1);
+        if self.next_share * slot_ms <= elapsed {
+            agent.report_load();
+            agent.share_pairs();
+            agent.share_directory();
+            self.next_share = elapsed / slot_ms + 1;
         }
         while self.slot(self.next_period).1 <= elapsed {
             self.next_period += 1;
