@@ -3,7 +3,7 @@
 //! and one of them live-migrates to a fourth host mid-run. Every read must come home exactly
 //! once with the right posts, and every task must complete exactly once across the agents.
 //! A second test puts a Linux `guest-agentd` in place of one VM: the two runtimes speak the
-//! same protocol. Every namespace, bridge and tap is the test's own and goes when the
+//! same protocol. A third runs a warm-up with placement passes before the measured reads. Every namespace, bridge and tap is the test's own and goes when the
 //! `TestNetwork` is dropped, even on failure.
 mod common;
 
@@ -171,6 +171,75 @@ fn three_agent_vms_run_the_timeline_exactly_once_across_a_live_migration() {
     eprintln!("{completed} tasks completed once each; {duplicates} duplicate hops dropped");
 
     drop((vm0, vm1, dst));
+    net.delete().expect("delete the test hosts");
+}
+
+#[test]
+fn three_agent_vms_place_objects_in_a_warm_up_and_run_every_read_once() {
+    if !kvm_available() {
+        return;
+    }
+    let _serial = serial();
+    let names = ["host-a", "host-b", "host-c"];
+    let net = TestNetwork::create(&names).expect("create the test hosts");
+    let mut vms = Vec::new();
+    for (agent, name) in (0..AGENTS).zip(names) {
+        let host = net.host(name).unwrap();
+        host.attach_tap(TAP).expect("a tap");
+        // Later keys win: a closed loop of 3 reads, after 3 s of warm-up in which each agent
+        // runs a placement pass in its slot of every 600 ms.
+        let line = format!(
+            "{} task-rate=0 window=3 warmup-ms=3000 place-ms=600",
+            cmdline(agent)
+        );
+        vms.push(boot_with(host, agent, &line, None));
+    }
+    let mut submitted = 0;
+    for (agent, vm) in (0..AGENTS).zip(&vms) {
+        let done = vm.wait_line(LIMIT, |l| l.contains("bench: agent done"));
+        eprintln!("agent {agent}: {done}");
+        assert_eq!(
+            field(&done, "measured"),
+            Some(TASKS),
+            "agent {agent}: {done}"
+        );
+        let warm = field(&done, "warm").unwrap_or(0);
+        assert!(warm > 0, "agent {agent} ran no warm-up reads: {done}");
+        let sent = field(&done, "submitted").unwrap_or(0);
+        assert_eq!(sent, warm + TASKS, "agent {agent}: {done}");
+        assert_eq!(field(&done, "results"), Some(sent), "agent {agent}: {done}");
+        for key in [
+            "wrong",
+            "twice",
+            "failed",
+            "outstanding",
+            "unacked",
+            "bad-frames",
+        ] {
+            assert_eq!(field(&done, key), Some(0), "agent {agent} {key}: {done}");
+        }
+        assert!(
+            field(&done, "passes").is_some_and(|p| p > 0),
+            "agent {agent} ran no placement pass: {done}"
+        );
+        submitted += sent;
+    }
+    // Every read, warm-up or measured, completed exactly once over the agents, with objects
+    // moving under the tasks. With every agent done, the counts a report later are final.
+    let (mut completed, mut moved) = (0, 0);
+    for (agent, vm) in (0..AGENTS).zip(&vms) {
+        let later = vm
+            .lines_for(Duration::from_millis(1500))
+            .into_iter()
+            .rfind(|l| is_progress(l))
+            .unwrap_or_else(|| vm.wait_line(LIMIT, is_progress));
+        eprintln!("agent {agent}: {later}");
+        completed += field(&later, "completed").unwrap();
+        moved += field(&later, "moved").unwrap();
+    }
+    assert_eq!(completed, submitted, "every read completes exactly once");
+    assert!(moved > 0, "placement moved no object");
+    drop(vms);
     net.delete().expect("delete the test hosts");
 }
 
