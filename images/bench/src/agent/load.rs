@@ -289,32 +289,13 @@ impl Load {
 #[cfg(test)]
 mod tests {
     use super::super::params;
+    use super::super::testing::{lone_agent as agent, lossy_swarm};
     use super::*;
-    use alloc::sync::Arc;
-    use guest_agent::sim::{Faults, Swarm};
-
-    fn agent(params: &Params) -> Agent {
-        let registry = Arc::new(guest_agent::timeline::registry().unwrap());
-        let mut agent = Agent::new(AgentId(0), &[], registry, guest_agent::Config::default());
-        params.seed_agent(&mut agent).unwrap();
-        agent
-    }
 
     #[test]
     fn the_load_runs_every_read_once_over_a_lossy_swarm_and_checks_the_results() {
         let params = params(60, 3);
-        let registry = Arc::new(guest_agent::timeline::registry().unwrap());
-        let faults = Faults {
-            max_delay: 2,
-            drop_per_mille: 50,
-            duplicate_per_mille: 50,
-            ..Faults::default()
-        };
-        let config = guest_agent::Config::default();
-        let mut swarm = Swarm::new(3, registry, config, faults, 7);
-        for agent in swarm.agents.iter_mut() {
-            params.seed_agent(agent).unwrap();
-        }
+        let mut swarm = lossy_swarm(&params, 50, guest_agent::Config::default(), 7);
         let mut loads: Vec<Load> = (0..3)
             .map(|i| Load::new(params, AgentId(i), 20, 0))
             .collect();

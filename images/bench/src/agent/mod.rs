@@ -139,6 +139,40 @@ pub fn expected_timeline(params: &Params, user: u32, limit: u32) -> Vec<Post> {
     posts
 }
 
+/// What the agent modules' tests share: a seeded agent alone, and a seeded lossy swarm.
+#[cfg(test)]
+mod testing {
+    use alloc::sync::Arc;
+    use guest_agent::sim::{Faults, Swarm};
+    use guest_agent::timeline::Params;
+    use guest_agent::{Agent, AgentId, Config};
+
+    /// Agent 0 with no peers, holding all of `params`' data set.
+    pub fn lone_agent(params: &Params) -> Agent {
+        let registry = Arc::new(guest_agent::timeline::registry().unwrap());
+        let mut agent = Agent::new(AgentId(0), &[], registry, Config::default());
+        params.seed_agent(&mut agent).unwrap();
+        agent
+    }
+
+    /// `params.agents` agents, each seeded with its share, over a network that drops and
+    /// duplicates `per_mille` of the frames and delays them up to two ticks.
+    pub fn lossy_swarm(params: &Params, per_mille: u32, config: Config, seed: u64) -> Swarm {
+        let registry = Arc::new(guest_agent::timeline::registry().unwrap());
+        let faults = Faults {
+            max_delay: 2,
+            drop_per_mille: per_mille,
+            duplicate_per_mille: per_mille,
+            ..Faults::default()
+        };
+        let mut swarm = Swarm::new(params.agents, registry, config, faults, seed);
+        for agent in swarm.agents.iter_mut() {
+            params.seed_agent(agent).unwrap();
+        }
+        swarm
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,15 +1,12 @@
 use super::*;
 use crate::agent::params;
-use alloc::sync::Arc;
+use crate::agent::testing::{lone_agent as seeded_agent, lossy_swarm};
 use guest_agent::placement::balance_cap;
-use guest_agent::sim::{Faults, Swarm};
 use guest_agent::AgentId;
 
 fn lone_agent() -> (Agent, Load) {
     let params = params(30, 1);
-    let registry = Arc::new(guest_agent::timeline::registry().unwrap());
-    let mut agent = Agent::new(AgentId(0), &[], registry, guest_agent::Config::default());
-    params.seed_agent(&mut agent).unwrap();
+    let agent = seeded_agent(&params);
     let load = Load::new(params, AgentId(0), 5, 0).with_window(1).waiting();
     (agent, load)
 }
@@ -172,25 +169,15 @@ const SHARE: u64 = 40;
 /// trades them (here without delay).
 fn simulate(warmup_ms: u64, place_ms: u64, seed: u64) -> Outcome {
     let params = params(USERS, 3);
-    let registry = Arc::new(guest_agent::timeline::registry().unwrap());
-    let faults = Faults {
-        max_delay: 2,
-        drop_per_mille: 30,
-        duplicate_per_mille: 30,
-        ..Faults::default()
-    };
     // Frames arrive within two ticks: resend after 20, not the 200 ms meant for real networks.
     let config = guest_agent::Config {
         rto_ms: 20,
         ..guest_agent::Config::default()
     };
-    let mut swarm = Swarm::new(3, registry, config, faults, seed);
-    let (mut objects, mut start_most) = (0, 0);
-    for agent in swarm.agents.iter_mut() {
-        let seeded = params.seed_agent(agent).unwrap() as u64;
-        objects += seeded;
-        start_most = start_most.max(seeded);
-    }
+    let mut swarm = lossy_swarm(&params, 30, config, seed);
+    let objects: u64 = swarm.agents.iter().map(|a| a.objects() as u64).sum();
+    let start_most = swarm.agents.iter().map(|a| a.objects() as u64).max();
+    let start_most = start_most.unwrap_or(0);
     let mut members: Vec<Member> = (0..3)
         .map(|i| Member {
             phases: Phases::new(i, 3, warmup_ms, place_ms, Policy::Move),
