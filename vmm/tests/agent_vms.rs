@@ -3,7 +3,8 @@
 //! and one of them live-migrates to a fourth host mid-run. Every read must come home exactly
 //! once with the right posts, and every task must complete exactly once across the agents.
 //! A second test puts a Linux `guest-agentd` in place of one VM: the two runtimes speak the
-//! same protocol. A third runs a warm-up with placement passes before the measured reads. Every namespace, bridge and tap is the test's own and goes when the
+//! same protocol, and a client reads timelines through a VM as through the daemon. A third runs
+//! a warm-up with placement passes before the measured reads. Every namespace, bridge and tap is the test's own and goes when the
 //! `TestNetwork` is dropped, even on failure.
 mod common;
 
@@ -305,6 +306,54 @@ fn a_guest_agentd_and_two_agent_vms_run_the_timeline_together() {
         completed < (AGENTS - 1) * TASKS,
         "the daemon completed none of the VMs' reads ({completed} completed in the VMs)"
     );
+
+    // A client (guest-agentd's own CLI) reads the same timelines through VM agent 1 and
+    // through the daemon: the unikernel answers as the daemon does.
+    let client = |args: &[&str]| -> String {
+        let out = hosts[0]
+            .command(&daemon)
+            .args(args)
+            .output()
+            .expect("run the guest-agentd client");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    for user in ["3", "42", "77"] {
+        let mut answers = Vec::new();
+        for agent in [1, 0] {
+            let to = format!("{}:{PORT}", addr(agent));
+            let submit = ["timeline", "--to", &to, "--key", "9", user];
+            let submitted = client(&submit);
+            assert_eq!(client(&submit), submitted, "a key submits once");
+            let future: serde_json::Value = serde_json::from_str(&submitted)
+                .unwrap_or_else(|e| panic!("agent {agent}: {submitted:?}: {e}"));
+            let future = &future["submitted"]["future"];
+            let id = format!("{}.{}", future["origin"], future["seq"]);
+            let deadline = Instant::now() + LIMIT;
+            let done = loop {
+                let answer = client(&["result", "--to", &to, &id]);
+                if answer != r#""pending""# {
+                    break answer;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "agent {agent}: {id} never came home"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            assert!(
+                done.starts_with(r#"{"done":{"value":[{"#),
+                "agent {agent}: {done}"
+            );
+            answers.push(done);
+        }
+        assert_eq!(
+            answers[0], answers[1],
+            "user {user}: the VM and the daemon disagree"
+        );
+    }
+    let to = format!("{}:{PORT}", addr(1));
+    let stats = client(&["stats", "--to", &to]);
+    assert!(stats.starts_with(r#"{"error":"#), "{stats}");
     drop(vms);
     drop(agentd);
     net.delete().expect("delete the test hosts");

@@ -7,6 +7,7 @@
 //! postcard [`guest_agent::Message`]). Acknowledgements come back on the connection the other
 //! agent opens, exactly as between two `guest-agentd`s, so a VM agent and a daemon interoperate.
 
+pub mod client;
 pub mod load;
 pub mod phases;
 
@@ -19,6 +20,8 @@ pub use phases::Phases;
 
 /// The first byte of a peer connection (`guest-agentd`'s `HELLO_PEER`).
 pub const HELLO_PEER: u8 = b'P';
+/// The first byte of a client connection (`guest-agentd`'s `HELLO_CLIENT`): JSON frames follow.
+pub const HELLO_CLIENT: u8 = b'C';
 /// Bytes of a peer connection's greeting: `P` and the sender's id.
 pub const HELLO_LEN: usize = 3;
 /// No frame between timeline agents comes near this; a larger length means a broken or hostile
@@ -42,8 +45,7 @@ pub fn push_frame(out: &mut Vec<u8>, frame: &[u8]) {
 /// Why a peer's byte stream was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StreamError {
-    /// The connection did not start with `P`: not an agent (a `guest-agentd` client, say, whose
-    /// JSON interface the unikernel does not serve).
+    /// The connection started with neither `P` (an agent) nor `C` (a client).
     NotAPeer(u8),
     TooLarge(usize),
 }
@@ -51,7 +53,9 @@ pub enum StreamError {
 impl core::fmt::Display for StreamError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match *self {
-            StreamError::NotAPeer(b) => write!(f, "the connection began with {b:#04x}, not 'P'"),
+            StreamError::NotAPeer(b) => {
+                write!(f, "the connection began with {b:#04x}, not 'P' or 'C'")
+            }
             StreamError::TooLarge(n) => {
                 write!(f, "a frame of {n} bytes exceeds the {MAX_FRAME}-byte limit")
             }
@@ -59,12 +63,15 @@ impl core::fmt::Display for StreamError {
     }
 }
 
-/// An incoming peer stream, reassembled from whatever pieces TCP hands over.
+/// An incoming stream, from a peer or a client, reassembled from whatever pieces TCP hands
+/// over.
 #[derive(Debug, Default)]
 pub struct Inbound {
     buf: Vec<u8>,
     /// The peer's id, once its greeting is in.
     pub from: Option<u16>,
+    /// The connection is a client's: its frames are JSON requests (see [`client`]).
+    pub client: bool,
 }
 
 impl Inbound {
@@ -73,12 +80,18 @@ impl Inbound {
         self.buf.extend_from_slice(bytes);
         let mut frames = Vec::new();
         let mut at = 0;
-        if self.from.is_none() {
+        if self.from.is_none() && !self.client {
             match self.buf.first() {
                 None => return Ok(frames),
+                Some(&HELLO_CLIENT) => {
+                    self.client = true;
+                    at = 1;
+                }
                 Some(&b) if b != HELLO_PEER => return Err(StreamError::NotAPeer(b)),
                 Some(_) => {}
             }
+        }
+        if self.from.is_none() && !self.client {
             if self.buf.len() < HELLO_LEN {
                 return Ok(frames);
             }
@@ -193,9 +206,15 @@ mod tests {
             assert_eq!(got, [b"first".to_vec(), Vec::new(), [7u8; 3000].to_vec()]);
         }
         assert_eq!(
-            Inbound::default().push(b"C{}"),
-            Err(StreamError::NotAPeer(b'C'))
+            Inbound::default().push(b"J{}"),
+            Err(StreamError::NotAPeer(b'J'))
         );
+        let mut client = Inbound::default();
+        let mut wire = alloc::vec![HELLO_CLIENT];
+        push_frame(&mut wire, b"{}");
+        assert_eq!(client.push(&wire[..3]), Ok(Vec::new()));
+        assert_eq!(client.push(&wire[3..]), Ok(alloc::vec![b"{}".to_vec()]));
+        assert!(client.client && client.from.is_none());
         let mut huge = hello(1).to_vec();
         huge.extend_from_slice(&(MAX_FRAME as u32 + 1).to_le_bytes());
         assert_eq!(

@@ -5,7 +5,9 @@
 //! each peer it keeps one TCP connection it opened and writes hops and acknowledgements on, and
 //! it accepts the connections its peers open to it on `port`. Whatever a broken connection
 //! loses, the agent resends (every unacknowledged hop goes again on reconnect and on its
-//! retransmission timer) and the receiver de-duplicates, so hops run exactly once.
+//! retransmission timer) and the receiver de-duplicates, so hops run exactly once. A
+//! connection that starts with `C` is a client's instead: JSON requests and answers as
+//! `guest-agentd`'s, a subset of them (`bench_core::agent::client`).
 //!
 //! Every agent seeds its share of the timeline data set and, once connected to every peer,
 //! submits `tasks` timeline reads at `task-rate` per second (at most `window` outstanding),
@@ -43,6 +45,7 @@ use smoltcp::wire::{IpAddress, IpEndpoint};
 use super::{add_errors, finish, Shared};
 use crate::control;
 use crate::netdev::{self, NetDev};
+use bench_core::agent::client::Clients;
 use bench_core::agent::phases::Change;
 use bench_core::agent::{self as proto, Inbound, Load, Phases};
 use bench_core::cmdline::Peer;
@@ -145,6 +148,8 @@ struct In {
     stream: Inbound,
     /// The last phase told to the peer on this connection.
     told: u8,
+    /// Answers waiting to go to a client on this connection.
+    reply: Vec<u8>,
 }
 
 /// Hands frames from `Agent::flush` to the peers' queues (only while their connection is up:
@@ -205,6 +210,7 @@ pub fn run(plan: &Plan, shared: &Shared, vcpu: u32) -> ! {
     let mut load = Load::new(params, me, cfg.tasks, cfg.task_rate)
         .with_window(cfg.window)
         .waiting();
+    let mut clients = Clients::new(params);
     let mut phases = Phases::new(me.0, agents, cfg.warmup_ms, cfg.place_ms, cfg.policy);
 
     let mut sockets = SocketSet::new(Vec::new());
@@ -228,6 +234,7 @@ pub fn run(plan: &Plan, shared: &Shared, vcpu: u32) -> ! {
             handle: sockets.add(socket()),
             stream: Inbound::default(),
             told: 0,
+            reply: Vec::new(),
         })
         .collect();
     for i in &ins {
@@ -268,8 +275,22 @@ pub fn run(plan: &Plan, shared: &Shared, vcpu: u32) -> ! {
 
         for i in &mut ins {
             let s = sockets.get_mut::<tcp::Socket>(i.handle);
-            busy |= receive(i, s, port, &mut agent, &mut counts, &mut scratch);
+            busy |= receive(
+                i,
+                s,
+                port,
+                &mut agent,
+                &mut clients,
+                &mut counts,
+                &mut scratch,
+            );
             busy |= tell_phase(i, s, phases.reported());
+            if !i.reply.is_empty() {
+                if let Ok(n) = s.send_slice(&i.reply) {
+                    i.reply.drain(..n);
+                    busy |= n > 0;
+                }
+            }
         }
         for out in &mut outs {
             let s = sockets.get_mut::<tcp::Socket>(out.handle);
@@ -347,6 +368,7 @@ pub fn run(plan: &Plan, shared: &Shared, vcpu: u32) -> ! {
             busy = true;
         }
         let events = agent.take_events();
+        let events = clients.observe(&mut agent, events);
         counts.completed += load.observe(&mut agent, events, now_us);
         if t >= next_share {
             agent.report_load();
@@ -400,19 +422,22 @@ pub fn run(plan: &Plan, shared: &Shared, vcpu: u32) -> ! {
     }
 }
 
-/// Reads what a peer sent on one accepted connection and hands its frames to the agent;
-/// re-listens when the connection is gone. Returns whether anything happened.
+/// Reads what a peer or a client sent on one accepted connection: a peer's frames go to the
+/// agent, a client's requests are answered (into `reply`). Re-listens when the connection is
+/// gone. Returns whether anything happened.
 fn receive(
     i: &mut In,
     s: &mut tcp::Socket,
     port: u16,
     agent: &mut Agent,
+    clients: &mut Clients,
     counts: &mut Counts,
     scratch: &mut [u8],
 ) -> bool {
     if !s.is_open() {
         i.stream = Inbound::default();
         i.told = 0;
+        i.reply.clear();
         return s.listen(port).is_ok();
     }
     let mut busy = false;
@@ -423,6 +448,12 @@ fn receive(
         };
         busy = true;
         match i.stream.push(&scratch[..n]) {
+            Ok(frames) if i.stream.client => {
+                for frame in frames {
+                    let answer = clients.answer(agent, &frame);
+                    proto::push_frame(&mut i.reply, &answer);
+                }
+            }
             Ok(frames) => {
                 for frame in frames {
                     if agent.receive(&frame).is_err() {
