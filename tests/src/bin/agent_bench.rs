@@ -420,9 +420,13 @@ fn run_vms(args: &Args) -> Result<(), String> {
         print_row(name, &f);
         if warm {
             println!(
-                "  (after {} warm-up reads, {} passes, {} objects moved)",
+                "  warm-up: {} reads, {} passes, {} objects moved; placement converging \
+                 (period: hops per task in it, objects moved so far):",
                 got.warm, got.passes, got.moved
             );
+            for (period, hops, moved) in &got.converging {
+                println!("    period {period}: {hops:.2} hops, {moved} moved");
+            }
         }
         rows.push(f);
     }

@@ -222,6 +222,11 @@ impl Phases {
         Some(Change::Pass { moved })
     }
 
+    /// The placement period of this agent's last pass (0 before any).
+    pub fn period(&self) -> u64 {
+        self.next_period.saturating_sub(1)
+    }
+
     /// The counters since the measured reads began: `(hops, fetches, bytes)` of the tasks that
     /// completed here, the copies fetched here and the application bytes sent.
     pub fn measured(&self, stats: &Stats) -> (u64, u64, u64) {

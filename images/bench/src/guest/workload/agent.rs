@@ -25,8 +25,9 @@
 //!   completed here and the application bytes this agent sent, since the measured reads
 //!   began; `passes` and `moved` are this agent's placement passes and the objects they sent
 //!   away);
-//! - with a warm-up, `agent ready`, `agent warm-up`, `agent pass n=<n> moved=<n>
-//!   objects=<n>`, `agent warm`, `agent counted` and `agent measuring` as the run goes on;
+//! - with a warm-up, `agent ready`, `agent warm-up`, `agent pass n=<n> period=<k> moved=<n>
+//!   objects=<n> completed=<n> hops=<n>` (the last two: tasks completed here and their hops,
+//!   warm-up included), `agent warm`, `agent counted` and `agent measuring` as the run goes on;
 //! - `agent done ... p50-us=<n> p99-us=<n> span-us=<n>` once, when every measured read is
 //!   home and everything acknowledged, then `agent latencies-us <n> <n> ...` lines with every
 //!   measured read's latency;
@@ -492,9 +493,13 @@ fn announce(change: Change, ms: u64, agent: &Agent, load: &Load, phases: &Phases
     match change {
         Change::Measuring if !phases.barriers() => {}
         Change::Pass { moved } => println!(
-            "bench: agent pass t={ms}ms n={} moved={moved} objects={}",
+            "bench: agent pass t={ms}ms n={} period={} moved={moved} objects={} completed={} \
+             hops={}",
             phases.passes,
-            agent.objects()
+            phases.period(),
+            agent.objects(),
+            agent.stats().completed,
+            agent.stats().task_hops_at_completion
         ),
         Change::Ready => println!("bench: agent ready t={ms}ms"),
         Change::WarmUp => println!("bench: agent warm-up t={ms}ms"),
