@@ -454,6 +454,12 @@ fn receive(
                     let answer = clients.answer(agent, &frame);
                     proto::push_frame(&mut i.reply, &answer);
                 }
+                // A client that asks and never reads would grow the answers without bound.
+                if i.reply.len() > OUT_QUEUE {
+                    println!("bench: agent dropped a client that does not read its answers");
+                    s.abort();
+                    return true;
+                }
             }
             Ok(frames) => {
                 for frame in frames {
