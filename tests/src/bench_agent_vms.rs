@@ -3,6 +3,7 @@
 //! the figures come from their console lines. Namespaces, bridges and taps are this run's own
 //! and go when it ends, and the VMs are killed, even on failure.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -25,6 +26,10 @@ pub struct VmRun {
     pub window: u64,
     /// `move`, `fetch` or `ship-or-fetch`.
     pub policy: &'static str,
+    /// Milliseconds of warm-up reads before the measured ones (0: none), and the placement
+    /// period during the warm-up (0: no passes).
+    pub warmup_ms: u64,
+    pub place_ms: u64,
     /// How long the whole run may take.
     pub limit: Duration,
 }
@@ -32,7 +37,12 @@ pub struct VmRun {
 /// What the agents reported, summed over them.
 #[derive(Clone, Debug, Default)]
 pub struct VmFigures {
+    /// Measured reads home.
     pub reads: u64,
+    /// Warm-up reads home, placement passes, and objects the passes moved.
+    pub warm: u64,
+    pub passes: u64,
+    pub moved: u64,
     /// Continuation hops of the completed tasks.
     pub hops: u64,
     pub fetches: u64,
@@ -42,6 +52,54 @@ pub struct VmFigures {
     pub latencies_us: Vec<u64>,
     /// The longest agent's time from its first submit to its last result, microseconds.
     pub span_us: u64,
+    /// While placement converges: for each placement period in which every agent passed, the
+    /// hops per task completed since the previous such period, and the objects moved so far.
+    pub converging: Vec<(u64, f64, u64)>,
+}
+
+/// Each agent's counters at its pass of each period: `(completed, hops, moved so far)`.
+#[derive(Default)]
+struct Passes(Vec<BTreeMap<u64, (u64, u64, u64)>>);
+
+impl Passes {
+    fn record(&mut self, agent: usize, line: &str) {
+        if self.0.len() <= agent {
+            self.0.resize_with(agent + 1, BTreeMap::new);
+        }
+        let passes = &mut self.0[agent];
+        let moved = passes.values().last().map_or(0, |p| p.2) + field(line, "moved").unwrap_or(0);
+        if let (Some(period), Some(completed), Some(hops)) = (
+            field(line, "period"),
+            field(line, "completed"),
+            field(line, "hops"),
+        ) {
+            passes.insert(period, (completed, hops, moved));
+        }
+    }
+
+    /// The periods in which every one of `agents` passed, with the hops per task completed
+    /// over the agents since the previous one.
+    fn converging(&self, agents: usize) -> Vec<(u64, f64, u64)> {
+        let Some(first) = self.0.first() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut last: Option<(u64, u64)> = None;
+        for &period in first.keys() {
+            let at: Option<Vec<&(u64, u64, u64)>> =
+                (0..agents).map(|a| self.0.get(a)?.get(&period)).collect();
+            let Some(at) = at else { continue };
+            let completed: u64 = at.iter().map(|p| p.0).sum();
+            let hops: u64 = at.iter().map(|p| p.1).sum();
+            let moved: u64 = at.iter().map(|p| p.2).sum();
+            if let Some((c, h)) = last {
+                let reads = completed.saturating_sub(c).max(1);
+                out.push((period, hops.saturating_sub(h) as f64 / reads as f64, moved));
+            }
+            last = Some((completed, hops));
+        }
+        out
+    }
 }
 
 struct Vms(Vec<Child>);
@@ -83,12 +141,14 @@ pub fn run(vmm: &Path, image: &Path, run: &VmRun) -> Result<VmFigures, String> {
             .collect();
         let cmdline = format!(
             "workload=agent ip={}/24 port={PORT} agent={agent} tasks={} window={} users={} \
-             policy={} report-ms=500 exit-after-ms={} {}",
+             policy={} warmup-ms={} place-ms={} report-ms=500 exit-after-ms={} {}",
             guest_ip(agent),
             run.reads_per_agent,
             run.window,
             run.users,
             run.policy,
+            run.warmup_ms,
+            run.place_ms,
             run.limit.as_millis(),
             peers.join(" ")
         );
@@ -124,6 +184,7 @@ pub fn run(vmm: &Path, image: &Path, run: &VmRun) -> Result<VmFigures, String> {
     let mut done = [false; HOSTS.len()];
     let mut last = vec![String::new(); HOSTS.len()];
     let mut all_done_at: Option<Instant> = None;
+    let mut passes = Passes::default();
     loop {
         let now = Instant::now();
         // Once every agent is done, one more report from each gives the final counters. The
@@ -157,7 +218,7 @@ pub fn run(vmm: &Path, image: &Path, run: &VmRun) -> Result<VmFigures, String> {
                     return Err(format!("agent {agent} finished badly: {line}"));
                 }
             }
-            figures.reads += field(&line, "results").unwrap_or(0);
+            figures.reads += field(&line, "measured").unwrap_or(0);
             figures.span_us = figures.span_us.max(field(&line, "span-us").unwrap_or(0));
             done[agent] = true;
         } else if line.starts_with("bench: agent t=") {
@@ -165,6 +226,8 @@ pub fn run(vmm: &Path, image: &Path, run: &VmRun) -> Result<VmFigures, String> {
             if all_done_at.is_none() && done.iter().all(|&d| d) {
                 all_done_at = Some(Instant::now());
             }
+        } else if line.starts_with("bench: agent pass ") {
+            passes.record(agent, &line);
         } else if line.starts_with("bench: agent cannot") || line.contains("panic") {
             return Err(format!("agent {agent}: {line}"));
         }
@@ -173,7 +236,11 @@ pub fn run(vmm: &Path, image: &Path, run: &VmRun) -> Result<VmFigures, String> {
         figures.hops += field(line, "hops").ok_or(format!("agent {agent}: no report"))?;
         figures.fetches += field(line, "fetches").unwrap_or(0);
         figures.bytes += field(line, "bytes").unwrap_or(0);
+        figures.warm += field(line, "warm").unwrap_or(0);
+        figures.passes += field(line, "passes").unwrap_or(0);
+        figures.moved += field(line, "moved").unwrap_or(0);
     }
+    figures.converging = passes.converging(HOSTS.len());
     if figures.latencies_us.len() as u64 != figures.reads {
         return Err(format!(
             "{} latencies for {} reads",

@@ -3,7 +3,8 @@
 //! and one of them live-migrates to a fourth host mid-run. Every read must come home exactly
 //! once with the right posts, and every task must complete exactly once across the agents.
 //! A second test puts a Linux `guest-agentd` in place of one VM: the two runtimes speak the
-//! same protocol. Every namespace, bridge and tap is the test's own and goes when the
+//! same protocol, and a client reads timelines through a VM as through the daemon. A third runs
+//! a warm-up with placement passes before the measured reads. Every namespace, bridge and tap is the test's own and goes when the
 //! `TestNetwork` is dropped, even on failure.
 mod common;
 
@@ -71,12 +72,18 @@ fn is_progress(line: &str) -> bool {
 
 /// Checks an agent's `agent done` line: every read home once, each with the right posts.
 fn check_done(agent: u64, done: &str) {
+    check_reads(agent, done, TASKS);
+}
+
+/// Checks that an agent's line counts `reads` submitted, every one home once and right, and
+/// nothing outstanding.
+fn check_reads(agent: u64, done: &str, reads: u64) {
     assert_eq!(
         field(done, "submitted"),
-        Some(TASKS),
+        Some(reads),
         "agent {agent}: {done}"
     );
-    assert_eq!(field(done, "results"), Some(TASKS), "agent {agent}: {done}");
+    assert_eq!(field(done, "results"), Some(reads), "agent {agent}: {done}");
     for key in [
         "wrong",
         "twice",
@@ -87,6 +94,15 @@ fn check_done(agent: u64, done: &str) {
     ] {
         assert_eq!(field(done, key), Some(0), "agent {agent} {key}: {done}");
     }
+}
+
+/// The last progress line within a report period and more (call it once every agent is done:
+/// its counts are then final).
+fn final_report(vm: &Vmm) -> String {
+    vm.lines_for(Duration::from_millis(1500))
+        .into_iter()
+        .rfind(|l| is_progress(l))
+        .unwrap_or_else(|| vm.wait_line(LIMIT, is_progress))
 }
 
 #[test]
@@ -152,11 +168,7 @@ fn three_agent_vms_run_the_timeline_exactly_once_across_a_live_migration() {
     let mut completed = 0;
     let mut duplicates = 0;
     for (agent, vm) in (0..AGENTS).zip(vms) {
-        let later = vm
-            .lines_for(Duration::from_millis(1500))
-            .into_iter()
-            .rfind(|l| is_progress(l))
-            .unwrap_or_else(|| vm.wait_line(LIMIT, is_progress));
+        let later = final_report(vm);
         eprintln!("agent {agent}: {later}");
         check_done(agent, &later);
         completed += field(&later, "completed").unwrap();
@@ -171,6 +183,59 @@ fn three_agent_vms_run_the_timeline_exactly_once_across_a_live_migration() {
     eprintln!("{completed} tasks completed once each; {duplicates} duplicate hops dropped");
 
     drop((vm0, vm1, dst));
+    net.delete().expect("delete the test hosts");
+}
+
+#[test]
+fn three_agent_vms_place_objects_in_a_warm_up_and_run_every_read_once() {
+    if !kvm_available() {
+        return;
+    }
+    let _serial = serial();
+    let names = ["host-a", "host-b", "host-c"];
+    let net = TestNetwork::create(&names).expect("create the test hosts");
+    let mut vms = Vec::new();
+    for (agent, name) in (0..AGENTS).zip(names) {
+        let host = net.host(name).unwrap();
+        host.attach_tap(TAP).expect("a tap");
+        // Later keys win: a closed loop of 3 reads, after 3 s of warm-up in which each agent
+        // runs a placement pass in its slot of every 600 ms.
+        let line = format!(
+            "{} task-rate=0 window=3 warmup-ms=3000 place-ms=600",
+            cmdline(agent)
+        );
+        vms.push(boot_with(host, agent, &line, None));
+    }
+    let mut submitted = 0;
+    for (agent, vm) in (0..AGENTS).zip(&vms) {
+        let done = vm.wait_line(LIMIT, |l| l.contains("bench: agent done"));
+        eprintln!("agent {agent}: {done}");
+        assert_eq!(
+            field(&done, "measured"),
+            Some(TASKS),
+            "agent {agent}: {done}"
+        );
+        let warm = field(&done, "warm").unwrap_or(0);
+        assert!(warm > 0, "agent {agent} ran no warm-up reads: {done}");
+        check_reads(agent, &done, warm + TASKS);
+        assert!(
+            field(&done, "passes").is_some_and(|p| p > 0),
+            "agent {agent} ran no placement pass: {done}"
+        );
+        submitted += warm + TASKS;
+    }
+    // Every read, warm-up or measured, completed exactly once over the agents, with objects
+    // moving under the tasks. With every agent done, the counts a report later are final.
+    let (mut completed, mut moved) = (0, 0);
+    for (agent, vm) in (0..AGENTS).zip(&vms) {
+        let later = final_report(vm);
+        eprintln!("agent {agent}: {later}");
+        completed += field(&later, "completed").unwrap();
+        moved += field(&later, "moved").unwrap();
+    }
+    assert_eq!(completed, submitted, "every read completes exactly once");
+    assert!(moved > 0, "placement moved no object");
+    drop(vms);
     net.delete().expect("delete the test hosts");
 }
 
@@ -241,6 +306,54 @@ fn a_guest_agentd_and_two_agent_vms_run_the_timeline_together() {
         completed < (AGENTS - 1) * TASKS,
         "the daemon completed none of the VMs' reads ({completed} completed in the VMs)"
     );
+
+    // A client (guest-agentd's own CLI) reads the same timelines through VM agent 1 and
+    // through the daemon: the unikernel answers as the daemon does.
+    let client = |args: &[&str]| -> String {
+        let out = hosts[0]
+            .command(&daemon)
+            .args(args)
+            .output()
+            .expect("run the guest-agentd client");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    for user in ["3", "42", "77"] {
+        let mut answers = Vec::new();
+        for agent in [1, 0] {
+            let to = format!("{}:{PORT}", addr(agent));
+            let submit = ["timeline", "--to", &to, "--key", "9", user];
+            let submitted = client(&submit);
+            assert_eq!(client(&submit), submitted, "a key submits once");
+            let future: serde_json::Value = serde_json::from_str(&submitted)
+                .unwrap_or_else(|e| panic!("agent {agent}: {submitted:?}: {e}"));
+            let future = &future["submitted"]["future"];
+            let id = format!("{}.{}", future["origin"], future["seq"]);
+            let deadline = Instant::now() + LIMIT;
+            let done = loop {
+                let answer = client(&["result", "--to", &to, &id]);
+                if answer != r#""pending""# {
+                    break answer;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "agent {agent}: {id} never came home"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            assert!(
+                done.starts_with(r#"{"done":{"value":[{"#),
+                "agent {agent}: {done}"
+            );
+            answers.push(done);
+        }
+        assert_eq!(
+            answers[0], answers[1],
+            "user {user}: the VM and the daemon disagree"
+        );
+    }
+    let to = format!("{}:{PORT}", addr(1));
+    let stats = client(&["stats", "--to", &to]);
+    assert!(stats.starts_with(r#"{"error":"#), "{stats}");
     drop(vms);
     drop(agentd);
     net.delete().expect("delete the test hosts");

@@ -97,6 +97,11 @@ pub struct Config {
     pub window: u64,
     /// `agent`: how a read of a remote object is served.
     pub policy: Policy,
+    /// `agent`: milliseconds of warm-up reads before the measured ones; 0 for none.
+    pub warmup_ms: u64,
+    /// `agent`: during the warm-up, each agent runs a placement pass once per this many
+    /// milliseconds, in its own slot; 0 for no placement.
+    pub place_ms: u64,
 }
 
 /// `policy=` values, as `guest-agentd` names them.
@@ -175,6 +180,8 @@ impl Default for Config {
             users: 300,
             window: 0,
             policy: Policy::Move,
+            warmup_ms: 0,
+            place_ms: 0,
         }
     }
 }
@@ -207,14 +214,17 @@ impl fmt::Display for Config {
         if self.workload == Workload::Agent {
             write!(
                 f,
-                " port={} agent={} tasks={} task-rate={} users={} window={} policy={}",
+                " port={} agent={} tasks={} task-rate={} users={} window={} policy={} \
+                 warmup-ms={} place-ms={}",
                 self.port,
                 self.agent,
                 self.tasks,
                 self.task_rate,
                 self.users,
                 self.window,
-                policy_name(self.policy)
+                policy_name(self.policy),
+                self.warmup_ms,
+                self.place_ms
             )?;
             for peer in self.peers() {
                 write!(f, " peer={peer}")?;
@@ -283,7 +293,7 @@ pub const MAX_CONNS: u64 = 1024;
 /// Most timeline reads `tasks` may ask for, and most users.
 pub const MAX_TASKS: u64 = 1 << 20;
 
-const NUM_KEYS: [NumKey; 13] = [
+const NUM_KEYS: [NumKey; 15] = [
     key("wss", 1, MAX_WSS_MIB, |c, v| c.wss_mib = v),
     key("rate", 0, MAX_RATE, |c, v| c.rate = v),
     key("report-ms", 1, MAX_MS, |c, v| c.report_ms = v),
@@ -297,6 +307,8 @@ const NUM_KEYS: [NumKey; 13] = [
     key("task-rate", 0, MAX_TASKS, |c, v| c.task_rate = v),
     key("users", 1, MAX_TASKS, |c, v| c.users = v),
     key("window", 0, MAX_TASKS, |c, v| c.window = v),
+    key("warmup-ms", 0, MAX_MS, |c, v| c.warmup_ms = v),
+    key("place-ms", 0, MAX_MS, |c, v| c.place_ms = v),
 ];
 
 /// Why a command line was rejected. Borrowed strings point into the command line.

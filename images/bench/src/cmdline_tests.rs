@@ -73,7 +73,7 @@ fn parses_the_network_keys() {
 
 #[test]
 fn parses_the_agent_keys() {
-    let line = b"workload=agent ip=10.77.0.100/24 port=7000 agent=0 tasks=200 task-rate=20 users=90 window=3 policy=ship-or-fetch peer=1@10.77.0.101:7000 peer=2@10.77.0.102:7001";
+    let line = b"workload=agent ip=10.77.0.100/24 port=7000 agent=0 tasks=200 task-rate=20 users=90 window=3 policy=ship-or-fetch warmup-ms=6000 place-ms=1500 peer=1@10.77.0.101:7000 peer=2@10.77.0.102:7001";
     let c = parse(line).unwrap();
     assert_eq!(c.workload, Workload::Agent);
     assert_eq!(
@@ -81,6 +81,7 @@ fn parses_the_agent_keys() {
         (0, 200, 20, 90, 3)
     );
     assert_eq!(c.policy, Policy::ShipOrFetch);
+    assert_eq!((c.warmup_ms, c.place_ms), (6000, 1500));
     assert_eq!(parse(b"policy=fetch").unwrap().policy, Policy::Fetch);
     assert!(parse(b"policy=teleport").is_err());
     let peers: Vec<Peer> = c.peers().collect();
@@ -168,8 +169,8 @@ fn messages_name_the_problem_and_the_choices() {
     assert_eq!(
         msg,
         "unknown key \"colour\"; the keys are workload, wss, rate, report-ms, exit-after-ms, \
-         port, size, conns, evil, agent, tasks, task-rate, users, window, ip, gw, mac, peer, \
-         policy"
+         port, size, conns, evil, agent, tasks, task-rate, users, window, warmup-ms, place-ms, \
+         ip, gw, mac, peer, policy"
     );
     let msg = parse(b"workload=x").unwrap_err().to_string();
     assert_eq!(

@@ -5,7 +5,8 @@
 //! rounds over time to `docs/agent-bench.png`.
 //!
 //! With `--vms` the same timeline runs on three bench-unikernel VMs (`workload=agent`) in
-//! network namespaces instead, in the two modes that need no placement pass.
+//! network namespaces instead: each mode boots fresh VMs, and modes 3 and 4 begin with a
+//! warm-up of reads during which the agents take turns running placement passes.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
@@ -37,7 +38,8 @@ struct Args {
     /// Requests in flight at once.
     #[arg(long, default_value_t = 8)]
     concurrency: u64,
-    /// Placement rounds (requests, then one pass per agent in turn).
+    /// Placement rounds (requests, then one pass per agent in turn); with `--vms`, placement
+    /// periods of the warm-up.
     #[arg(long, default_value_t = 8)]
     rounds: u32,
     /// Where the PNG goes.
@@ -45,9 +47,13 @@ struct Args {
     out: PathBuf,
     /// Run on three bench-unikernel VMs (`workload=agent`, one per network namespace on one
     /// switch; needs root, /dev/kvm, `bash images/build.sh` and `cargo build --release -p
-    /// vmm`) instead of loopback daemons: modes 1 and 2 only, as the VMs run no placement.
+    /// vmm`) instead of loopback daemons. Modes 3 and 4 warm up for `--rounds` placement
+    /// periods of `--place-ms` each.
     #[arg(long)]
     vms: bool,
+    /// With `--vms`: the placement period, in which each agent runs one pass in its own slot.
+    #[arg(long, default_value_t = 600)]
+    place_ms: u64,
 }
 
 struct Cluster {
@@ -246,6 +252,31 @@ fn verdict(name: &str, value: f64, target: f64) {
     println!("target: {name}: {value:.2}x (target >= {target}x): {met}");
 }
 
+/// The best placement could do on this data set, and the targets' verdicts.
+fn verdicts(params: &Params, shipping: &Figures, moving: &Figures, placed: &Figures) {
+    let community = params.community_hops();
+    println!(
+        "bound: with each community on one agent (an oracle), a read would take {community:.2} \
+         hops, {:.2}x fewer than random placement",
+        moving.hops / community
+    );
+    verdict(
+        "mode 3 moves fewer bytes than mode 1",
+        shipping.bytes / placed.bytes.max(1.0),
+        10.0,
+    );
+    verdict(
+        "placement cuts hops (mode 2 / mode 3)",
+        moving.hops / placed.hops.max(0.01),
+        2.0,
+    );
+    verdict(
+        "placement raises throughput (mode 3 / mode 2)",
+        placed.rps / moving.rps.max(0.01),
+        2.0,
+    );
+}
+
 fn main() -> std::process::ExitCode {
     match run(Args::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -259,10 +290,14 @@ fn main() -> std::process::ExitCode {
 fn run(mut args: Args) -> Result<(), String> {
     if args.quick {
         args.requests = args.requests.min(300);
-        args.rounds = args.rounds.min(5);
     }
+    // The VMs' placement periods are short (a few hundred reads each, so the co-access sketch
+    // is not swamped between passes) and cheap: a quick run keeps all of them.
     if args.vms {
         return run_vms(&args);
+    }
+    if args.quick {
+        args.rounds = args.rounds.min(5);
     }
     let params = Params {
         users: args.users,
@@ -308,65 +343,65 @@ fn run(mut args: Args) -> Result<(), String> {
     let mixed = measure(&cluster, params, args.requests, args.concurrency)?;
     print_row("4 ship-or-fetch after placement", &mixed);
 
-    let community = params.community_hops();
-    println!(
-        "bound: with each community on one agent (an oracle), a read would take {community:.2} \
-         hops, {:.2}x fewer than random placement",
-        moving.hops / community
-    );
-    verdict(
-        "mode 3 moves fewer bytes than mode 1",
-        shipping.bytes / placed.bytes.max(1.0),
-        10.0,
-    );
-    verdict(
-        "placement cuts hops (mode 2 / mode 3)",
-        moving.hops / placed.hops.max(0.01),
-        2.0,
-    );
-    verdict(
-        "placement raises throughput (mode 3 / mode 2)",
-        placed.rps / moving.rps.max(0.01),
-        2.0,
-    );
+    verdicts(&params, &shipping, &moving, &placed);
     let png = args.out.join("agent-bench.png");
     draw(&png, &series, &shipping, &moving)?;
     println!("wrote {}", png.display());
     Ok(())
 }
 
-/// Modes 1 and 2 on three agent VMs. Each agent submits its share of the reads itself, keeping
-/// its share of `concurrency` outstanding; latencies are measured on the VM clock.
+/// The four modes on three agent VMs, each on freshly booted VMs. Each agent submits its share
+/// of the reads itself, keeping its share of `concurrency` outstanding; latencies are measured
+/// on the VM clock. Modes 3 and 4 first warm up for `rounds` placement periods: reads that
+/// move continuations while the agents take turns running passes (as the placement rounds on
+/// daemons), left out of the figures.
 fn run_vms(args: &Args) -> Result<(), String> {
     use laundromat_tests::bench_agent_vms::{self, VmRun};
     use laundromat_tests::workspace::Image;
     let workspace = Workspace::locate().map_err(|e| e.to_string())?;
     let vmm = workspace.vmm().map_err(|e| e.to_string())?;
     let image = workspace.image(Image::Bench).map_err(|e| e.to_string())?;
-    let agents = u64::from(Params::default().agents);
+    let params = Params {
+        users: args.users,
+        ..Params::default()
+    };
+    let agents = u64::from(params.agents);
+    let warmup_ms = u64::from(args.rounds) * args.place_ms;
     let mut run = VmRun {
         users: args.users,
         reads_per_agent: args.requests.div_ceil(agents),
         window: args.concurrency.div_ceil(agents),
         policy: "fetch",
+        warmup_ms: 0,
+        place_ms: 0,
         limit: Duration::from_secs(300),
     };
     println!(
-        "timeline on {agents} bench-unikernel VMs: {} users, {} requests per mode, {} in flight per agent",
+        "timeline on {agents} bench-unikernel VMs: {} users, {} requests per mode, {} in flight per agent; \
+         modes 3 and 4 after a {warmup_ms} ms warm-up ({} placement periods of {} ms)",
         args.users,
         run.reads_per_agent * agents,
-        run.window
+        run.window,
+        args.rounds,
+        args.place_ms
     );
     println!(
         "{:<34} {:>10} {:>8} {:>8} {:>9} {:>9} {:>9}",
         "mode", "bytes/req", "hops/req", "fetch/req", "p50 ms", "p99 ms", "req/s"
     );
     let mut rows = Vec::new();
-    for (name, policy) in [
-        ("1 data shipping (random placement)", "fetch"),
-        ("2 continuations (random placement)", "move"),
+    for (name, policy, warm) in [
+        ("1 data shipping (random placement)", "fetch", false),
+        ("2 continuations (random placement)", "move", false),
+        ("3 continuations after placement", "move", true),
+        ("4 ship-or-fetch after placement", "ship-or-fetch", true),
     ] {
         run.policy = policy;
+        (run.warmup_ms, run.place_ms) = if warm {
+            (warmup_ms, args.place_ms)
+        } else {
+            (0, 0)
+        };
         let mut got = bench_agent_vms::run(&vmm, &image, &run)?;
         got.latencies_us.sort_unstable();
         let pct = |p: f64| {
@@ -383,17 +418,20 @@ fn run_vms(args: &Args) -> Result<(), String> {
             rps: n / (got.span_us.max(1) as f64 / 1e6),
         };
         print_row(name, &f);
+        if warm {
+            println!(
+                "  warm-up: {} reads, {} passes, {} objects moved; placement converging \
+                 (period: hops per task in it, objects moved so far):",
+                got.warm, got.passes, got.moved
+            );
+            for (period, hops, moved) in &got.converging {
+                println!("    period {period}: {hops:.2} hops, {moved} moved");
+            }
+        }
         rows.push(f);
     }
-    println!(
-        "modes 3 and 4 need placement passes, which the unikernel agents do not run; no verdicts"
-    );
-    if let [shipping, moving] = rows[..] {
-        println!(
-            "continuations vs data shipping on VMs: {:.2}x fewer bytes, {:.2}x the throughput",
-            shipping.bytes / moving.bytes.max(1.0),
-            moving.rps / shipping.rps.max(0.01)
-        );
+    if let [shipping, moving, placed, _] = rows[..] {
+        verdicts(&params, &shipping, &moving, &placed);
     }
     Ok(())
 }

@@ -5,19 +5,32 @@
 //! each peer it keeps one TCP connection it opened and writes hops and acknowledgements on, and
 //! it accepts the connections its peers open to it on `port`. Whatever a broken connection
 //! loses, the agent resends (every unacknowledged hop goes again on reconnect and on its
-//! retransmission timer) and the receiver de-duplicates, so hops run exactly once.
+//! retransmission timer) and the receiver de-duplicates, so hops run exactly once. A
+//! connection that starts with `C` is a client's instead: JSON requests and answers as
+//! `guest-agentd`'s, a subset of them (`bench_core::agent::client`).
 //!
 //! Every agent seeds its share of the timeline data set and, once connected to every peer,
 //! submits `tasks` timeline reads at `task-rate` per second (at most `window` outstanding),
 //! checking each result against the seeded data when it comes home; `policy=` sets how remote
-//! reads are served. All of it is ordinary guest memory, so a live migration carries the agent,
-//! its links and its load. Console lines (after `bench: `):
+//! reads are served. With `warmup-ms=`, warm-up reads come first, with a placement pass by
+//! each agent in turn every `place-ms`, and the agents pass barriers so that the measured
+//! reads and figures contain nothing of the warm-up (`bench_core::agent::phases`). All of it
+//! is ordinary guest memory, so a live migration carries the agent, its links and its load.
+//! Console lines (after `bench: `):
 //! - `agent t=<ms>ms submitted=<n> results=<n> wrong=<n> twice=<n> failed=<n>
 //!   outstanding=<n> completed=<n> duplicates=<n> unacked=<n> bad-frames=<n>
-//!   hops=<n> fetches=<n> bytes=<n>` every `report-ms` (`hops`, `fetches` and `bytes` are
-//!   those of the tasks that completed here, and the application bytes this agent sent);
-//! - `agent done ... p50-us=<n> p99-us=<n> span-us=<n>` once, when every read is home and
-//!   acknowledged, then `agent latencies-us <n> <n> ...` lines with every read's latency;
+//!   hops=<n> fetches=<n> bytes=<n> measured=<n> warm=<n> passes=<n> moved=<n>` every
+//!   `report-ms` (the read counts include warm-up reads; `measured` counts measured results
+//!   home and `warm` warm-up ones; `hops`, `fetches` and `bytes` are those of the tasks that
+//!   completed here and the application bytes this agent sent, since the measured reads
+//!   began; `passes` and `moved` are this agent's placement passes and the objects they sent
+//!   away);
+//! - with a warm-up, `agent ready`, `agent warm-up`, `agent pass n=<n> period=<k> moved=<n>
+//!   objects=<n> completed=<n> hops=<n>` (the last two: tasks completed here and their hops,
+//!   warm-up included), `agent warm`, `agent counted` and `agent measuring` as the run goes on;
+//! - `agent done ... p50-us=<n> p99-us=<n> span-us=<n>` once, when every measured read is
+//!   home and everything acknowledged, then `agent latencies-us <n> <n> ...` lines with every
+//!   measured read's latency;
 //! - at `exit-after-ms`: `agent final ...`, then `done gen=<results> errors=<n>`, where errors
 //!   counts wrong, doubled, failed and missing results (the guest then exits with 3).
 
@@ -33,7 +46,9 @@ use smoltcp::wire::{IpAddress, IpEndpoint};
 use super::{add_errors, finish, Shared};
 use crate::control;
 use crate::netdev::{self, NetDev};
-use bench_core::agent::{self as proto, Inbound, Load};
+use bench_core::agent::client::Clients;
+use bench_core::agent::phases::Change;
+use bench_core::agent::{self as proto, Inbound, Load, Phases};
 use bench_core::cmdline::Peer;
 use bench_core::NS_PER_MS;
 use guest_agent::{Agent, AgentId, Transport};
@@ -52,6 +67,8 @@ pub enum AgentSetupError {
     NoDevice,
     /// Agent ids must be 0 to n-1, each once, this agent's among them.
     BadIds,
+    /// Placement passes run during the warm-up only.
+    PlaceWithoutWarmup,
 }
 
 impl core::fmt::Display for AgentSetupError {
@@ -62,6 +79,9 @@ impl core::fmt::Display for AgentSetupError {
             AgentSetupError::BadIds => {
                 "workload=agent needs agent= and peer=ID@ADDR:PORT to number the agents 0, 1, \
                  ... without gaps or repeats"
+            }
+            AgentSetupError::PlaceWithoutWarmup => {
+                "place-ms= needs warmup-ms=: placement passes run during the warm-up"
             }
         })
     }
@@ -79,6 +99,9 @@ impl Plan {
         let peers: Vec<Peer> = config.peers().collect();
         if !proto::ids_are_dense(config.agent, peers.iter().map(|p| u64::from(p.id))) {
             return Err(AgentSetupError::BadIds);
+        }
+        if config.place_ms > 0 && config.warmup_ms == 0 {
+            return Err(AgentSetupError::PlaceWithoutWarmup);
         }
         Ok(Plan {
             base: dev.base,
@@ -124,6 +147,10 @@ struct Out {
 struct In {
     handle: SocketHandle,
     stream: Inbound,
+    /// The last phase told to the peer on this connection.
+    told: u8,
+    /// Answers waiting to go to a client on this connection.
+    reply: Vec<u8>,
 }
 
 /// Hands frames from `Agent::flush` to the peers' queues (only while their connection is up:
@@ -181,7 +208,11 @@ pub fn run(plan: &Plan, shared: &Shared, vcpu: u32) -> ! {
     let mut agent = Agent::new(me, &ids, registry, agent_config);
     let params = proto::params(cfg.users as u32, agents);
     let placed = params.seed_agent(&mut agent).unwrap_or_else(|e| fail(&e));
-    let mut load = Load::new(params, me, cfg.tasks, cfg.task_rate).with_window(cfg.window);
+    let mut load = Load::new(params, me, cfg.tasks, cfg.task_rate)
+        .with_window(cfg.window)
+        .waiting();
+    let mut clients = Clients::new(params);
+    let mut phases = Phases::new(me.0, agents, cfg.warmup_ms, cfg.place_ms, cfg.policy);
 
     let mut sockets = SocketSet::new(Vec::new());
     let port = cfg.port as u16;
@@ -203,6 +234,8 @@ pub fn run(plan: &Plan, shared: &Shared, vcpu: u32) -> ! {
         .map(|_| In {
             handle: sockets.add(socket()),
             stream: Inbound::default(),
+            told: 0,
+            reply: Vec::new(),
         })
         .collect();
     for i in &ins {
@@ -215,7 +248,6 @@ pub fn run(plan: &Plan, shared: &Shared, vcpu: u32) -> ! {
     );
 
     let start = control::clock_ns();
-    let mut loads_from: Option<u64> = None;
     let deadline = cfg.deadline_ns();
     let report_ns = cfg.report_ms.saturating_mul(NS_PER_MS);
     let mut next_report = start.saturating_add(report_ns);
@@ -231,9 +263,11 @@ pub fn run(plan: &Plan, shared: &Shared, vcpu: u32) -> ! {
         let t = control::clock_ns();
         let ms = t / NS_PER_MS;
         if t >= deadline {
-            println!("bench: agent final {}", line(&load, &agent, &counts));
-            let lost = load.outstanding() as u64 + (load.tasks() - load.submitted);
-            add_errors(load.wrong + load.twice + load.failed + lost);
+            println!(
+                "bench: agent final {}",
+                line(&load, &agent, &phases, &counts)
+            );
+            add_errors(load.wrong + load.twice + load.failed + load.missing());
             let results = load.results;
             finish(shared, vcpu, || results);
         }
@@ -242,7 +276,22 @@ pub fn run(plan: &Plan, shared: &Shared, vcpu: u32) -> ! {
 
         for i in &mut ins {
             let s = sockets.get_mut::<tcp::Socket>(i.handle);
-            busy |= receive(i, s, port, &mut agent, &mut counts, &mut scratch);
+            busy |= receive(
+                i,
+                s,
+                port,
+                &mut agent,
+                &mut clients,
+                &mut counts,
+                &mut scratch,
+            );
+            busy |= tell_phase(i, s, phases.reported());
+            if !i.reply.is_empty() {
+                if let Ok(n) = s.send_slice(&i.reply) {
+                    i.reply.drain(..n);
+                    busy |= n > 0;
+                }
+            }
         }
         for out in &mut outs {
             let s = sockets.get_mut::<tcp::Socket>(out.handle);
@@ -273,8 +322,15 @@ pub fn run(plan: &Plan, shared: &Shared, vcpu: u32) -> ! {
                 continue;
             }
             if s.may_recv() && s.can_recv() {
-                // Peers write nothing on our connection; whatever comes is dropped.
-                let _ = s.recv(|data| (data.len(), ()));
+                // Bench agents in a run with a warm-up write their phase on our connection
+                // (daemons write nothing); any other byte is ignored.
+                let id = out.peer.id;
+                let _ = s.recv(|data| {
+                    for &b in data.iter() {
+                        phases.peer_said(id, b);
+                    }
+                    (data.len(), ())
+                });
             }
             if !matches!(
                 s.state(),
@@ -297,23 +353,24 @@ pub fn run(plan: &Plan, shared: &Shared, vcpu: u32) -> ! {
             }
         }
 
-        // Reads start once every peer is connected (the pacing and the latencies count from
-        // then), so no read waits for a peer that is still booting; once started, they go on
-        // whatever the connections do.
-        if loads_from.is_none() && outs.iter().all(|o| o.up) {
-            loads_from = Some(t);
+        // Reads start once every peer is connected (with a warm-up: once every agent is
+        // connected to every other), so no read waits for a peer that is still booting; once
+        // started, they go on whatever the connections do.
+        let connected = outs.iter().all(|o| o.up);
+        if let Some(change) = phases.advance(ms, connected, &mut agent, &mut load) {
+            busy = true;
+            announce(change, ms, &agent, &load, &phases);
         }
-        let run_us = loads_from.map_or(0, |from| (t - from) / 1000);
-        if loads_from.is_some() {
-            let submitted = load.submit_due(&mut agent, run_us);
-            busy |= submitted.is_ok_and(|n| n > 0);
-        }
+        let now_us = t / 1000;
+        let submitted = load.submit_due(&mut agent, now_us);
+        busy |= submitted.is_ok_and(|n| n > 0);
         if agent.runnable() > 0 {
             agent.run(STEPS_PER_TURN);
             busy = true;
         }
         let events = agent.take_events();
-        counts.completed += load.observe(&mut agent, events, run_us);
+        let events = clients.observe(&mut agent, events);
+        counts.completed += load.observe(&mut agent, events, now_us);
         if t >= next_share {
             agent.report_load();
             agent.share_pairs();
@@ -334,7 +391,7 @@ pub fn run(plan: &Plan, shared: &Shared, vcpu: u32) -> ! {
             announced = true;
             println!(
                 "bench: agent done {} p50-us={} p99-us={} span-us={}",
-                line(&load, &agent, &counts),
+                line(&load, &agent, &phases, &counts),
                 load.percentile(50),
                 load.percentile(99),
                 load.span_us()
@@ -349,7 +406,10 @@ pub fn run(plan: &Plan, shared: &Shared, vcpu: u32) -> ! {
             }
         }
         if t >= next_report {
-            println!("bench: agent t={ms}ms {}", line(&load, &agent, &counts));
+            println!(
+                "bench: agent t={ms}ms {}",
+                line(&load, &agent, &phases, &counts)
+            );
             next_report = t.saturating_add(report_ns);
         }
         if busy || dev.can_recv() {
@@ -363,18 +423,22 @@ pub fn run(plan: &Plan, shared: &Shared, vcpu: u32) -> ! {
     }
 }
 
-/// Reads what a peer sent on one accepted connection and hands its frames to the agent;
-/// re-listens when the connection is gone. Returns whether anything happened.
+/// Reads what a peer or a client sent on one accepted connection: a peer's frames go to the
+/// agent, a client's requests are answered (into `reply`). Re-listens when the connection is
+/// gone. Returns whether anything happened.
 fn receive(
     i: &mut In,
     s: &mut tcp::Socket,
     port: u16,
     agent: &mut Agent,
+    clients: &mut Clients,
     counts: &mut Counts,
     scratch: &mut [u8],
 ) -> bool {
     if !s.is_open() {
         i.stream = Inbound::default();
+        i.told = 0;
+        i.reply.clear();
         return s.listen(port).is_ok();
     }
     let mut busy = false;
@@ -385,6 +449,18 @@ fn receive(
         };
         busy = true;
         match i.stream.push(&scratch[..n]) {
+            Ok(frames) if i.stream.client => {
+                for frame in frames {
+                    let answer = clients.answer(agent, &frame);
+                    proto::push_frame(&mut i.reply, &answer);
+                }
+                // A client that asks and never reads would grow the answers without bound.
+                if i.reply.len() > OUT_QUEUE {
+                    println!("bench: agent dropped a client that does not read its answers");
+                    s.abort();
+                    return true;
+                }
+            }
             Ok(frames) => {
                 for frame in frames {
                     if agent.receive(&frame).is_err() {
@@ -405,12 +481,48 @@ fn receive(
     busy
 }
 
+/// Tells the peer on an accepted connection this agent's phase, once per phase and connection
+/// (`phase` 0: nothing to tell). Returns whether it did.
+fn tell_phase(i: &mut In, s: &mut tcp::Socket, phase: u8) -> bool {
+    if phase <= i.told || i.stream.from.is_none() || !s.may_send() {
+        return false;
+    }
+    if s.send_slice(&[phase]) == Ok(1) {
+        i.told = phase;
+        return true;
+    }
+    false
+}
+
+/// The console line of a phase change.
+fn announce(change: Change, ms: u64, agent: &Agent, load: &Load, phases: &Phases) {
+    match change {
+        Change::Measuring if !phases.barriers() => {}
+        Change::Pass { moved } => println!(
+            "bench: agent pass t={ms}ms n={} period={} moved={moved} objects={} completed={} \
+             hops={}",
+            phases.passes,
+            phases.period(),
+            agent.objects(),
+            agent.stats().completed,
+            agent.stats().task_hops_at_completion
+        ),
+        Change::Ready => println!("bench: agent ready t={ms}ms"),
+        Change::WarmUp => println!("bench: agent warm-up t={ms}ms"),
+        Change::Warm => println!("bench: agent warm t={ms}ms warm={}", load.warm),
+        Change::Counted => println!("bench: agent counted t={ms}ms"),
+        Change::Measuring => println!("bench: agent measuring t={ms}ms"),
+    }
+}
+
 /// The fields of a console line.
-fn line(load: &Load, agent: &Agent, counts: &Counts) -> impl core::fmt::Display {
+fn line(load: &Load, agent: &Agent, phases: &Phases, counts: &Counts) -> impl core::fmt::Display {
     let stats = agent.stats();
+    let (hops, fetches, bytes) = phases.measured(stats);
     alloc::format!(
         "submitted={} results={} wrong={} twice={} failed={} outstanding={} completed={} \
-         duplicates={} unacked={} bad-frames={} hops={} fetches={} bytes={}",
+         duplicates={} unacked={} bad-frames={} hops={hops} fetches={fetches} bytes={bytes} \
+         measured={} warm={} passes={} moved={}",
         load.submitted,
         load.results,
         load.wrong,
@@ -421,8 +533,9 @@ fn line(load: &Load, agent: &Agent, counts: &Counts) -> impl core::fmt::Display 
         stats.duplicates,
         agent.unacked(),
         counts.bad_frames,
-        stats.task_hops_at_completion,
-        stats.fetches,
-        stats.request_bytes()
+        load.latencies().len(),
+        load.warm,
+        phases.passes,
+        phases.moved
     )
 }
