@@ -434,14 +434,14 @@ mod tests {
             ..Limits::default()
         };
         // x is used with a and b, which live on agent 1: agent 0 sends it there.
-        read_often(&mut swarm, &[x.clone(), a, b], 20);
+        read_often(&mut swarm, &[x, a, b], 20);
         swarm.agents[0].placement_pass(&limits);
         assert!(swarm.run_until_quiet(16, 50_000));
         assert!(swarm.agents[1].holds(x.id), "x did not move to agent 1");
         // Now x is used far more with objects on agent 0; agent 1's next passes must not
         // send the fresh arrival straight back.
-        let mut group = others.clone();
-        group.push(x.clone());
+        let mut group = others;
+        group.push(x);
         read_often(&mut swarm, &group, 40);
         for _ in 0..limits.cooldown {
             swarm.agents[1].placement_pass(&limits);
