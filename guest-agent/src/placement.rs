@@ -396,6 +396,71 @@ mod tests {
         }
     }
 
+    /// Reads `group` `times` times, from agent 0, and lets every agent share its pairs.
+    fn read_often(swarm: &mut Swarm, group: &[Ref<u64>], times: usize) {
+        for _ in 0..times {
+            let pending = group.to_vec();
+            swarm.agents[0].submit(&ReadGroup { pending }).unwrap();
+        }
+        assert!(swarm.run_until_quiet(16, 50_000));
+        exchange_loads(swarm);
+        for agent in swarm.agents.iter_mut() {
+            agent.share_pairs();
+            agent.share_directory();
+        }
+        assert!(swarm.run_until_quiet(16, 50_000));
+    }
+
+    #[test]
+    fn an_object_that_just_arrived_stays_put_for_the_cooldown() {
+        let mut registry = Registry::new();
+        registry.register::<ReadGroup>().unwrap();
+        let mut swarm = Swarm::new(
+            2,
+            Arc::new(registry),
+            Config::default(),
+            Faults::default(),
+            7,
+        );
+        let mut object = |at: usize, seq: u64| {
+            let id = swarm.agents[at].insert_object(seq, &seq).unwrap();
+            Ref::new(id, id.home)
+        };
+        let x = object(0, 1);
+        let (a, b) = (object(1, 2), object(1, 3));
+        let others: Vec<Ref<u64>> = (4..8).map(|seq| object(0, seq)).collect();
+        let limits = Limits {
+            balance_percent: 1000,
+            ..Limits::default()
+        };
+        // x is used with a and b, which live on agent 1: agent 0 sends it there.
+        read_often(&mut swarm, &[x, a, b], 20);
+        swarm.agents[0].placement_pass(&limits);
+        assert!(swarm.run_until_quiet(16, 50_000));
+        assert!(swarm.agents[1].holds(x.id), "x did not move to agent 1");
+        // Now x is used far more with objects on agent 0; agent 1's next passes must not
+        // send the fresh arrival straight back.
+        let mut group = others;
+        group.push(x);
+        read_often(&mut swarm, &group, 40);
+        for _ in 0..limits.cooldown {
+            swarm.agents[1].placement_pass(&limits);
+            assert!(swarm.run_until_quiet(16, 50_000));
+            assert!(
+                swarm.agents[1].holds(x.id),
+                "x moved again within the cooldown"
+            );
+        }
+        // After the cooldown the pairs may move it back.
+        read_often(&mut swarm, &group, 40);
+        swarm.agents[1].placement_pass(&limits);
+        assert!(swarm.run_until_quiet(16, 50_000));
+        assert!(
+            swarm.agents[0].holds(x.id),
+            "x never went back after the cooldown"
+        );
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 

@@ -65,6 +65,10 @@ impl Agent {
             Payload::Object { id, epoch, bytes } => {
                 self.st.store.arrive(id, epoch, bytes);
                 self.st.stats.objects_received += 1;
+                // Damping holds on both ends: without it the receiver's next pass could send
+                // a fresh arrival on at once, and objects never settled.
+                let pass = self.st.placement.passes;
+                self.st.placement.moved_at.insert(id, pass);
                 for parked in self.st.arriving.remove(&id).unwrap_or_default() {
                     match parked {
                         Parked::Task(record) => self.st.runnable.push_back(record),
