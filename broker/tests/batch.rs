@@ -9,21 +9,12 @@ use common::{assert_invariants, buy, refused, Backend, Chain, Options, TestBroke
 use laundromat_api::paths;
 use laundromat_api::signing;
 use laundromat_api::types::{
-    BatchRedeemed, ClaimOutcome, Empty, RedeemBatch, TokenState, MAX_BATCH_CLAIMS,
+    BatchRedeemed, ClaimOutcome, RedeemBatch, TokenState, MAX_BATCH_CLAIMS,
 };
 use token::{Claim, Link, SigningKey};
 
 async fn acquire(host: &TestHost, chain: &Chain) {
-    let state: TokenState = host
-        .client
-        .post(
-            &paths::lease(&chain.token_id, "acquire"),
-            &Empty {},
-            &new_idempotency_key(),
-        )
-        .await
-        .expect("acquire the lease");
-    assert_eq!(state.holder, Some(host.id));
+    assert_eq!(host.acquire(chain).await.holder, Some(host.id));
 }
 
 async fn state(broker: &TestBroker, chain: &Chain) -> TokenState {
@@ -87,15 +78,7 @@ async fn a_bad_claim_refuses_only_itself(backend: Backend) {
         by_b, // signed by b, in a's request
         a.claim(&one, 14),
     ];
-    let answer: BatchRedeemed = a
-        .client
-        .post(
-            paths::BATCH_REDEMPTIONS,
-            &RedeemBatch { claims },
-            &new_idempotency_key(),
-        )
-        .await
-        .expect("the batch is answered");
+    let answer = a.redeem_batch(claims).await;
     assert_eq!(
         outcomes(&answer),
         vec![
@@ -173,15 +156,7 @@ async fn a_forged_or_oversized_batch_moves_nothing(backend: Backend) {
     let full: Vec<_> = (1..=MAX_BATCH_CLAIMS as u64)
         .map(|i| a.claim(&chain, i))
         .collect();
-    let answer: BatchRedeemed = a
-        .client
-        .post(
-            paths::BATCH_REDEMPTIONS,
-            &RedeemBatch { claims: full },
-            &new_idempotency_key(),
-        )
-        .await
-        .expect("a full batch is answered");
+    let answer = a.redeem_batch(full).await;
     assert!(answer
         .results
         .iter()
@@ -266,20 +241,7 @@ async fn a_batch_hashes_no_more_than_one_claim_may(backend: Backend) {
         a.claim(&chains[2], 17), // over the claim distance itself
         a.claim(&chains[3], 6),  // fits the 6 left
     ];
-    let post = |claims| {
-        let client = a.client.clone();
-        async move {
-            client
-                .post::<_, BatchRedeemed>(
-                    paths::BATCH_REDEMPTIONS,
-                    &RedeemBatch { claims },
-                    &new_idempotency_key(),
-                )
-                .await
-                .expect("the batch is answered")
-        }
-    };
-    let answer = post(claims).await;
+    let answer = a.redeem_batch(claims).await;
     assert_eq!(
         outcomes(&answer),
         vec![
@@ -289,12 +251,14 @@ async fn a_batch_hashes_no_more_than_one_claim_may(backend: Backend) {
             Ok((6, 6)),
         ]
     );
-    let answer = post(vec![a.claim(&chains[1], 10), a.claim(&chains[2], 16)]).await;
+    let answer = a
+        .redeem_batch(vec![a.claim(&chains[1], 10), a.claim(&chains[2], 16)])
+        .await;
     assert_eq!(
         outcomes(&answer),
         vec![Ok((10, 10)), Err((422, "batch_work_exceeded".into()))]
     );
-    let answer = post(vec![a.claim(&chains[2], 16)]).await;
+    let answer = a.redeem_batch(vec![a.claim(&chains[2], 16)]).await;
     assert_eq!(outcomes(&answer), vec![Ok((16, 16))]);
     assert_eq!(host_earnings(&broker, &a).await, 42);
     assert_invariants(&broker).await;

@@ -19,8 +19,7 @@ use broker::client::{new_idempotency_key, Client, ClientError};
 use common::{Backend, Chain, Options, TestBroker, TestHost};
 use laundromat_api::paths;
 use laundromat_api::types::{
-    Account, BatchRedeemed, ClaimOutcome, Empty, Handover, Purchase, Redeem, RedeemBatch, Redeemed,
-    Refund, Release, TokenState,
+    Account, ClaimOutcome, Empty, Handover, Purchase, Redeem, Redeemed, Refund, Release, TokenState,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -94,15 +93,7 @@ async fn redeem_batch(rng: &mut StdRng, hosts: &[TestHost], out: &mut Outcome) {
         .iter()
         .map(|&(t, index)| host.claim(&out.tokens[t].chain, index))
         .collect();
-    let answer: BatchRedeemed = host
-        .client
-        .post(
-            paths::BATCH_REDEMPTIONS,
-            &RedeemBatch { claims },
-            &new_idempotency_key(),
-        )
-        .await
-        .expect("the batch is answered");
+    let answer = host.redeem_batch(claims).await;
     assert_eq!(answer.results.len(), picks.len());
     for (&(t, index), result) in picks.iter().zip(&answer.results) {
         let token = &mut out.tokens[t];
