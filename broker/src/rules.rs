@@ -14,6 +14,9 @@
 //! - A claim is checked by hashing between it and the range's last verified link: at most
 //!   `max_distance` hashes, so no request can make the broker hash without limit
 //!   (`laundromat_api::claims::stepped_claims` splits a large claim for honest hosts).
+//!   A request that carries many claims (a batch) bounds their hashing together the same
+//!   way: each claim's hashing is taken from the request's budget
+//!   ([`LeaseBook::redeem_within`]), so a batch cannot multiply the bound.
 //! - **Handover** is prepared by the holder with its final claim (checked then), and confirmed
 //!   by the destination: in that one step the source is paid up to its final claim, its range
 //!   closes there, and the destination's range opens there. The destination received the
