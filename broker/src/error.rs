@@ -65,6 +65,7 @@ impl ServiceError {
                 RuleError::HandoverPending { .. } => (409, "handover_pending"),
                 RuleError::NoHandover => (409, "no_handover"),
                 RuleError::TooFar { .. } => (422, "claim_too_far"),
+                RuleError::WorkExhausted { .. } => (422, "batch_work_exceeded"),
                 RuleError::BeyondChainEnd { .. } => (422, "beyond_chain_end"),
                 RuleError::NotOnChain { .. } => (422, "not_on_chain"),
                 RuleError::WrongToken { .. } => (422, "wrong_token"),

@@ -347,9 +347,10 @@ async fn run_straight(
     let keys: Vec<_> = batch.iter().map(|job| &job.keyed.request).collect();
     let tokens: Vec<_> = batch
         .iter()
-        .filter_map(|job| match &job.op {
-            Operation::Redeem(body) => Some(body.claim.claim.token_id),
-            _ => None,
+        .flat_map(|job| match &job.op {
+            Operation::Redeem(body) => vec![body.claim.claim.token_id],
+            Operation::RedeemBatch(body) => body.claims.iter().map(|c| c.claim.token_id).collect(),
+            _ => Vec::new(),
         })
         .collect();
     let deferred = match Deferred::prefetch(tx, &keys, &tokens).await {

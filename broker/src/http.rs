@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use laundromat_api::types::{Empty, Handover, Redeem, Release};
+use laundromat_api::types::{Empty, Handover, Redeem, RedeemBatch, Release};
 use laundromat_api::{paths, signing};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -18,10 +18,16 @@ use crate::directory;
 use crate::error::ServiceError;
 use crate::idempotency::Stored;
 use crate::ops::Operation;
+use crate::redemption;
 use crate::service::{error_answer, Broker, SignedRequest};
 
 /// The largest request body the broker reads.
 pub const MAX_BODY: usize = 64 * 1024;
+
+/// The largest body of a batch of redemptions: room for
+/// [`MAX_BATCH_CLAIMS`](laundromat_api::types::MAX_BATCH_CLAIMS) signed claims (about 330
+/// bytes each in JSON) and then some.
+pub const MAX_BATCH_BODY: usize = 256 * 1024;
 
 type Shared = State<Arc<Broker>>;
 
@@ -46,6 +52,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/v1/leases/{id}/handover/cancel", post(cancel))
         .route("/v1/leases/{id}/release", post(release))
         .route(paths::REDEMPTIONS, post(redeem))
+        .route(paths::BATCH_REDEMPTIONS, post(redeem_batch))
         .fallback(|| async { error(&ServiceError::NotFound("this path".into())) })
         .with_state(broker)
 }
@@ -74,10 +81,19 @@ fn ok<T: Serialize>(result: Result<T, ServiceError>) -> Response {
 
 /// Reads the request and checks its signature.
 async fn authenticate(broker: &Broker, request: Request) -> Result<SignedRequest, ServiceError> {
+    authenticate_up_to(broker, request, MAX_BODY).await
+}
+
+/// [`authenticate`] with a body of at most `limit` bytes.
+async fn authenticate_up_to(
+    broker: &Broker,
+    request: Request,
+    limit: usize,
+) -> Result<SignedRequest, ServiceError> {
     let (parts, body) = request.into_parts();
-    let body = to_bytes(body, MAX_BODY).await.map_err(|_| {
-        ServiceError::BadRequest(format!("the body is larger than {MAX_BODY} bytes"))
-    })?;
+    let body = to_bytes(body, limit)
+        .await
+        .map_err(|_| ServiceError::BadRequest(format!("the body is larger than {limit} bytes")))?;
     let path = parts
         .uri
         .path_and_query()
@@ -115,7 +131,17 @@ async fn money(
     request: Request,
     build: impl FnOnce(&[u8]) -> Result<Operation, ServiceError>,
 ) -> Response {
-    let signed = match authenticate(&broker, request).await {
+    money_up_to(broker, request, MAX_BODY, build).await
+}
+
+/// [`money`] with a body of at most `limit` bytes.
+async fn money_up_to(
+    broker: Arc<Broker>,
+    request: Request,
+    limit: usize,
+    build: impl FnOnce(&[u8]) -> Result<Operation, ServiceError>,
+) -> Response {
+    let signed = match authenticate_up_to(&broker, request, limit).await {
         Ok(signed) => signed,
         Err(e) => return error(&e),
     };
@@ -171,6 +197,17 @@ async fn buy(State(broker): Shared, request: Request) -> Response {
 async fn redeem(State(broker): Shared, request: Request) -> Response {
     money(broker, request, |body| {
         Ok(Operation::Redeem(parse_json::<Redeem>(body)?))
+    })
+    .await
+}
+
+/// Many claims in one request: the batch's size is checked before it queues, so a batch
+/// too large is refused with 400 and costs the writer nothing.
+async fn redeem_batch(State(broker): Shared, request: Request) -> Response {
+    money_up_to(broker, request, MAX_BATCH_BODY, |body| {
+        let batch = parse_json::<RedeemBatch>(body)?;
+        redemption::check_batch_size(&batch)?;
+        Ok(Operation::RedeemBatch(batch))
     })
     .await
 }

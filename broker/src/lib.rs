@@ -3,7 +3,8 @@
 //!
 //! - [`db`]: the database and its write transactions; [`ledger`]: accounts and transfers;
 //!   [`store`]: rows to values.
-//! - [`rules`]: the lease and settlement rules, pure; [`ops`]: the operations on the ledger.
+//! - [`rules`]: the lease and settlement rules, pure; [`ops`]: the operations on the ledger;
+//!   [`redemption`]: claims, one or many per request.
 //! - [`idempotency`], [`service`]: one path for every request that moves money;
 //!   [`group_commit`]: the single writer that commits many of them at once; [`known`]: the
 //!   registered signers it has seen; [`deferred`]: what a batch writes once, at its end;
@@ -31,6 +32,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod ops;
 pub mod pg_flush;
+pub mod redemption;
 pub mod rules;
 pub mod scratch_pg;
 pub mod server;

@@ -1,7 +1,7 @@
 //! The requests that move money or change a lease, each run inside one transaction.
 
 use laundromat_api::types::{
-    Account, BuyToken, Handover, Host, NewTenant, Purchase, Redeem, Redeemed, Refund, Release,
+    Account, BuyToken, Handover, Host, NewTenant, Purchase, Redeem, RedeemBatch, Refund, Release,
     Topup,
 };
 use serde::Serialize;
@@ -12,6 +12,7 @@ use crate::db::to_db;
 use crate::deferred::Deferred;
 use crate::error::ServiceError;
 use crate::ledger::{self, HostTransfer, Movement};
+use crate::redemption;
 use crate::rules::Credit;
 use crate::service::Config;
 use crate::store::{self, key_hex, HostRow};
@@ -45,6 +46,7 @@ pub enum Operation {
     Cancel(TokenId),
     Release(TokenId, Release),
     Redeem(Redeem),
+    RedeemBatch(RedeemBatch),
 }
 
 /// What an operation needs besides its body.
@@ -63,7 +65,7 @@ pub struct Context<'a> {
 
 impl Context<'_> {
     /// What the transaction holds for `account` so far, beyond its stored balance.
-    fn held_for(&self, account: &str) -> u64 {
+    pub(crate) fn held_for(&self, account: &str) -> u64 {
         self.held
             .of(account)
             .saturating_add(self.held_before.of(account))
@@ -73,7 +75,7 @@ impl Context<'_> {
 /// A successful answer: status and JSON body.
 pub type Answer = (u16, serde_json::Value);
 
-fn answer<T: Serialize>(status: u16, body: &T) -> Result<Answer, ServiceError> {
+pub(crate) fn answer<T: Serialize>(status: u16, body: &T) -> Result<Answer, ServiceError> {
     let value = serde_json::to_value(body)
         .map_err(|error| ServiceError::BadRequest(format!("unencodable answer: {error}")))?;
     Ok((status, value))
@@ -102,6 +104,7 @@ impl Operation {
             Self::Cancel(_) => "lease_cancel",
             Self::Release(..) => "lease_release",
             Self::Redeem(_) => "redeem",
+            Self::RedeemBatch(_) => "redeem_batch",
         }
     }
 
@@ -122,7 +125,12 @@ impl Operation {
                 let refund = refund(conn, id, Some(key), ctx.config, ctx.now).await?;
                 answer(200, &refund)
             }
-            (Self::Redeem(body), Principal::Host(host)) => redeem(conn, host, body, ctx).await,
+            (Self::Redeem(body), Principal::Host(host)) => {
+                redemption::redeem(conn, host, body, ctx).await
+            }
+            (Self::RedeemBatch(body), Principal::Host(host)) => {
+                redemption::redeem_batch(conn, host, body, ctx).await
+            }
             (op, Principal::Host(host)) => lease(conn, host, op, ctx).await,
             _ => Err(ServiceError::NotOperator),
         }
@@ -364,7 +372,7 @@ pub async fn refund(
     Ok(Refund { amount, balance })
 }
 
-async fn pay_credit(
+pub(crate) async fn pay_credit(
     conn: &mut AnyConnection,
     ctx: &Context<'_>,
     token_id: &TokenId,
@@ -393,50 +401,13 @@ async fn pay_credit(
     Ok(credit.amount)
 }
 
-fn verify_claim(host: &HostRow, claim: &SignedClaim) -> Result<VerifiedClaim, ServiceError> {
+pub(crate) fn verify_claim(
+    host: &HostRow,
+    claim: &SignedClaim,
+) -> Result<VerifiedClaim, ServiceError> {
     claim
         .verify(host.0, &host.1)
         .map_err(|error| ServiceError::Unprocessable(error.to_string()))
-}
-
-async fn redeem(
-    conn: &mut AnyConnection,
-    host: &HostRow,
-    body: &Redeem,
-    ctx: &Context<'_>,
-) -> Result<Answer, ServiceError> {
-    let claim = verify_claim(host, &body.claim)?;
-    let token_id = claim.claim().token_id;
-    // In a straight batch the token was locked and read with the batch's others, and its
-    // changes and its escrow's debit are written with theirs (see [`crate::deferred`]).
-    let row = match ctx.deferred {
-        Some(deferred) => deferred.token(conn, &token_id).await?,
-        None => store::load_token(conn, &token_id, true).await?,
-    };
-    let mut book = row.book.clone();
-    let credit = book.redeem(&claim, ctx.config.max_claim_distance)?;
-    let when = ctx.deferred.map_or(HostTransfer::Now, HostTransfer::Later);
-    let credited = pay_credit(conn, ctx, &token_id, credit, when).await?;
-    match ctx.deferred {
-        Some(deferred) => deferred.save_book(&book)?,
-        None => store::save_book(conn, &row.book, &book).await?,
-    }
-    let host_account = ledger::host_account(&host.0);
-    let stored = match ctx.deferred {
-        Some(deferred) => deferred.stored_balance(conn, &host_account).await?,
-        None => ledger::balance(conn, &host_account).await?,
-    };
-    let host_balance = stored
-        .unwrap_or(0)
-        .saturating_add(ctx.held_for(&host_account));
-    answer(
-        200,
-        &Redeemed {
-            credit: credited,
-            highest_redeemed: book.highest_redeemed(),
-            host_balance,
-        },
-    )
 }
 
 async fn registered_in_cluster(

@@ -14,6 +14,9 @@
 //! - A claim is checked by hashing between it and the range's last verified link: at most
 //!   `max_distance` hashes, so no request can make the broker hash without limit
 //!   (`laundromat_api::claims::stepped_claims` splits a large claim for honest hosts).
+//!   A request that carries many claims (a batch) bounds their hashing together the same
+//!   way: each claim's hashing is taken from the request's budget
+//!   ([`LeaseBook::redeem_within`]), so a batch cannot multiply the bound.
 //! - **Handover** is prepared by the holder with its final claim (checked then), and confirmed
 //!   by the destination: in that one step the source is paid up to its final claim, its range
 //!   closes there, and the destination's range opens there. The destination received the
@@ -45,6 +48,8 @@ pub enum RuleError {
         distance: u64,
         max: u64,
     },
+    #[error("link {index} would take {work} hashes to check, more than the {left} left of this request's hashing budget; send it in another request")]
+    WorkExhausted { index: u64, work: u64, left: u64 },
     #[error("link {index} is not on the token's chain")]
     NotOnChain { index: u64 },
     #[error("no handover of this lease is prepared")]
@@ -159,13 +164,15 @@ impl LeaseBook {
     }
 
     /// Checks a claimed link against `range`'s last verified link, hashing at most
-    /// `max_distance` times.
+    /// `max_distance` times, and at most what is left of the request's `budget` of hashes,
+    /// which the hashing done is taken from.
     fn check_link(
         &self,
         range: &Range,
         index: u64,
         link: &Link,
         max_distance: u64,
+        budget: &mut u64,
     ) -> Result<(), RuleError> {
         if index > self.chain_length {
             return Err(RuleError::BeyondChainEnd {
@@ -183,6 +190,14 @@ impl LeaseBook {
                 max: max_distance,
             });
         }
+        if distance > *budget {
+            return Err(RuleError::WorkExhausted {
+                index,
+                work: distance,
+                left: *budget,
+            });
+        }
+        *budget -= distance;
         let hasher = LinkHasher::new(&self.token_id);
         let on_chain = if index >= verified {
             hasher.toward_root(index, link, distance) == range.redeemed_link
@@ -226,6 +241,20 @@ impl LeaseBook {
         claim: &VerifiedClaim,
         max_distance: u64,
     ) -> Result<Option<Credit>, RuleError> {
+        // A single claim's hashing is bounded by `max_distance` alone.
+        let mut unbounded = u64::MAX;
+        self.redeem_within(claim, max_distance, &mut unbounded)
+    }
+
+    /// [`LeaseBook::redeem`] for one claim of a request that carries several: checking it
+    /// takes its hashes from what is left of the request's `budget`, and it is refused
+    /// ([`RuleError::WorkExhausted`]), before any hashing, if they do not fit.
+    pub fn redeem_within(
+        &mut self,
+        claim: &VerifiedClaim,
+        max_distance: u64,
+        budget: &mut u64,
+    ) -> Result<Option<Credit>, RuleError> {
         self.live()?;
         let claim = claim.claim();
         if claim.token_id != self.token_id {
@@ -240,7 +269,13 @@ impl LeaseBook {
             .iter()
             .rposition(|range| range.host == host)
             .ok_or(RuleError::NeverHeld { host })?;
-        self.check_link(&self.ranges[range], claim.index, &claim.link, max_distance)?;
+        self.check_link(
+            &self.ranges[range],
+            claim.index,
+            &claim.link,
+            max_distance,
+            budget,
+        )?;
         if self.ranges[range].end.is_some() {
             return Ok(None);
         }
@@ -267,7 +302,14 @@ impl LeaseBook {
         if to == claim.host_id {
             return Err(RuleError::HandoverToSelf);
         }
-        self.check_link(&self.ranges[range], claim.index, &claim.link, max_distance)?;
+        let mut unbounded = u64::MAX;
+        self.check_link(
+            &self.ranges[range],
+            claim.index,
+            &claim.link,
+            max_distance,
+            &mut unbounded,
+        )?;
         self.handover = Some(Pending {
             to,
             index: claim.index,

@@ -91,6 +91,47 @@ fn the_source_earns_its_final_claim_even_if_the_destination_claims_first() {
     assert_eq!(credited(book.redeem(&claim(1, 12, false), 64)), 0);
 }
 
+/// A request's hashing budget: each claim takes its distance from it, a claim that does not
+/// fit is refused before any hashing and changes nothing, and a smaller one after it still
+/// fits.
+#[test]
+fn a_request_budget_bounds_the_hashing_of_all_its_claims() {
+    let mut book = book();
+    book.acquire(host(0)).unwrap();
+    let mut budget = 10;
+    assert_eq!(
+        credited(book.redeem_within(&claim(0, 6, false), 64, &mut budget)),
+        6 * PRICE
+    );
+    assert_eq!(budget, 4);
+    let before = book.clone();
+    assert_eq!(
+        book.redeem_within(&claim(0, 11, false), 64, &mut budget),
+        Err(RuleError::WorkExhausted {
+            index: 11,
+            work: 5,
+            left: 4
+        })
+    );
+    assert_eq!((book.clone(), budget), (before, 4));
+    // A forged link is hashed, so it costs its distance too.
+    assert_eq!(
+        book.redeem_within(&claim(0, 8, true), 64, &mut budget),
+        Err(RuleError::NotOnChain { index: 8 })
+    );
+    assert_eq!(budget, 2);
+    assert_eq!(
+        credited(book.redeem_within(&claim(0, 8, false), 64, &mut budget)),
+        2 * PRICE
+    );
+    assert_eq!(budget, 0);
+    // A claim already redeemed costs nothing to check.
+    assert_eq!(
+        credited(book.redeem_within(&claim(0, 8, false), 64, &mut budget)),
+        0
+    );
+}
+
 #[test]
 fn refusals() {
     let mut book = book();

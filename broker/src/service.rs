@@ -245,7 +245,7 @@ impl Broker {
         if let Some(deferred) = deferred {
             // Only redemptions read and change tokens through the batch's deferred state;
             // anything else reads the database, so it must hold what is pending.
-            if !matches!(op, Operation::Redeem(_)) {
+            if !matches!(op, Operation::Redeem(_) | Operation::RedeemBatch(_)) {
                 deferred.settle(conn).await?;
             }
         }

@@ -3,6 +3,9 @@
 //! idempotency key from two connections. Afterwards `broker check` passes, and every answer
 //! and every balance equals what a sequential model of the accepted requests predicts.
 //!
+//! Hosts also redeem batches of claims on several tokens at once, each claim of which the
+//! model settles as a single redemption.
+//!
 //! Tenants and hosts are shared by all clients (their balances are the contended rows);
 //! each token is driven by the one client that bought it, so its requests have a program
 //! order the model follows.
@@ -16,7 +19,7 @@ use broker::client::{new_idempotency_key, Client, ClientError};
 use common::{Backend, Chain, Options, TestBroker, TestHost};
 use laundromat_api::paths;
 use laundromat_api::types::{
-    Account, Empty, Handover, Purchase, Redeem, Redeemed, Refund, Release, TokenState,
+    Account, ClaimOutcome, Empty, Handover, Purchase, Redeem, Redeemed, Refund, Release, TokenState,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -49,6 +52,8 @@ struct Outcome {
     /// host -> credits the broker answered.
     earned: BTreeMap<usize, u64>,
     tokens: Vec<ModelToken>,
+    /// Claims of batches that earned something.
+    batch_credits: usize,
 }
 
 fn status<T>(result: &Result<T, ClientError>) -> u16 {
@@ -68,6 +73,45 @@ fn model_pay(token: &mut ModelToken, host: usize, index: u64) -> u64 {
     (index - from) * token.price
 }
 
+/// One host redeems a batch of claims on this client's tokens (any of them, the same one
+/// more than once, with any index); the model settles them in the batch's order.
+async fn redeem_batch(rng: &mut StdRng, hosts: &[TestHost], out: &mut Outcome) {
+    // Mostly a host that holds one of the tokens, so that claims earn.
+    let some_holder = out.tokens[rng.gen_range(0..out.tokens.len())].holder;
+    let h = match some_holder {
+        Some(holder) if rng.gen_bool(0.7) => holder,
+        _ => rng.gen_range(0..hosts.len()),
+    };
+    let host = &hosts[h];
+    let picks: Vec<(usize, u64)> = (0..rng.gen_range(1..=6))
+        .map(|_| {
+            let t = rng.gen_range(0..out.tokens.len());
+            (t, rng.gen_range(0..=out.tokens[t].chain.length))
+        })
+        .collect();
+    let claims = picks
+        .iter()
+        .map(|&(t, index)| host.claim(&out.tokens[t].chain, index))
+        .collect();
+    let answer = host.redeem_batch(claims).await;
+    assert_eq!(answer.results.len(), picks.len());
+    for (&(t, index), result) in picks.iter().zip(&answer.results) {
+        let token = &mut out.tokens[t];
+        match &result.outcome {
+            ClaimOutcome::Credited { credit, .. } if token.held.contains(&h) => {
+                let expected = model_pay(token, h, index);
+                assert_eq!(*credit, expected, "batch: redeem {index} by host {h}");
+                *out.earned.entry(h).or_default() += credit;
+                out.batch_credits += usize::from(*credit > 0);
+            }
+            ClaimOutcome::Refused { status, .. } if !token.held.contains(&h) => {
+                assert_eq!(*status, 403, "batch: {result:?}");
+            }
+            other => panic!("batch: host {h}, link {index}: {other:?}"),
+        }
+    }
+}
+
 async fn client_run(
     seed: u64,
     broker: Arc<TestBroker>,
@@ -77,7 +121,7 @@ async fn client_run(
     let mut rng = StdRng::seed_from_u64(seed);
     let mut out = Outcome::default();
     for _ in 0..OPS_PER_CLIENT {
-        let choice = rng.gen_range(0..10);
+        let choice = rng.gen_range(0..12);
         if out.tokens.is_empty() || choice < 2 {
             let tenant = rng.gen_range(0..tenants.len());
             let (length, price) = (rng.gen_range(5..60), rng.gen_range(1..5));
@@ -118,6 +162,10 @@ async fn client_run(
                 }
                 Err(error) => assert_eq!(error.status(), Some(402), "{error}"),
             }
+            continue;
+        }
+        if choice >= 10 {
+            redeem_batch(&mut rng, &hosts, &mut out).await;
             continue;
         }
         let t = rng.gen_range(0..out.tokens.len());
@@ -340,6 +388,9 @@ async fn concurrent_clients_agree_with_a_sequential_model(backend: Backend) {
         tokens >= CLIENTS as usize,
         "too few purchases succeeded: {tokens}"
     );
+    let batch_credits: usize = outcomes.iter().map(|o| o.batch_credits).sum();
+    assert!(batch_credits > 0, "no claim of a batch earned anything");
+    eprintln!("{tokens} tokens; {batch_credits} claims of batches earned");
 }
 
 both_backends!(concurrent_clients_agree_with_a_sequential_model);

@@ -1,7 +1,8 @@
 //! `kill -9` of the broker in the middle of a concurrent load: after a restart on the same
 //! database, `broker check` passes and every request that was answered 2xx is in the ledger
 //! (asked again under its idempotency key, it gets the very same answer, and its token
-//! exists). Both backends; the broker runs as its own process.
+//! exists, and a batch of redemptions' credits are in its tokens). Both backends; the broker
+//! runs as its own process.
 
 mod common;
 
@@ -14,7 +15,10 @@ use std::time::{Duration, Instant};
 use broker::client::{new_idempotency_key, Client};
 use common::{fresh_database, Backend, Chain, TempDir, CLUSTER};
 use laundromat_api::paths;
-use laundromat_api::types::{Account, Empty, Host, NewTenant, Purchase, Redeem, TokenState, Topup};
+use laundromat_api::types::{
+    Account, BatchRedeemed, ClaimOutcome, Empty, Host, NewTenant, Purchase, Redeem, RedeemBatch,
+    TokenState, Topup,
+};
 use token::{HostId, SigningKey};
 
 const BROKER: &str = env!("CARGO_BIN_EXE_broker");
@@ -75,49 +79,51 @@ async fn load(
     stop: Arc<AtomicBool>,
     log: Arc<Mutex<Vec<Answered>>>,
 ) {
+    let claim = |chain: &Chain, index: u64| {
+        token::Claim {
+            token_id: chain.token_id,
+            host_id,
+            index,
+            link: chain.link(index),
+        }
+        .sign(&host_key)
+    };
     while !stop.load(Ordering::Relaxed) {
-        let chain = Chain::new(20);
+        let (chain, other) = (Chain::new(20), Chain::new(20));
         let now = broker::clock::unix_now();
-        let steps: Vec<(Client, String, Vec<u8>)> = vec![
-            (
+        let mut steps: Vec<(Client, String, Vec<u8>)> = Vec::new();
+        for chain in [&chain, &other] {
+            steps.push((
                 client.clone(),
                 paths::TOKENS.to_owned(),
                 serde_json::to_vec(&chain.buy_request(1, now)).unwrap(),
-            ),
-            (
+            ));
+            steps.push((
                 host.clone(),
                 paths::lease(&chain.token_id, "acquire"),
                 serde_json::to_vec(&Empty {}).unwrap(),
-            ),
-            (
-                host.clone(),
-                paths::REDEMPTIONS.to_owned(),
-                serde_json::to_vec(&Redeem {
-                    claim: token::Claim {
-                        token_id: chain.token_id,
-                        host_id,
-                        index: 7,
-                        link: chain.link(7),
-                    }
-                    .sign(&host_key),
-                })
-                .unwrap(),
-            ),
-            (
-                host.clone(),
-                paths::REDEMPTIONS.to_owned(),
-                serde_json::to_vec(&Redeem {
-                    claim: token::Claim {
-                        token_id: chain.token_id,
-                        host_id,
-                        index: 20,
-                        link: chain.link(20),
-                    }
-                    .sign(&host_key),
-                })
-                .unwrap(),
-            ),
+            ));
+        }
+        steps.push((
+            host.clone(),
+            paths::REDEMPTIONS.to_owned(),
+            serde_json::to_vec(&Redeem {
+                claim: claim(&chain, 7),
+            })
+            .unwrap(),
+        ));
+        // A batch: both tokens, one claim twice.
+        let claims = vec![
+            claim(&chain, 20),
+            claim(&other, 12),
+            claim(&other, 12),
+            claim(&other, 20),
         ];
+        steps.push((
+            host.clone(),
+            paths::BATCH_REDEMPTIONS.to_owned(),
+            serde_json::to_vec(&RedeemBatch { claims }).unwrap(),
+        ));
         for (who, path, body) in steps {
             let key = new_idempotency_key();
             match who.send_raw("POST", &path, &body, Some(&key), true).await {
@@ -217,6 +223,10 @@ async fn kill_9_mid_load_loses_no_answered_request(backend: Backend) {
         answered.len()
     );
 
+    assert!(
+        answered.iter().any(|a| a.path == paths::BATCH_REDEMPTIONS),
+        "no batch was answered before the kill"
+    );
     let mut process = spawn_broker(&db_url, &data.0, port, &operator);
     wait_ready(&base).await;
     let check = Command::new(BROKER)
@@ -254,6 +264,23 @@ async fn kill_9_mid_load_loses_no_answered_request(backend: Backend) {
                 .await
                 .expect("the token survived");
             assert!(state.escrow <= 20);
+        }
+        if request.path == paths::BATCH_REDEMPTIONS {
+            let answer: BatchRedeemed = serde_json::from_slice(&request.answer).unwrap();
+            let credits: Vec<_> = answer
+                .results
+                .iter()
+                .map(|r| match r.outcome {
+                    ClaimOutcome::Credited { credit, .. } => Some(credit),
+                    ClaimOutcome::Refused { .. } => None,
+                })
+                .collect();
+            assert_eq!(credits, [Some(13), Some(12), Some(0), Some(8)]);
+            let state: TokenState = host
+                .get(&paths::token(&answer.results[1].token_id))
+                .await
+                .expect("the token survived");
+            assert_eq!((state.highest_redeemed, state.escrow), (20, 0));
         }
     }
     // SIGTERM stops the broker cleanly.

@@ -20,6 +20,7 @@
 //! | POST | `/v1/leases/{id}/handover/cancel` | source or destination | `{}` → `TokenState` |
 //! | POST | `/v1/leases/{id}/release` | holder | [`Release`](crate::types::Release) → `TokenState` |
 //! | POST | `/v1/redemptions` | host | [`Redeem`](crate::types::Redeem) → [`Redeemed`](crate::types::Redeemed) |
+//! | POST | `/v1/redemptions/batch` | host | [`RedeemBatch`](crate::types::RedeemBatch) → [`BatchRedeemed`](crate::types::BatchRedeemed) |
 //! | GET | `/metrics`, `/healthz` | — | Prometheus text, `ok` |
 
 use token::{HostId, TokenId};
@@ -32,6 +33,8 @@ pub const ACCOUNT: &str = "/v1/account";
 pub const STATEMENT: &str = "/v1/account/statement";
 pub const TOKENS: &str = "/v1/tokens";
 pub const REDEMPTIONS: &str = "/v1/redemptions";
+/// Many claims of one host in one signed request (see [`crate::types::RedeemBatch`]).
+pub const BATCH_REDEMPTIONS: &str = "/v1/redemptions/batch";
 
 pub fn host(id: &HostId) -> String {
     format!("{HOSTS}/{id}")

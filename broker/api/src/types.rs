@@ -199,6 +199,54 @@ pub struct Redeemed {
     pub host_balance: u64,
 }
 
+/// The most claims one [`RedeemBatch`] may carry; the broker refuses more with 400.
+pub const MAX_BATCH_CLAIMS: usize = 256;
+
+/// `POST /v1/redemptions/batch` (host): the claims of many tokens (say, every VM a host
+/// settles at one tick) in one signed, idempotent request. Each claim is checked by the
+/// same rules as a single redemption, and answered on its own: one refused claim does not
+/// refuse the others. The hashing all the claims of one request cost together is bounded by
+/// the broker's `max_claim_distance`; a claim that would exceed what is left of it is
+/// refused with `batch_work_exceeded`, to be sent again in another request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RedeemBatch {
+    /// 1 to [`MAX_BATCH_CLAIMS`] claims, each signed by the request's signer.
+    pub claims: Vec<SignedClaim>,
+}
+
+/// The answer to a [`RedeemBatch`]: one result per claim, in the request's order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchRedeemed {
+    pub results: Vec<ClaimResult>,
+    /// The host's earnings after every credit of the batch.
+    pub host_balance: u64,
+}
+
+/// What became of one claim of a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimResult {
+    pub token_id: TokenId,
+    pub index: u64,
+    #[serde(flatten)]
+    pub outcome: ClaimOutcome,
+}
+
+/// A claim of a batch was credited (`credit` may be 0, as for a single redemption of links
+/// already paid), or refused with the status and code a single redemption would get.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum ClaimOutcome {
+    Credited {
+        credit: u64,
+        highest_redeemed: u64,
+    },
+    Refused {
+        status: u16,
+        code: String,
+        error: String,
+    },
+}
+
 /// `POST /v1/tokens/{id}/refund` (the token's tenant), after expiry plus grace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refund {
@@ -217,3 +265,41 @@ pub struct ErrorBody {
 /// An empty JSON object, the body of the lease operations that need none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Empty {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claim_result_names_its_outcome() {
+        let credited = ClaimResult {
+            token_id: TokenId([1; 16]),
+            index: 7,
+            outcome: ClaimOutcome::Credited {
+                credit: 3,
+                highest_redeemed: 7,
+            },
+        };
+        let json = serde_json::to_value(&credited).unwrap();
+        assert_eq!(json["outcome"], "credited");
+        assert_eq!(json["credit"], 3);
+        assert_eq!(json["index"], 7);
+        let refused = ClaimResult {
+            token_id: TokenId([1; 16]),
+            index: 9,
+            outcome: ClaimOutcome::Refused {
+                status: 403,
+                code: "never_held_lease".into(),
+                error: "host … never held this token's lease".into(),
+            },
+        };
+        let json = serde_json::to_string(&refused).unwrap();
+        assert!(json.contains(r#""outcome":"refused""#), "{json}");
+        assert_eq!(serde_json::from_str::<ClaimResult>(&json).unwrap(), refused);
+        assert_eq!(
+            serde_json::from_value::<ClaimResult>(serde_json::to_value(&credited).unwrap())
+                .unwrap(),
+            credited
+        );
+    }
+}

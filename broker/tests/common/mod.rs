@@ -233,6 +233,33 @@ pub struct TestHost {
 }
 
 impl TestHost {
+    /// Takes the lease of `chain`'s token.
+    pub async fn acquire(&self, chain: &Chain) -> laundromat_api::types::TokenState {
+        self.client
+            .post(
+                &paths::lease(&chain.token_id, "acquire"),
+                &laundromat_api::types::Empty {},
+                &new_idempotency_key(),
+            )
+            .await
+            .expect("acquire the lease")
+    }
+
+    /// Redeems `claims` in one batch under a new key; panics unless the batch is answered.
+    pub async fn redeem_batch(
+        &self,
+        claims: Vec<token::SignedClaim>,
+    ) -> laundromat_api::types::BatchRedeemed {
+        self.client
+            .post(
+                paths::BATCH_REDEMPTIONS,
+                &laundromat_api::types::RedeemBatch { claims },
+                &new_idempotency_key(),
+            )
+            .await
+            .expect("the batch is answered")
+    }
+
     /// A signed claim for link `index` of the chain behind `payer`'s token.
     pub fn claim(&self, chain: &Chain, index: u64) -> token::SignedClaim {
         token::Claim {

@@ -246,36 +246,69 @@ pub async fn reclaim_due(host: &Arc<Host>) {
     }
 }
 
-/// Redeems what each running VM has paid beyond what was redeemed.
+/// Redeems what each running VM has paid beyond what was redeemed: the claims of all of
+/// them in one batch (see [`crate::broker::BrokerClient::redeem_many`]). Each VM's state is
+/// locked only to make its claim and, after the answer, to record it; a VM that ended or
+/// moved meanwhile settles through its own final claim, which then earns only what this
+/// batch did not.
 pub async fn redeem_running(host: &Host) {
     let running: Vec<Arc<Vm>> = host.vms().values().cloned().collect();
+    let mut due = Vec::new();
     for vm in running {
-        let mut state = vm.state.lock().await;
+        let state = vm.state.lock().await;
         if vm.phase() != Phase::Running || state.verifier.index() <= state.record.redeemed_index {
             continue;
         }
         let claim = Claim::from_verifier(host.host_id(), &state.verifier).sign(&host.identity.key);
-        let index = claim.claim.index;
-        match host.broker.redeem(claim).await {
-            Ok(redeemed) => {
-                host.metrics.inc("hostd_redemptions_total", "ok");
-                let mut record = state.record.clone();
-                record.redeemed_index = index;
-                match tokio::task::block_in_place(|| record.save(&vm.dir)) {
-                    Ok(()) => state.record = record,
-                    Err(e) => {
-                        tracing::warn!(vm = %vm.id, "cannot record the redemption: {}", chain(&e))
-                    }
+        drop(state);
+        due.push((vm, claim));
+    }
+    if !due.is_empty() {
+        let claims = due.iter().map(|(_, claim)| claim.clone()).collect();
+        match host.broker.redeem_many(claims).await {
+            Ok(results) => {
+                for ((vm, claim), result) in due.iter().zip(results) {
+                    record_redemption(host, vm, claim.claim.index, result).await;
                 }
-                tracing::info!(vm = %vm.id, index, credit = redeemed.credit, "claim redeemed");
             }
             Err(e) => {
-                host.metrics.inc("hostd_redemptions_total", "failed");
-                tracing::warn!(vm = %vm.id, "redemption failed: {e}");
+                for (vm, _) in &due {
+                    host.metrics.inc("hostd_redemptions_total", "failed");
+                    tracing::warn!(vm = %vm.id, "redemption failed: {e}");
+                }
             }
         }
     }
     settle_pending(host).await;
+}
+
+/// Keeps a running VM's redeemed index once the broker has credited its claim for `index`.
+async fn record_redemption(
+    host: &Host,
+    vm: &Vm,
+    index: u64,
+    result: Result<crate::broker::Redeemed, BrokerError>,
+) {
+    let redeemed = match result {
+        Ok(redeemed) => redeemed,
+        Err(e) => {
+            host.metrics.inc("hostd_redemptions_total", "failed");
+            tracing::warn!(vm = %vm.id, "redemption failed: {e}");
+            return;
+        }
+    };
+    host.metrics.inc("hostd_redemptions_total", "ok");
+    tracing::info!(vm = %vm.id, index, credit = redeemed.credit, "claim redeemed");
+    let mut state = vm.state.lock().await;
+    if vm.phase() != Phase::Running || state.record.redeemed_index >= index {
+        return;
+    }
+    let mut record = state.record.clone();
+    record.redeemed_index = index;
+    match tokio::task::block_in_place(|| record.save(&vm.dir)) {
+        Ok(()) => state.record = record,
+        Err(e) => tracing::warn!(vm = %vm.id, "cannot record the redemption: {}", chain(&e)),
+    }
 }
 
 /// Publishes the host's free capacity in the broker's host directory.

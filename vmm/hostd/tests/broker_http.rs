@@ -133,6 +133,78 @@ async fn leases_handover_and_stepped_redemption_on_the_real_broker() {
     assert_eq!(broker.check().await, Vec::<String>::new());
 }
 
+/// A settlement tick's claims in one batch: each answered on its own; one too far for the
+/// broker's claim distance is redeemed in steps; one on a lease this host never held is
+/// refused alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_claims_are_redeemed_in_one_batch_on_the_real_broker() {
+    let broker = RealBroker::start(4).await;
+    let (a, a_client) = host(0x81, &broker);
+    let (b, b_client) = host(0x82, &broker);
+    broker.register_host(a.host_id, a.public_key()).await;
+    broker.register_host(b.host_id, b.public_key()).await;
+    broker.register_tenant(1, 10_000).await;
+    let mut near = broker.buy(1, b"kernel", "", 1000, 100).await;
+    let mut far = broker.buy(1, b"kernel", "", 1000, 100).await;
+    let mut elsewhere = broker.buy(1, b"kernel", "", 1000, 100).await;
+    for (bought, client, id) in [
+        (&near, &a_client, a.host_id),
+        (&far, &a_client, a.host_id),
+        (&elsewhere, &b_client, b.host_id),
+    ] {
+        client
+            .acquire_lease(bought.token().token_id, id)
+            .await
+            .unwrap();
+    }
+    let paid = |bought: &mut Bought, links: u64| {
+        let mut verifier = Verifier::new(bought.token(), 1000).unwrap();
+        verifier
+            .accept_payment(&bought.payer.pay(links).unwrap())
+            .unwrap();
+        claim(&a, &verifier)
+    };
+    let claims = vec![
+        paid(&mut near, 3),
+        paid(&mut far, 9),
+        paid(&mut elsewhere, 2),
+    ];
+    let results = a_client.redeem_many(claims).await.unwrap();
+    assert_eq!(results.len(), 3);
+    assert_eq!(
+        results[0],
+        Ok(hostd::broker::Redeemed {
+            credit: 3 * PRICE,
+            highest_redeemed: 3
+        })
+    );
+    assert_eq!(
+        results[1],
+        Ok(hostd::broker::Redeemed {
+            credit: 9 * PRICE,
+            highest_redeemed: 9
+        })
+    );
+    assert!(
+        matches!(&results[2], Err(BrokerError::ClaimRefused(m)) if m.contains("never held")),
+        "{:?}",
+        results[2]
+    );
+    assert_eq!(broker.host_balance(&a.host_id).await, 12 * PRICE);
+    assert_eq!(
+        broker.token(&near.token().token_id).await.highest_redeemed,
+        3
+    );
+    assert_eq!(
+        broker
+            .token(&elsewhere.token().token_id)
+            .await
+            .highest_redeemed,
+        0
+    );
+    assert_eq!(broker.check().await, Vec::<String>::new());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adverts_fill_the_host_directory() {
     let broker = RealBroker::start(64).await;

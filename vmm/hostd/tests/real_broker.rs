@@ -244,3 +244,58 @@ async fn inject_auto_picks_the_cheapest_host_that_fits_the_token() {
         Some(fits.identity.host_id)
     );
 }
+
+/// The periodic settlement redeems the claims of every running VM together, through the
+/// broker's batch endpoint, while the VMs run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_vms_are_settled_together_in_batches() {
+    if !kvm_available() {
+        return;
+    }
+    let kernel = bench_elf();
+    let broker = RealBroker::start(1 << 16).await;
+    broker.register_tenant(1, 10_000).await;
+    // A minute per link: nothing is reclaimed during the test.
+    let mut first = broker.buy(1, &kernel, IDLE, 60_000, 100).await;
+    let mut second = broker.buy(1, &kernel, IDLE, 60_000, 100).await;
+    let hostd = Hostd::start_http(&broker.base, &["--redeem-interval-s", "1"]);
+    let me = hostd.identity.host_id;
+    broker.register_host(me, hostd.identity.public_key()).await;
+    let vm_first = hostd.admit(&first, &kernel, IDLE).await.unwrap();
+    let vm_second = hostd.admit(&second, &kernel, IDLE).await.unwrap();
+    let payment = first.payer.pay(3).unwrap();
+    hostd.client.pay(&vm_first.vm_id, &payment).await.unwrap();
+    let payment = second.payer.pay(5).unwrap();
+    hostd.client.pay(&vm_second.vm_id, &payment).await.unwrap();
+    let ids = [first.token().token_id, second.token().token_id];
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (a, b) = (broker.token(&ids[0]).await, broker.token(&ids[1]).await);
+        if (a.highest_redeemed, b.highest_redeemed) == (3, 5) {
+            assert_eq!((a.holder, b.holder), (Some(me), Some(me)), "still running");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not redeemed: {a:?} {b:?}\n{}",
+            hostd.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(broker.host_balance(&me).await, 8 * PRICE);
+    let metrics = reqwest::get(format!("{}/metrics", broker.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("broker_requests_total{op=\"redeem_batch\",status=\"200\"}"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("op=\"redeem\","),
+        "single redemptions: {metrics}"
+    );
+    assert_eq!(broker.check().await, Vec::<String>::new());
+}

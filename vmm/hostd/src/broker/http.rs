@@ -14,14 +14,14 @@
 //!   refusals are answers and come back at once as [`BrokerError`]s.
 //! - A claim too far above what the broker last verified for this host is redeemed in steps
 //!   (`laundromat_api::claims::stepped_claims`).
+//! - Many claims at once (the periodic settlement of every running VM) go as batches of up
+//!   to `MAX_BATCH_CLAIMS` in one signed request each (`POST /v1/redemptions/batch`); a
+//!   claim the batch refused as too far is redeemed on its own, in steps.
 
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use laundromat_api::claims::stepped_claims;
-use laundromat_api::types::{
-    Advert, BrokerInfo, Empty, ErrorBody, HostEntry, Redeem, Release, TokenState,
-};
+use laundromat_api::types::{Advert, BrokerInfo, Empty, ErrorBody, HostEntry, Release, TokenState};
 use laundromat_api::{paths, signing, types};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -32,6 +32,9 @@ use super::{
     BoxFuture, BrokerClient, BrokerError, BrokerKey, CapacityAdvert, Handover, HostRecord, Lease,
     Redeemed,
 };
+
+#[path = "http_redeem.rs"]
+mod redeem;
 
 /// Timeouts and retries of every broker request.
 #[derive(Debug, Clone, Copy)]
@@ -325,89 +328,6 @@ impl HttpBroker {
         self.decode(answer, Subject::Lease(token_id))
     }
 
-    /// Redeems one claim as it is; `None` when the broker says it lies too far above what it
-    /// verified.
-    async fn redeem_once(
-        &self,
-        claim: &SignedClaim,
-    ) -> Result<Option<types::Redeemed>, BrokerError> {
-        let bytes = encode(&Redeem {
-            claim: claim.clone(),
-        })?;
-        let key = new_key();
-        let answer = self
-            .send(
-                reqwest::Method::POST,
-                paths::REDEMPTIONS,
-                bytes,
-                true,
-                Some(&key),
-            )
-            .await?;
-        if too_far(&answer) {
-            return Ok(None);
-        }
-        self.decode(answer, Subject::Claim(claim.claim.token_id))
-            .map(Some)
-    }
-
-    /// The index the broker last verified for this host's newest range of `token_id`.
-    async fn verified_index(&self, token_id: TokenId) -> Result<u64, BrokerError> {
-        let state: TokenState = self.get(&paths::token(&token_id)).await?;
-        state
-            .ranges
-            .iter()
-            .rev()
-            .find(|range| range.host_id == self.host_id)
-            .map(|range| range.redeemed)
-            .ok_or(BrokerError::NotLeaseHolder { token_id })
-    }
-
-    /// Redeems `claim`, in steps the broker accepts when it lies too far above what the
-    /// broker has verified. Returns the total credit.
-    async fn redeem_claim(&self, claim: SignedClaim) -> Result<Redeemed, BrokerError> {
-        if let Some(redeemed) = self.redeem_once(&claim).await? {
-            return Ok(Redeemed {
-                credit: redeemed.credit,
-                highest_redeemed: redeemed.highest_redeemed,
-            });
-        }
-        let c = claim.claim;
-        if c.host_id != self.host_id {
-            return Err(BrokerError::ClaimRefused(format!(
-                "the claim of host {} is too far above what the broker verified, and only that host can sign the steps",
-                c.host_id
-            )));
-        }
-        let verified = self.verified_index(c.token_id).await?;
-        let max = self.max_claim_distance().await?;
-        let host_id = self.host_id;
-        let steps = tokio::task::spawn_blocking(move || {
-            stepped_claims(c.token_id, host_id, verified, c.index, c.link, max)
-        })
-        .await
-        .map_err(|e| BrokerError::Unavailable(format!("cannot compute the claim steps: {e}")))?;
-        tracing::info!(token = %c.token_id, verified, index = c.index, steps = steps.len(), "redeeming a far claim in steps");
-        let mut total = Redeemed {
-            credit: 0,
-            highest_redeemed: verified,
-        };
-        for step in steps {
-            let redeemed = self
-                .redeem_once(&step.sign(&self.key))
-                .await?
-                .ok_or_else(|| {
-                    BrokerError::ClaimRefused(format!(
-                        "the broker refused step {} of {} as too far: its claim distance changed",
-                        step.index, c.index
-                    ))
-                })?;
-            total.credit += redeemed.credit;
-            total.highest_redeemed = redeemed.highest_redeemed;
-        }
-        Ok(total)
-    }
-
     async fn hand_over(&self, handover: Handover) -> Result<Lease, BrokerError> {
         self.me(handover.from)?;
         let token_id = handover.token_id;
@@ -547,6 +467,13 @@ impl BrokerClient for HttpBroker {
 
     fn redeem(&self, claim: SignedClaim) -> BoxFuture<'_, Result<Redeemed, BrokerError>> {
         Box::pin(self.redeem_claim(claim))
+    }
+
+    fn redeem_many(
+        &self,
+        claims: Vec<SignedClaim>,
+    ) -> BoxFuture<'_, Result<Vec<Result<Redeemed, BrokerError>>, BrokerError>> {
+        Box::pin(async move { Ok(self.redeem_batches(claims).await) })
     }
 
     fn advertise(&self, advert: CapacityAdvert) -> BoxFuture<'_, Result<(), BrokerError>> {

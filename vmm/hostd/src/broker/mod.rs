@@ -71,6 +71,16 @@ pub trait BrokerClient: Send + Sync + 'static {
     /// Redeems a signed claim: the broker credits the links above what it already redeemed.
     fn redeem(&self, claim: SignedClaim) -> BoxFuture<'_, Result<Redeemed, BrokerError>>;
 
+    /// Redeems many claims of this host at once (a settlement tick of all its VMs): one
+    /// result per claim, in order, each what [`BrokerClient::redeem`] would have answered
+    /// for it. The outer error is a failure of the whole: nothing was redeemed, or the
+    /// outcome is unknown (then every claim may be sent again; only links the broker has
+    /// not redeemed yet can earn).
+    fn redeem_many(
+        &self,
+        claims: Vec<SignedClaim>,
+    ) -> BoxFuture<'_, Result<Vec<Result<Redeemed, BrokerError>>, BrokerError>>;
+
     /// Publishes this host's free capacity and price in the host directory.
     fn advertise(&self, advert: CapacityAdvert) -> BoxFuture<'_, Result<(), BrokerError>>;
 

@@ -61,8 +61,14 @@ pub fn to_error(status: u16, body: ErrorBody, subject: Subject, me: HostId) -> B
             BrokerError::UnknownToken(token_id)
         }
         (
-            "claim_too_far" | "not_on_chain" | "wrong_token" | "beyond_chain_end"
-            | "credit_overflow" | "never_held_lease" | "not_lease_holder",
+            "claim_too_far"
+            | "batch_work_exceeded"
+            | "not_on_chain"
+            | "wrong_token"
+            | "beyond_chain_end"
+            | "credit_overflow"
+            | "never_held_lease"
+            | "not_lease_holder",
             ..,
         ) => BrokerError::ClaimRefused(message),
         ("unprocessable", Subject::Claim(_), _) => BrokerError::ClaimRefused(message),
