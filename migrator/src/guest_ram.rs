@@ -20,33 +20,26 @@ pub fn read(
     gpa: u64,
     buf: &mut [u8],
 ) -> Result<(), vm_memory::GuestMemoryError> {
-    if let Some(region) = mem.find_region(GuestAddress(gpa)) {
-        // Only a shared mapping writes through to its file; a private one (a lazily restored
-        // snapshot) keeps the guest's writes in memory.
-        let shared = std::ops::Deref::deref(region).flags() & libc::MAP_SHARED != 0;
-        if let Some(fo) = region.file_offset().filter(|_| shared) {
-            let offset = fo.start() + (gpa - region.start_addr().0);
-            if offset.checked_add(buf.len() as u64).is_some()
-                && gpa + buf.len() as u64 <= region.start_addr().0 + region.len()
-            {
-                return fo
-                    .file()
-                    .read_exact_at(buf, offset)
-                    .map_err(vm_memory::GuestMemoryError::IOError);
-            }
-        }
+    match shared_file(mem, gpa, buf.len() as u64) {
+        Some((file, offset)) => file
+            .read_exact_at(buf, offset)
+            .map_err(vm_memory::GuestMemoryError::IOError),
+        None => mem.read_slice(buf, GuestAddress(gpa)),
     }
-    mem.read_slice(buf, GuestAddress(gpa))
 }
 
-/// The file and offset of `[gpa, gpa + len)` when it lies in RAM mapped shared with a file.
+/// The file and offset of `[gpa, gpa + len)` when it lies in one region of RAM mapped shared
+/// with a file. Only a shared mapping writes through to its file; a private one (a lazily
+/// restored snapshot) keeps the guest's writes in memory.
 pub fn shared_file(mem: &GuestMemory, gpa: u64, len: u64) -> Option<(&File, u64)> {
     let region = mem.find_region(GuestAddress(gpa))?;
     let shared = std::ops::Deref::deref(region).flags() & libc::MAP_SHARED != 0;
     let fo = region.file_offset().filter(|_| shared)?;
     let offset = fo.start().checked_add(gpa - region.start_addr().0)?;
-    (offset.checked_add(len).is_some() && gpa + len <= region.start_addr().0 + region.len())
-        .then_some((fo.file(), offset))
+    let inside = gpa
+        .checked_add(len)
+        .is_some_and(|end| end <= region.start_addr().0 + region.len());
+    (inside && offset.checked_add(len).is_some()).then_some((fo.file(), offset))
 }
 
 /// `MADV_POPULATE_WRITE` (Linux 5.14); the libc crate does not name it yet.
