@@ -121,7 +121,7 @@ impl FileData {
     /// anonymous RAM or when the file cannot say.
     ///
     /// A sender asks once per region and pass, not per run: on tmpfs `SEEK_HOLE` walks the
-    /// page cache to the end of the data it starts in, so asking per 1 MiB run walked the rest
+    /// page cache to the end of the data it starts in, so asking per run (up to 8 MiB) walked the rest
     /// of a dense file every time (a third of the sender's CPU time for a 1 GiB file of random
     /// data, and quadratic in RAM). The answer may go stale while the guest runs, safely: a page
     /// written since is resident (shared mappings) or a private copy (private ones), which
