@@ -7,7 +7,7 @@
 //! loses, the agent resends (every unacknowledged hop goes again on reconnect and on its
 //! retransmission timer) and the receiver de-duplicates, so hops run exactly once. A
 //! connection that starts with `C` is a client's instead: JSON requests and answers as
-//! `guest-agentd`'s, a subset of them (`bench_core::agent::client`).
+//! `guest-agentd`'s, all of them (`bench_core::agent::client`).
 //!
 //! Every agent seeds its share of the timeline data set and, once connected to every peer,
 //! submits `tasks` timeline reads at `task-rate` per second (at most `window` outstanding),
@@ -369,7 +369,7 @@ pub fn run(plan: &Plan, shared: &Shared, vcpu: u32) -> ! {
             busy = true;
         }
         let events = agent.take_events();
-        let events = clients.observe(&mut agent, events);
+        let events = clients.observe(events);
         counts.completed += load.observe(&mut agent, events, now_us);
         if t >= next_share {
             agent.report_load();
