@@ -19,6 +19,7 @@
 extern crate alloc;
 
 pub mod agent;
+pub mod client;
 pub mod context;
 pub mod ids;
 pub mod link;

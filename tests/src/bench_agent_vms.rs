@@ -52,14 +52,34 @@ pub struct VmFigures {
     pub latencies_us: Vec<u64>,
     /// The longest agent's time from its first submit to its last result, microseconds.
     pub span_us: u64,
-    /// While placement converges: for each placement period in which every agent passed, the
-    /// hops per task completed since the previous such period, and the objects moved so far.
-    pub converging: Vec<(u64, f64, u64)>,
+    /// While placement converges: the placement periods in which every agent passed (the
+    /// first one only starts the count).
+    pub converging: Vec<Period>,
 }
 
-/// Each agent's counters at its pass of each period: `(completed, hops, moved so far)`.
+/// One placement period of the warm-up, from the agents' `agent pass` lines.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Period {
+    pub period: u64,
+    /// Hops and application bytes per task completed since the previous such period.
+    pub hops: f64,
+    pub bytes: f64,
+    /// Objects the passes moved so far.
+    pub moved: u64,
+}
+
+/// An agent's counters at its pass of one period, as its `agent pass` line gives them.
+#[derive(Clone, Copy, Debug, Default)]
+struct AtPass {
+    completed: u64,
+    hops: u64,
+    bytes: u64,
+    moved: u64,
+}
+
+/// Each agent's counters at its pass of each period.
 #[derive(Default)]
-struct Passes(Vec<BTreeMap<u64, (u64, u64, u64)>>);
+struct Passes(Vec<BTreeMap<u64, AtPass>>);
 
 impl Passes {
     fn record(&mut self, agent: usize, line: &str) {
@@ -67,36 +87,52 @@ impl Passes {
             self.0.resize_with(agent + 1, BTreeMap::new);
         }
         let passes = &mut self.0[agent];
-        let moved = passes.values().last().map_or(0, |p| p.2) + field(line, "moved").unwrap_or(0);
-        if let (Some(period), Some(completed), Some(hops)) = (
+        let moved =
+            passes.values().last().map_or(0, |p| p.moved) + field(line, "moved").unwrap_or(0);
+        if let (Some(period), Some(completed), Some(hops), Some(bytes)) = (
             field(line, "period"),
             field(line, "completed"),
             field(line, "hops"),
+            field(line, "bytes"),
         ) {
-            passes.insert(period, (completed, hops, moved));
+            let at = AtPass {
+                completed,
+                hops,
+                bytes,
+                moved,
+            };
+            passes.insert(period, at);
         }
     }
 
-    /// The periods in which every one of `agents` passed, with the hops per task completed
-    /// over the agents since the previous one.
-    fn converging(&self, agents: usize) -> Vec<(u64, f64, u64)> {
+    /// The periods in which every one of `agents` passed, with the hops and bytes per task
+    /// completed over the agents since the previous one.
+    fn converging(&self, agents: usize) -> Vec<Period> {
         let Some(first) = self.0.first() else {
             return Vec::new();
         };
         let mut out = Vec::new();
-        let mut last: Option<(u64, u64)> = None;
+        let mut last: Option<AtPass> = None;
         for &period in first.keys() {
-            let at: Option<Vec<&(u64, u64, u64)>> =
+            let at: Option<Vec<&AtPass>> =
                 (0..agents).map(|a| self.0.get(a)?.get(&period)).collect();
             let Some(at) = at else { continue };
-            let completed: u64 = at.iter().map(|p| p.0).sum();
-            let hops: u64 = at.iter().map(|p| p.1).sum();
-            let moved: u64 = at.iter().map(|p| p.2).sum();
-            if let Some((c, h)) = last {
-                let reads = completed.saturating_sub(c).max(1);
-                out.push((period, hops.saturating_sub(h) as f64 / reads as f64, moved));
+            let sum = at.iter().fold(AtPass::default(), |s, p| AtPass {
+                completed: s.completed + p.completed,
+                hops: s.hops + p.hops,
+                bytes: s.bytes + p.bytes,
+                moved: s.moved + p.moved,
+            });
+            if let Some(before) = last {
+                let reads = sum.completed.saturating_sub(before.completed).max(1) as f64;
+                out.push(Period {
+                    period,
+                    hops: sum.hops.saturating_sub(before.hops) as f64 / reads,
+                    bytes: sum.bytes.saturating_sub(before.bytes) as f64 / reads,
+                    moved: sum.moved,
+                });
             }
-            last = Some((completed, hops));
+            last = Some(sum);
         }
         out
     }
@@ -251,4 +287,33 @@ pub fn run(vmm: &Path, image: &Path, run: &VmRun) -> Result<VmFigures, String> {
     drop(vms);
     net.delete().map_err(|e| e.to_string())?;
     Ok(figures)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods_count_from_the_agents_pass_lines_where_every_agent_passed() {
+        let mut passes = Passes::default();
+        let lines = [
+            (0, "bench: agent pass t=1ms n=1 period=0 moved=2 objects=9 completed=10 hops=30 bytes=1000"),
+            (1, "bench: agent pass t=1ms n=1 period=0 moved=0 objects=9 completed=10 hops=20 bytes=500"),
+            (0, "bench: agent pass t=2ms n=2 period=1 moved=3 objects=9 completed=30 hops=50 bytes=1800"),
+            (1, "bench: agent pass t=2ms n=2 period=1 moved=1 objects=9 completed=20 hops=30 bytes=700"),
+            // Agent 1 never passed in period 2: it is left out.
+            (0, "bench: agent pass t=3ms n=3 period=2 moved=0 objects=9 completed=40 hops=60 bytes=1900"),
+        ];
+        for (agent, line) in lines {
+            passes.record(agent, line);
+        }
+        let want = Period {
+            period: 1,
+            hops: 30.0 / 30.0,
+            bytes: 1000.0 / 30.0,
+            moved: 6,
+        };
+        assert_eq!(passes.converging(2), [want]);
+        assert!(Passes::default().converging(2).is_empty());
+    }
 }

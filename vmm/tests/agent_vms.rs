@@ -3,9 +3,10 @@
 //! and one of them live-migrates to a fourth host mid-run. Every read must come home exactly
 //! once with the right posts, and every task must complete exactly once across the agents.
 //! A second test puts a Linux `guest-agentd` in place of one VM: the two runtimes speak the
-//! same protocol, and a client reads timelines through a VM as through the daemon. A third runs
-//! a warm-up with placement passes before the measured reads. Every namespace, bridge and tap is the test's own and goes when the
-//! `TestNetwork` is dropped, even on failure.
+//! same protocol, and a client (the daemon's CLI) reads timelines through a VM as through the
+//! daemon, publishes through the VM and reads the feeds and the VM's counters. A third runs
+//! a warm-up with placement passes before the measured reads. Every namespace, bridge and tap
+//! is the test's own and goes when the `TestNetwork` is dropped, even on failure.
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -315,13 +316,19 @@ fn a_guest_agentd_and_two_agent_vms_run_the_timeline_together() {
             .args(args)
             .output()
             .expect("run the guest-agentd client");
+        assert!(
+            out.status.success(),
+            "guest-agentd {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     for user in ["3", "42", "77"] {
         let mut answers = Vec::new();
         for agent in [1, 0] {
             let to = format!("{}:{PORT}", addr(agent));
-            let submit = ["timeline", "--to", &to, "--key", "9", user];
+            // A key per user: a key names one submit, whatever else the request says.
+            let submit = ["timeline", "--to", &to, "--key", user, user];
             let submitted = client(&submit);
             assert_eq!(client(&submit), submitted, "a key submits once");
             let future: serde_json::Value = serde_json::from_str(&submitted)
@@ -351,9 +358,68 @@ fn a_guest_agentd_and_two_agent_vms_run_the_timeline_together() {
             "user {user}: the VM and the daemon disagree"
         );
     }
-    let to = format!("{}:{PORT}", addr(1));
-    let stats = client(&["stats", "--to", &to]);
-    assert!(stats.starts_with(r#"{"error":"#), "{stats}");
+    // The rest of the interface, through the VM: a post published there lands in its
+    // author's feed wherever that lives (once per key), and both runtimes' feeds show it.
+    let vm1 = format!("{}:{PORT}", addr(1));
+    let daemon0 = format!("{}:{PORT}", addr(0));
+    let wait_done = |to: &str, submitted: &str| -> serde_json::Value {
+        let answer: serde_json::Value =
+            serde_json::from_str(submitted).unwrap_or_else(|e| panic!("{to}: {submitted:?}: {e}"));
+        let future = &answer["submitted"]["future"];
+        let id = format!("{}.{}", future["origin"], future["seq"]);
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let answer = client(&["result", "--to", to, &id]);
+            if answer != r#""pending""# {
+                let done: serde_json::Value = serde_json::from_str(&answer)
+                    .unwrap_or_else(|e| panic!("{to}: {answer:?}: {e}"));
+                return done["done"]["value"].clone();
+            }
+            assert!(Instant::now() < deadline, "{to}: {id} never came home");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let post: u64 = 1 << 40;
+    let publish = [
+        "publish",
+        "--to",
+        &vm1,
+        "--key",
+        "10",
+        "5",
+        &post.to_string(),
+    ];
+    let published = client(&publish);
+    assert_eq!(client(&publish), published, "a key publishes once");
+    assert_eq!(wait_done(&vm1, &published), serde_json::json!(post));
+    for (to, key) in [(&vm1, "11"), (&daemon0, "12")] {
+        let ids = wait_done(to, &client(&["feed", "--to", to, "--key", key, "5"]));
+        let ids = ids.as_array().unwrap_or_else(|| panic!("{to}: {ids}"));
+        let with_post = ids.iter().filter(|&id| *id == serde_json::json!(post));
+        assert_eq!(
+            with_post.count(),
+            1,
+            "{to}: the feed has the post once: {ids:?}"
+        );
+        assert_eq!(
+            ids.last(),
+            Some(&serde_json::json!(post)),
+            "{to}: newest last"
+        );
+    }
+    // Its counters: every read it started and the client's five submits came home to it.
+    let stats = client(&["stats", "--to", &vm1]);
+    let answer: serde_json::Value =
+        serde_json::from_str(&stats).unwrap_or_else(|e| panic!("{stats:?}: {e}"));
+    let counters = &answer["stats"];
+    assert_eq!(counters["stats"]["remembered"], TASKS + 5, "{stats}");
+    assert!(
+        counters["stats"]["task_bytes"].as_u64() > Some(0),
+        "{stats}"
+    );
+    assert!(counters["objects"].as_u64() > Some(0), "{stats}");
+    assert_eq!(client(&["policy", "--to", &vm1, "fetch"]), r#""ok""#);
+    assert_eq!(client(&["place", "--to", &vm1]), r#""ok""#);
     drop(vms);
     drop(agentd);
     net.delete().expect("delete the test hosts");

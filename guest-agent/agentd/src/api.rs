@@ -1,4 +1,6 @@
-//! The client interface: JSON requests and answers, one frame each, on the agent's port.
+//! The client interface: JSON requests and answers, one frame each, on the agent's port. The
+//! requests, answers and how they are answered live in `guest_agent::client`, shared with the
+//! bench unikernel's agent.
 //!
 //! A connection starts with one byte: `C` for a client, `P` (then the peer's id, u16 LE) for an
 //! agent.
@@ -7,78 +9,16 @@ use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use guest_agent::{FutureId, Policy, Stats};
-use serde::{Deserialize, Serialize};
+pub use guest_agent::client::{self, Request};
 
 use crate::frame::{read_frame, write_frame};
 
 pub const HELLO_CLIENT: u8 = b'C';
 pub const HELLO_PEER: u8 = b'P';
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum Request {
-    /// Start a timeline read for `user`. `key` makes a retried submit idempotent.
-    Timeline {
-        user: u32,
-        limit: u32,
-        key: u64,
-    },
-    /// Append post `post` (a unique id) to `user`'s feed.
-    Publish {
-        user: u32,
-        post: u64,
-        key: u64,
-    },
-    /// Read the post ids of `user`'s feed.
-    Feed {
-        user: u32,
-        key: u64,
-    },
-    /// A task's result, if it has arrived here (its origin).
-    Result {
-        future: FutureId,
-    },
-    Stats,
-    /// How reads of remote objects are served from now on.
-    SetPolicy {
-        policy: Policy,
-    },
-    /// Run one placement pass now.
-    Place,
-}
-
-impl Request {
-    /// Whether answering it changes the agent's state (so it goes into the write-ahead log).
-    pub fn changes_state(&self) -> bool {
-        !matches!(self, Request::Result { .. } | Request::Stats)
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Response {
-    Submitted {
-        future: FutureId,
-    },
-    Pending,
-    Done {
-        value: serde_json::Value,
-    },
-    Failed {
-        reason: String,
-    },
-    Stats {
-        stats: Stats,
-        objects: u64,
-        unacked: u64,
-        moved: u64,
-    },
-    Ok,
-    Error {
-        reason: String,
-    },
-}
+/// What a client reads back: a finished task's value is any JSON (the daemon and a VM agent
+/// both answer with `guest_agent::client::Value`).
+pub type Response = client::Response<serde_json::Value>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -2,7 +2,8 @@
 //!
 //! One agent per process: TCP links to the peers named in its config file, its state made
 //! durable in its data dir before anything it contains is acknowledged, and a small JSON client
-//! interface (`guest-agentd submit|result|stats ...`) to submit tasks and read results.
+//! interface (`guest-agentd timeline|publish|feed|result|stats|policy|place`, the requests in
+//! `guest_agent::client`) to submit tasks and read results.
 
 pub mod api;
 pub mod config;

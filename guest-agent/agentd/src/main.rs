@@ -47,6 +47,14 @@ enum Command {
         #[arg(long)]
         key: u64,
     },
+    /// Read the post ids of USER's feed (oldest first); prints the future id to ask `result` for.
+    Feed {
+        #[arg(long)]
+        to: SocketAddr,
+        user: u32,
+        #[arg(long)]
+        key: u64,
+    },
     /// Read a task's result at its origin agent (FUTURE as ORIGIN.SEQ).
     Result {
         #[arg(long)]
@@ -128,6 +136,7 @@ fn main() -> ExitCode {
             post,
             key,
         } => call(to, Request::Publish { user, post, key }),
+        Command::Feed { to, user, key } => call(to, Request::Feed { user, key }),
         Command::Result { to, future } => match parse_future(&future) {
             Some(future) => call(to, Request::Result { future }),
             None => Err(format!("`{future}` is not a future id (ORIGIN.SEQ)")),

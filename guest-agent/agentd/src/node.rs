@@ -15,15 +15,16 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use guest_agent::timeline::{self, Params, Publish, ReadFeed, Timeline};
-use guest_agent::{Agent, AgentId, Config as AgentConfig, FutureId, Registry, Transport};
+use guest_agent::client::{Response, Value};
+use guest_agent::timeline::{self, Params};
+use guest_agent::{Agent, AgentId, Config as AgentConfig, Registry, Transport};
 use tracing::{debug, info, warn};
 
-use crate::api::{Request, Response, HELLO_CLIENT, HELLO_PEER};
+use crate::api::{Request, HELLO_CLIENT, HELLO_PEER};
 use crate::config::Config;
 use crate::frame::{read_frame, write_frame};
 use crate::journal::{Journal, Logged, Turn};
-use crate::persist::{ResultKind, Saved};
+use crate::persist::Saved;
 
 /// Frames queued for one peer before new ones are dropped (the agent resends them).
 const PEER_QUEUE: usize = 4096;
@@ -48,8 +49,11 @@ pub enum NodeError {
 enum Input {
     Frame(Vec<u8>),
     Connected(AgentId),
-    Client(Request, Sender<Response>),
+    Client(Request, Sender<Answer>),
 }
+
+/// The daemon's answer to a client, as it goes on the wire.
+type Answer = Response<Value>;
 
 struct Writers(BTreeMap<AgentId, SyncSender<Vec<u8>>>);
 
@@ -184,7 +188,7 @@ impl Node<'_> {
 
     /// Applies inputs and runs tasks, logging what changes state; returns the client answers,
     /// which (like hops and acknowledgements) may leave only now that the turn is durable.
-    fn turn(&mut self, inputs: Vec<Input>) -> Result<Vec<(Response, Sender<Response>)>, NodeError> {
+    fn turn(&mut self, inputs: Vec<Input>) -> Result<Vec<(Answer, Sender<Answer>)>, NodeError> {
         let mut turn = Turn::default();
         let mut answers = Vec::new();
         for input in inputs {
@@ -222,124 +226,11 @@ impl Node<'_> {
     }
 }
 
-fn submit<T: guest_agent::Task>(
-    agent: &mut Agent,
-    saved: &mut Saved,
-    key: u64,
-    kind: ResultKind,
-    task: &T,
-) -> Response {
-    if let Some(&future) = saved.keys.get(&key) {
-        return Response::Submitted { future };
-    }
-    match agent.submit(task) {
-        Ok(future) => {
-            saved.keys.insert(key, future);
-            saved.kinds.insert(future, kind);
-            Response::Submitted { future }
-        }
-        Err(error) => Response::Error {
-            reason: error.to_string(),
-        },
-    }
-}
+/// Client submits the daemon keeps, with their results: its disk, not its memory, bounds them.
+const MAX_KEPT: usize = usize::MAX;
 
-fn decode_value<T: serde::de::DeserializeOwned + serde::Serialize>(bytes: &[u8]) -> Response {
-    match postcard::from_bytes::<T>(bytes) {
-        Ok(value) => match serde_json::to_value(&value) {
-            Ok(value) => Response::Done { value },
-            Err(error) => Response::Error {
-                reason: error.to_string(),
-            },
-        },
-        Err(error) => Response::Error {
-            reason: format!("the result does not decode: {error}"),
-        },
-    }
-}
-
-fn answer(agent: &mut Agent, saved: &mut Saved, params: &Params, request: Request) -> Response {
-    let known = |user: u32| user < params.users;
-    match request {
-        Request::Timeline { user, limit, key } if known(user) => submit(
-            agent,
-            saved,
-            key,
-            ResultKind::Posts,
-            &Timeline::Start {
-                user: params.profile(user),
-                limit,
-            },
-        ),
-        Request::Publish { user, post, key } if known(user) => {
-            let post = timeline::Post {
-                author: user,
-                id: post,
-                text: params.text(user, post),
-            };
-            submit(
-                agent,
-                saved,
-                key,
-                ResultKind::PostId,
-                &Publish {
-                    feed: params.feed(user),
-                    post,
-                },
-            )
-        }
-        Request::Feed { user, key } if known(user) => submit(
-            agent,
-            saved,
-            key,
-            ResultKind::PostIds,
-            &ReadFeed {
-                feed: params.feed(user),
-            },
-        ),
-        Request::Timeline { user, .. }
-        | Request::Publish { user, .. }
-        | Request::Feed { user, .. } => Response::Error {
-            reason: format!("user {user} does not exist"),
-        },
-        Request::Result { future } => result(agent, saved, future),
-        Request::Stats => Response::Stats {
-            stats: *agent.stats(),
-            objects: agent.objects() as u64,
-            unacked: agent.unacked() as u64,
-            moved: agent.objects_moved(),
-        },
-        Request::SetPolicy { policy } => {
-            agent.config_mut().policy = policy;
-            Response::Ok
-        }
-        Request::Place => {
-            agent.placement_pass(&guest_agent::placement::Limits::default());
-            Response::Ok
-        }
-    }
-}
-
-fn result(agent: &Agent, saved: &Saved, future: FutureId) -> Response {
-    let Some(result) = agent.result(future) else {
-        return Response::Pending;
-    };
-    let bytes = match result {
-        Ok(bytes) => bytes,
-        Err(reason) => {
-            return Response::Failed {
-                reason: reason.clone(),
-            }
-        }
-    };
-    match saved.kinds.get(&future) {
-        Some(ResultKind::Posts) => decode_value::<Vec<timeline::Post>>(bytes),
-        Some(ResultKind::PostId) => decode_value::<u64>(bytes),
-        Some(ResultKind::PostIds) => decode_value::<Vec<u64>>(bytes),
-        None => Response::Error {
-            reason: format!("{future} was not submitted here"),
-        },
-    }
+fn answer(agent: &mut Agent, saved: &mut Saved, params: &Params, request: Request) -> Answer {
+    saved.clients.answer(agent, params, request, MAX_KEPT)
 }
 
 fn accept(listener: TcpListener, tx: Sender<Input>) {
@@ -371,7 +262,7 @@ fn serve(mut stream: TcpStream, tx: Sender<Input>) -> std::io::Result<()> {
         }
         HELLO_CLIENT => {
             while let Some(frame) = read_frame(&mut stream)? {
-                let response = match serde_json::from_slice::<Request>(&frame) {
+                let response: Answer = match serde_json::from_slice::<Request>(&frame) {
                     Ok(request) => {
                         let (reply_tx, reply_rx) = mpsc::channel();
                         if tx.send(Input::Client(request, reply_tx)).is_err() {

@@ -5,12 +5,11 @@
 //! whole. Turns between snapshots go to the write-ahead log (`journal`); the snapshot names the
 //! log generation that continues it.
 
-use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use guest_agent::FutureId;
+use guest_agent::client::ClientBook;
 use serde::{Deserialize, Serialize};
 
 const MAGIC: &[u8; 8] = b"GAGENT02";
@@ -21,17 +20,9 @@ pub struct Saved {
     /// The log generation that continues this snapshot (`wal-<generation>`).
     pub generation: u64,
     pub agent: Vec<u8>,
-    /// Client idempotency keys: a retried submit gets the same future, never a second task.
-    pub keys: BTreeMap<u64, FutureId>,
-    /// What each submitted future's result is, to show it to clients.
-    pub kinds: BTreeMap<FutureId, ResultKind>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ResultKind {
-    Posts,
-    PostId,
-    PostIds,
+    /// Client idempotency keys and what each submit's result is (postcard encodes the two
+    /// maps as before they moved into the core, so older state files still load).
+    pub clients: ClientBook,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,16 +116,19 @@ mod tests {
             agent: vec![1, 2, 3],
             ..Saved::default()
         };
-        saved.keys.insert(
+        saved.clients.keys.insert(
             9,
-            FutureId {
+            guest_agent::FutureId {
                 origin: guest_agent::AgentId(1),
                 seq: 4,
             },
         );
         store.save(&saved).unwrap();
         let back = store.load().unwrap().unwrap();
-        assert_eq!((back.agent, back.keys), (saved.agent, saved.keys));
+        assert_eq!(
+            (back.agent, back.clients.keys),
+            (saved.agent, saved.clients.keys)
+        );
         fs::write(dir.join("state"), b"garbage!").unwrap();
         assert!(matches!(store.load(), Err(PersistError::Magic { .. })));
         fs::write(dir.join("state"), b"GAGENT02\xff\xff").unwrap();

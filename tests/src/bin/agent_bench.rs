@@ -6,7 +6,8 @@
 //!
 //! With `--vms` the same timeline runs on three bench-unikernel VMs (`workload=agent`) in
 //! network namespaces instead: each mode boots fresh VMs, and modes 3 and 4 begin with a
-//! warm-up of reads during which the agents take turns running placement passes.
+//! warm-up of reads during which the agents take turns running placement passes. The same plot,
+//! from the VM agents' own counters at each placement pass, goes to `agent-bench-vms.png`.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
@@ -42,7 +43,7 @@ struct Args {
     /// periods of the warm-up.
     #[arg(long, default_value_t = 8)]
     rounds: u32,
-    /// Where the PNG goes.
+    /// Where the PNG goes: `agent-bench.png`, or with `--vms` `agent-bench-vms.png`.
     #[arg(long, default_value = "docs")]
     out: PathBuf,
     /// Run on three bench-unikernel VMs (`workload=agent`, one per network namespace on one
@@ -345,7 +346,8 @@ fn run(mut args: Args) -> Result<(), String> {
 
     verdicts(&params, &shipping, &moving, &placed);
     let png = args.out.join("agent-bench.png");
-    draw(&png, &series, &shipping, &moving)?;
+    let title = "agent-bench: the timeline on 3 guest-agentd while placement converges";
+    draw(&png, title, &series, &shipping, &moving)?;
     println!("wrote {}", png.display());
     Ok(())
 }
@@ -390,6 +392,7 @@ fn run_vms(args: &Args) -> Result<(), String> {
         "mode", "bytes/req", "hops/req", "fetch/req", "p50 ms", "p99 ms", "req/s"
     );
     let mut rows = Vec::new();
+    let mut series = Vec::new();
     for (name, policy, warm) in [
         ("1 data shipping (random placement)", "fetch", false),
         ("2 continuations (random placement)", "move", false),
@@ -421,17 +424,39 @@ fn run_vms(args: &Args) -> Result<(), String> {
         if warm {
             println!(
                 "  warm-up: {} reads, {} passes, {} objects moved; placement converging \
-                 (period: hops per task in it, objects moved so far):",
+                 (period: hops and bytes per task in it, objects moved so far):",
                 got.warm, got.passes, got.moved
             );
-            for (period, hops, moved) in &got.converging {
-                println!("    period {period}: {hops:.2} hops, {moved} moved");
+            for p in &got.converging {
+                println!(
+                    "    period {}: {:.2} hops, {:.0} bytes, {} moved",
+                    p.period, p.hops, p.bytes, p.moved
+                );
             }
+        }
+        if policy == "move" && warm {
+            // Mode 3's run, as the loopback plot: each warm-up period at its end (the warm-up's
+            // schedule, VM clock), then the measured reads that followed it.
+            let at = |period: u64| ((period + 1) * args.place_ms) as f64 / 1e3;
+            series.extend(got.converging.iter().map(|p| {
+                let figures = Figures {
+                    hops: p.hops,
+                    bytes: p.bytes,
+                    ..Figures::default()
+                };
+                (at(p.period), figures)
+            }));
+            series.push((warmup_ms as f64 / 1e3 + got.span_us as f64 / 1e6, f));
         }
         rows.push(f);
     }
     if let [shipping, moving, placed, _] = rows[..] {
         verdicts(&params, &shipping, &moving, &placed);
+        let png = args.out.join("agent-bench-vms.png");
+        let title =
+            "agent-bench --vms: the timeline on 3 bench-unikernel VMs while placement converges";
+        draw(&png, title, &series, &shipping, &moving)?;
+        println!("wrote {}", png.display());
     }
     Ok(())
 }
@@ -440,6 +465,7 @@ fn run_vms(args: &Args) -> Result<(), String> {
 /// placement (mode 2) and data shipping (mode 1) levels.
 fn draw(
     png: &std::path::Path,
+    title: &str,
     series: &[(f64, Figures)],
     shipping: &Figures,
     moving: &Figures,
@@ -468,6 +494,5 @@ fn draw(
             ],
         },
     ];
-    let title = "agent-bench: the timeline on 3 guest-agentd while placement converges";
     plot::draw(png, title, &panels, &[]).map_err(|e| e.to_string())
 }

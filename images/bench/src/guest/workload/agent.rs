@@ -7,7 +7,7 @@
 //! loses, the agent resends (every unacknowledged hop goes again on reconnect and on its
 //! retransmission timer) and the receiver de-duplicates, so hops run exactly once. A
 //! connection that starts with `C` is a client's instead: JSON requests and answers as
-//! `guest-agentd`'s, a subset of them (`bench_core::agent::client`).
+//! `guest-agentd`'s, all of them (`bench_core::agent::client`).
 //!
 //! Every agent seeds its share of the timeline data set and, once connected to every peer,
 //! submits `tasks` timeline reads at `task-rate` per second (at most `window` outstanding),
@@ -26,8 +26,9 @@
 //!   began; `passes` and `moved` are this agent's placement passes and the objects they sent
 //!   away);
 //! - with a warm-up, `agent ready`, `agent warm-up`, `agent pass n=<n> period=<k> moved=<n>
-//!   objects=<n> completed=<n> hops=<n>` (the last two: tasks completed here and their hops,
-//!   warm-up included), `agent warm`, `agent counted` and `agent measuring` as the run goes on;
+//!   objects=<n> completed=<n> hops=<n> bytes=<n>` (the last three: tasks completed here,
+//!   their hops and the application bytes this agent sent, warm-up included), `agent warm`,
+//!   `agent counted` and `agent measuring` as the run goes on;
 //! - `agent done ... p50-us=<n> p99-us=<n> span-us=<n>` once, when every measured read is
 //!   home and everything acknowledged, then `agent latencies-us <n> <n> ...` lines with every
 //!   measured read's latency;
@@ -369,7 +370,7 @@ pub fn run(plan: &Plan, shared: &Shared, vcpu: u32) -> ! {
             busy = true;
         }
         let events = agent.take_events();
-        let events = clients.observe(&mut agent, events);
+        let events = clients.observe(events);
         counts.completed += load.observe(&mut agent, events, now_us);
         if t >= next_share {
             agent.report_load();
@@ -500,12 +501,13 @@ fn announce(change: Change, ms: u64, agent: &Agent, load: &Load, phases: &Phases
         Change::Measuring if !phases.barriers() => {}
         Change::Pass { moved } => println!(
             "bench: agent pass t={ms}ms n={} period={} moved={moved} objects={} completed={} \
-             hops={}",
+             hops={} bytes={}",
             phases.passes,
             phases.period(),
             agent.objects(),
             agent.stats().completed,
-            agent.stats().task_hops_at_completion
+            agent.stats().task_hops_at_completion,
+            agent.stats().request_bytes()
         ),
         Change::Ready => println!("bench: agent ready t={ms}ms"),
         Change::WarmUp => println!("bench: agent warm-up t={ms}ms"),
