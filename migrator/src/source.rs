@@ -102,6 +102,20 @@ fn is_zero(page: &[u8]) -> bool {
         .all(|c| u128::from_ne_bytes(c.try_into().unwrap_or([1; 16])) == 0)
 }
 
+/// Which pass over guest memory a send belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pass {
+    /// Everything, once: untouched and zero pages are skipped (the destination starts zeroed).
+    First,
+    /// A pre-copy round: the pages dirtied since the last one. The guest runs on, so KVM's
+    /// log is cleared right before each chunk is read.
+    Again,
+    /// The last pages, with the guest paused: nothing can dirty them again, and no round
+    /// follows, so the log is left as it is. Clearing it write-protects every page again,
+    /// which costs downtime for nothing.
+    Final,
+}
+
 /// Memory sending for one connection.
 struct Sender<'a, V: MigratableVm> {
     vm: &'a V,
@@ -126,8 +140,9 @@ impl<V: MigratableVm> Sender<'_, V> {
         index: usize,
         base: u64,
         bitmap: &DirtyBitmap,
-        first_pass: bool,
+        pass: Pass,
     ) -> Result<(u64, u64), SourceError> {
+        let first_pass = pass == Pass::First;
         let mut pages_sent = 0;
         let mut bytes = 0;
         let page = PAGE_SIZE as usize;
@@ -137,7 +152,7 @@ impl<V: MigratableVm> Sender<'_, V> {
             false => None,
         };
         for (first, count) in bitmap.runs(MAX_PAGES_PER_FRAME) {
-            if self.manual_log {
+            if self.manual_log && pass != Pass::Final {
                 cleared = self.clear_log(index, bitmap, cleared, (first, first + count))?;
             }
             let len = count as usize * page;
@@ -228,11 +243,11 @@ impl<V: MigratableVm> Sender<'_, V> {
     fn send_maps(
         &mut self,
         maps: &[(u64, DirtyBitmap)],
-        first_pass: bool,
+        pass: Pass,
     ) -> Result<(u64, u64), SourceError> {
         let (mut pages, mut bytes) = (0, 0);
         for (index, (base, map)) in maps.iter().enumerate() {
-            let (p, b) = self.send_bitmap(index, *base, map, first_pass)?;
+            let (p, b) = self.send_bitmap(index, *base, map, pass)?;
             pages += p;
             bytes += b;
         }
@@ -288,7 +303,7 @@ fn precopy<V: MigratableVm>(
             .iter()
             .map(|r| (r.start_addr().0, DirtyBitmap::full(r.len() / PAGE_SIZE)))
             .collect();
-    let (pages, bytes) = s.send_maps(&full, true)?;
+    let (pages, bytes) = s.send_maps(&full, Pass::First)?;
     s.out.flush()?;
     let took = t.elapsed();
     s.bandwidth = bytes as f64 / took.as_secs_f64().max(1e-6);
@@ -356,7 +371,7 @@ fn precopy<V: MigratableVm>(
         }
         round += 1;
         let t = Instant::now();
-        let (pages, bytes) = s.send_maps(&maps, false)?;
+        let (pages, bytes) = s.send_maps(&maps, Pass::Again)?;
         wire::send(&mut s.out, &Message::RoundEnd { round })?;
         last_round_time = t.elapsed();
         if bytes >= 1 << 20 {
@@ -387,7 +402,7 @@ fn prepare_switchover<V: MigratableVm>(
     for ((_, map), (_, left)) in maps.iter_mut().zip(pending) {
         map.merge(left);
     }
-    let (pages, bytes) = s.send_maps(&maps, false)?;
+    let (pages, bytes) = s.send_maps(&maps, Pass::Final)?;
     s.out.flush()?;
     // Every page is on its way before the state: the destination applies the state only
     // after each lane has ended.

@@ -101,11 +101,15 @@ struct Args {
     /// Runs of the idle 1 GiB case per VMM setting (the table shows medians).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     runs: u32,
+    /// Runs of each working-set case per VMM setting (the verdicts use medians): the dirty set
+    /// left at the switchover varies a lot from run to run, so one run says little.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    wss_runs: u32,
     /// Print the results as JSON on stdout instead of a table.
     #[arg(long)]
     json: bool,
-    /// A reduced set: one idle run, the 64 MiB working set only, two write rates, 1 GiB over
-    /// loopback TCP.
+    /// A reduced set: one idle run, one run of the 64 MiB working set only, two write rates,
+    /// 1 GiB over loopback TCP.
     #[arg(long)]
     quick: bool,
     /// The QEMU binary to compare with.
@@ -371,6 +375,15 @@ struct Ratio {
     downtime_vs_qemu_tls: Option<f64>,
 }
 
+/// A working set's target: our median downtime at most QEMU best's.
+#[derive(Serialize)]
+struct WorkingSetTarget {
+    scenario: String,
+    ours_downtime_ms: Option<Summary>,
+    qemu_best_downtime_ms: Option<Summary>,
+    downtime_vs_qemu_best: Verdict,
+}
+
 #[derive(Serialize)]
 struct Report {
     machine: Machine,
@@ -386,7 +399,9 @@ struct Report {
     idle: Vec<Migration>,
     idle_medians: Vec<Medians>,
     targets: Targets,
+    wss_runs: u32,
     working_sets: Vec<Migration>,
+    working_set_targets: Vec<WorkingSetTarget>,
     ratios: Vec<Ratio>,
     bench: Vec<Migration>,
     bench_findings: Vec<String>,
@@ -468,21 +483,33 @@ fn run(args: Args) -> Result<()> {
     let targets = targets(&idle, &limits);
 
     let working_sets_mib: &[u64] = if args.quick { &[64] } else { &[64, 256] };
+    let wss_runs = if args.quick { 1 } else { args.wss_runs };
     let mut working_sets = Vec::new();
-    for &wss_mib in working_sets_mib {
-        for vmm in bench.vmms.clone() {
-            let guest = PvhGuest {
-                wss_mib,
-                mem_mib: WSS_MEM_MIB,
-                files: None,
-            };
-            let scenario = format!("pvh-dirty wss={wss_mib} MiB");
-            eprintln!("migrate-bench: {scenario}, {}", vmm.label());
-            working_sets.push(bench.pvh_migration(&scenario, vmm, &guest));
-        }
-    }
     let mut ratios = vec![ratio(&idle)];
-    ratios.extend(working_sets.chunks(bench.vmms.len()).map(ratio));
+    let mut working_set_targets = Vec::new();
+    for &wss_mib in working_sets_mib {
+        let guest = PvhGuest {
+            wss_mib,
+            mem_mib: WSS_MEM_MIB,
+            files: None,
+        };
+        let scenario = format!("pvh-dirty wss={wss_mib} MiB");
+        let mut runs = Vec::new();
+        for run in 1..=wss_runs {
+            for vmm in bench.vmms.clone() {
+                eprintln!(
+                    "migrate-bench: {scenario}, {}, run {run}/{wss_runs}",
+                    vmm.label()
+                );
+                let mut migration = bench.pvh_migration(&scenario, vmm, &guest);
+                migration.run = run;
+                runs.push(migration);
+            }
+        }
+        ratios.push(ratio(&runs));
+        working_set_targets.push(working_set_target(&runs));
+        working_sets.extend(runs);
+    }
 
     let rates: &[u64] = if args.no_write_rates || !bench.vmms.contains(&Vmm::Ours) {
         &[]
@@ -512,7 +539,9 @@ fn run(args: Args) -> Result<()> {
         idle,
         idle_medians,
         targets,
+        wss_runs,
         working_sets,
+        working_set_targets,
         ratios,
         bench: bench_runs,
         bench_findings,

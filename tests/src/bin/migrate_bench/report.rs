@@ -72,6 +72,19 @@ pub(super) fn targets(idle: &[Migration], limits: &Limits) -> Targets {
     }
 }
 
+/// A working set's target over its runs: our median downtime at most QEMU best's.
+pub(super) fn working_set_target(runs: &[Migration]) -> WorkingSetTarget {
+    let downtime = |vmm| summary(runs, vmm, |m| m.downtime_ms);
+    let (ours, best) = (downtime(Vmm::Ours), downtime(Vmm::QemuBest));
+    let ratio = divide(ours.map(|s| s.median), best.map(|s| s.median));
+    WorkingSetTarget {
+        scenario: runs.first().map(|m| m.scenario.clone()).unwrap_or_default(),
+        ours_downtime_ms: ours,
+        qemu_best_downtime_ms: best,
+        downtime_vs_qemu_best: Verdict::new(ratio, 1.0, false),
+    }
+}
+
 /// `a / b`, when both exist and b is not zero.
 pub(super) fn divide(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     match (a, b) {
@@ -255,12 +268,28 @@ pub(super) fn print_report(report: &Report) {
 
     println!();
     println!(
-        "2. pvh-dirty working sets, {WSS_MEM_MIB} MiB anonymous RAM, one run each (QEMU is \
+        "2. pvh-dirty working sets, {WSS_MEM_MIB} MiB anonymous RAM, {} run(s) each (QEMU is \
          forced to switch over after {} s)",
-        report.qemu_converge_secs
+        report.wss_runs, report.qemu_converge_secs
     );
     print_runs(&report.working_sets);
     print_parts(&report.working_sets);
+    let range = |s: &Option<Summary>| {
+        s.as_ref().map_or_else(
+            || "n/a".to_owned(),
+            |s| format!("{:.1} ms ({:.1}..{:.1})", s.median, s.min, s.max),
+        )
+    };
+    println!("  Targets (medians; min..max):");
+    for t in &report.working_set_targets {
+        println!(
+            "    {}: downtime ours {} vs QEMU best {}; ours / QEMU best: {}",
+            t.scenario,
+            range(&t.ours_downtime_ms),
+            range(&t.qemu_best_downtime_ms),
+            t.downtime_vs_qemu_best.show("x")
+        );
+    }
 
     println!();
     println!("Ratios ours / QEMU (below 1 is better for ours)");
