@@ -110,9 +110,9 @@ enum Pass {
     /// A pre-copy round: the pages dirtied since the last one. The guest runs on, so KVM's
     /// log is cleared right before each chunk is read.
     Again,
-    /// The last pages, with the guest paused: nothing can dirty them again, and no round
-    /// follows, so the log is left as it is. Clearing it write-protects every page again,
-    /// which costs downtime for nothing.
+    /// The last pages, with the guest paused: nothing can dirty them again and no round
+    /// follows, so the log is left as it is (clearing it would only re-protect pages that no
+    /// round will look at; a failed migration turns logging off anyway).
     Final,
 }
 
