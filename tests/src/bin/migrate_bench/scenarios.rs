@@ -45,24 +45,39 @@ impl Bench {
             mem_mib: IDLE_MEM_MIB,
             files: Some(files),
         };
+        let files = guest.files.as_ref().context("the idle guest has files")?;
+        let results = self.take_turns("idle 1 GiB random", runs, &guest, || {
+            fs::copy(&random, &files.source).context("cannot copy the random file")?;
+            remove_if_present(&files.dest)
+        })?;
+        for file in [&files.source, &files.dest, &random] {
+            remove_if_present(file)?;
+        }
+        Ok(results)
+    }
+
+    /// `runs` migrations of `guest` per VMM setting, the settings taking turns so that machine
+    /// noise hits them alike; `prepare` runs before each one.
+    pub(super) fn take_turns(
+        &mut self,
+        scenario: &str,
+        runs: u32,
+        guest: &PvhGuest,
+        mut prepare: impl FnMut() -> Result<()>,
+    ) -> Result<Vec<Migration>> {
         let mut results = Vec::new();
         for run in 1..=runs {
             for vmm in self.vmms.clone() {
                 eprintln!(
-                    "migrate-bench: idle 1 GiB, {}, run {run}/{runs}",
+                    "migrate-bench: {scenario}, {}, run {run}/{runs}",
                     vmm.label()
                 );
-                let files = guest.files.as_ref().context("the idle guest has files")?;
-                fs::copy(&random, &files.source).context("cannot copy the random file")?;
-                remove_if_present(&files.dest)?;
-                let mut migration = self.pvh_migration("idle 1 GiB random", vmm, &guest);
+                prepare()?;
+                let mut migration = self.pvh_migration(scenario, vmm, guest);
                 migration.run = run;
                 results.push(migration);
-                remove_if_present(&files.source)?;
-                remove_if_present(&files.dest)?;
             }
         }
-        remove_if_present(&random)?;
         Ok(results)
     }
 
