@@ -21,39 +21,26 @@ use crate::{Agent, FutureId, Policy, Stats, Task, TaskResult};
 #[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Request {
     /// Start a timeline read for `user`. `key` makes a retried submit idempotent.
-    Timeline {
-        user: u32,
-        limit: u32,
-        key: u64,
-    },
+    Timeline { user: u32, limit: u32, key: u64 },
     /// Append post `post` (a unique id) to `user`'s feed.
-    Publish {
-        user: u32,
-        post: u64,
-        key: u64,
-    },
+    Publish { user: u32, post: u64, key: u64 },
     /// Read the post ids of `user`'s feed.
-    Feed {
-        user: u32,
-        key: u64,
-    },
+    Feed { user: u32, key: u64 },
     /// A task's result, if it has arrived here (its origin).
-    Result {
-        future: FutureId,
-    },
-    Stats,
+    Result { future: FutureId },
+    /// The agent's counters. (No fields, but braces: serde refuses unknown fields only in
+    /// struct variants, and a request with a field it does not know is malformed.)
+    Stats {},
     /// How reads of remote objects are served from now on.
-    SetPolicy {
-        policy: Policy,
-    },
+    SetPolicy { policy: Policy },
     /// Run one placement pass now.
-    Place,
+    Place {},
 }
 
 impl Request {
     /// Whether answering it changes the agent's state (so a durable runtime logs it).
     pub fn changes_state(&self) -> bool {
-        !matches!(self, Request::Result { .. } | Request::Stats)
+        !matches!(self, Request::Result { .. } | Request::Stats {})
     }
 }
 
@@ -164,7 +151,7 @@ impl ClientBook {
                 reason: format!("user {user} does not exist"),
             },
             Request::Result { future } => self.result(agent.result(future), future),
-            Request::Stats => Response::Stats {
+            Request::Stats {} => Response::Stats {
                 stats: *agent.stats(),
                 objects: agent.objects() as u64,
                 unacked: agent.unacked() as u64,
@@ -174,7 +161,7 @@ impl ClientBook {
                 agent.config_mut().policy = policy;
                 Response::Ok
             }
-            Request::Place => {
+            Request::Place {} => {
                 agent.placement_pass(&Limits::default());
                 Response::Ok
             }

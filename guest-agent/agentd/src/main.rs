@@ -141,14 +141,14 @@ fn main() -> ExitCode {
             Some(future) => call(to, Request::Result { future }),
             None => Err(format!("`{future}` is not a future id (ORIGIN.SEQ)")),
         },
-        Command::Stats { to } => call(to, Request::Stats),
+        Command::Stats { to } => call(to, Request::Stats {}),
         Command::Policy { to, policy } => match parse_policy(&policy) {
             Some(policy) => call(to, Request::SetPolicy { policy }),
             None => Err(format!(
                 "`{policy}` is not a policy (move, fetch, ship-or-fetch)"
             )),
         },
-        Command::Place { to } => call(to, Request::Place),
+        Command::Place { to } => call(to, Request::Place {}),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

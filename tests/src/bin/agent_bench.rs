@@ -131,7 +131,7 @@ fn totals(cluster: &Cluster) -> Result<(Stats, u64), String> {
     let mut sum = Stats::default();
     let mut moved = 0;
     for &addr in &cluster.addrs {
-        match call(addr, &Request::Stats)? {
+        match call(addr, &Request::Stats {})? {
             Response::Stats {
                 stats, moved: m, ..
             } => {
@@ -328,7 +328,7 @@ fn run(mut args: Args) -> Result<(), String> {
         let f = measure(&cluster, params, per_round, args.concurrency)?;
         series.push((converging.elapsed().as_secs_f64(), f));
         for &addr in &cluster.addrs {
-            call(addr, &Request::Place)?;
+            call(addr, &Request::Place {})?;
             std::thread::sleep(Duration::from_millis(50));
         }
         let (_, moved) = totals(&cluster)?;

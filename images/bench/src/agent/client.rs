@@ -282,6 +282,8 @@ mod tests {
                 r#"{"op":"feed","user":1,"key":1,"extra":1}"#,
                 "unknown field",
             ),
+            (r#"{"op":"stats","extra":1}"#, "unknown field"),
+            (r#"{"op":"place","budget":1000000}"#, "unknown field"),
             (
                 r#"{"op":"publish","user":1,"post":2}"#,
                 "missing field `key`",
