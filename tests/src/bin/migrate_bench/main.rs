@@ -319,43 +319,6 @@ struct Targets {
     tls_vs_tcp_streams: Option<f64>,
 }
 
-#[derive(Serialize)]
-struct Verdict {
-    value: Option<f64>,
-    target: f64,
-    /// The value must reach the target rather than stay under it.
-    at_least: bool,
-    met: bool,
-}
-
-impl Verdict {
-    /// Met when `value` is at most (or, with `at_least`, at least) `target`; a missing value
-    /// never meets it.
-    fn new(value: Option<f64>, target: f64, at_least: bool) -> Self {
-        let met = value.is_some_and(|v| if at_least { v >= target } else { v <= target });
-        Verdict {
-            value,
-            target,
-            at_least,
-            met,
-        }
-    }
-
-    fn show(&self, unit: &str) -> String {
-        let value = self
-            .value
-            .map_or_else(|| "n/a".to_owned(), |v| format!("{v:.2}{unit}"));
-        // A verdict against a peer that did not run (`--vmm`) is no verdict.
-        let word = match (self.value, self.met) {
-            (None, _) => "not measured",
-            (Some(_), true) => "met",
-            (Some(_), false) => "MISSED",
-        };
-        let bound = if self.at_least { ">=" } else { "<=" };
-        format!("{value} (target {bound} {}{unit}): {word}", self.target)
-    }
-}
-
 /// Medians of one VMM setting over the idle runs.
 #[derive(Clone, Serialize)]
 struct Medians {

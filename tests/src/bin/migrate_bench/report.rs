@@ -2,6 +2,44 @@
 //! verdict, and the printed tables.
 use super::*;
 
+/// A target's verdict: a figure against its bound.
+#[derive(Serialize)]
+pub(super) struct Verdict {
+    value: Option<f64>,
+    target: f64,
+    /// The value must reach the target rather than stay under it.
+    at_least: bool,
+    met: bool,
+}
+
+impl Verdict {
+    /// Met when `value` is at most (or, with `at_least`, at least) `target`; a missing value
+    /// never meets it.
+    pub(super) fn new(value: Option<f64>, target: f64, at_least: bool) -> Self {
+        let met = value.is_some_and(|v| if at_least { v >= target } else { v <= target });
+        Verdict {
+            value,
+            target,
+            at_least,
+            met,
+        }
+    }
+
+    pub(super) fn show(&self, unit: &str) -> String {
+        let value = self
+            .value
+            .map_or_else(|| "n/a".to_owned(), |v| format!("{v:.2}{unit}"));
+        // A verdict against a peer that did not run (`--vmm`) is no verdict.
+        let word = match (self.value, self.met) {
+            (None, _) => "not measured",
+            (Some(_), true) => "met",
+            (Some(_), false) => "MISSED",
+        };
+        let bound = if self.at_least { ">=" } else { "<=" };
+        format!("{value} (target {bound} {}{unit}): {word}", self.target)
+    }
+}
+
 /// `field` summarised over the completed runs of `vmm` (one run is its own median).
 pub(super) fn summary(
     runs: &[Migration],
