@@ -24,14 +24,18 @@ struct Cli {
 enum Command {
     /// Run the agent described by a config file (JSON: id, listen, data_dir, peers, timeline).
     Run {
+        /// The config file.
         #[arg(long)]
         config: PathBuf,
     },
     /// Submit a timeline read; prints the future id to ask `result` for.
     Timeline {
-        #[arg(long)]
+        /// The agent's client address: a guest-agentd, or a bench VM running workload=agent.
+        #[arg(long, value_name = "IP:PORT")]
         to: SocketAddr,
+        /// Whose timeline (a user id of the data set).
         user: u32,
+        /// How many posts: the newest of everyone USER follows.
         #[arg(long, default_value_t = 20)]
         limit: u32,
         /// Idempotency key: resubmitting with the same key returns the same future.
@@ -40,41 +44,54 @@ enum Command {
     },
     /// Publish post POST (a unique id) by USER.
     Publish {
-        #[arg(long)]
+        /// The agent's client address: a guest-agentd, or a bench VM running workload=agent.
+        #[arg(long, value_name = "IP:PORT")]
         to: SocketAddr,
+        /// The author (a user id of the data set).
         user: u32,
+        /// The post's id, unique across the data set.
         post: u64,
+        /// Idempotency key: resubmitting with the same key publishes once.
         #[arg(long)]
         key: u64,
     },
     /// Read the post ids of USER's feed (oldest first); prints the future id to ask `result` for.
     Feed {
-        #[arg(long)]
+        /// The agent's client address: a guest-agentd, or a bench VM running workload=agent.
+        #[arg(long, value_name = "IP:PORT")]
         to: SocketAddr,
+        /// Whose feed (a user id of the data set).
         user: u32,
+        /// Idempotency key: resubmitting with the same key returns the same future.
         #[arg(long)]
         key: u64,
     },
     /// Read a task's result at its origin agent (FUTURE as ORIGIN.SEQ).
     Result {
-        #[arg(long)]
+        /// The agent's client address: a guest-agentd, or a bench VM running workload=agent.
+        #[arg(long, value_name = "IP:PORT")]
         to: SocketAddr,
+        /// The future id a submit printed, as ORIGIN.SEQ.
         future: String,
     },
     /// Print the agent's counters.
     Stats {
-        #[arg(long)]
+        /// The agent's client address: a guest-agentd, or a bench VM running workload=agent.
+        #[arg(long, value_name = "IP:PORT")]
         to: SocketAddr,
     },
     /// Set how reads of remote objects are served: move, fetch or ship-or-fetch.
     Policy {
-        #[arg(long)]
+        /// The agent's client address: a guest-agentd, or a bench VM running workload=agent.
+        #[arg(long, value_name = "IP:PORT")]
         to: SocketAddr,
+        /// move, fetch or ship-or-fetch.
         policy: String,
     },
     /// Run one placement pass on the agent.
     Place {
-        #[arg(long)]
+        /// The agent's client address: a guest-agentd, or a bench VM running workload=agent.
+        #[arg(long, value_name = "IP:PORT")]
         to: SocketAddr,
     },
 }
