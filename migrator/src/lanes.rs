@@ -36,6 +36,8 @@ enum Work {
 
 /// An extra lane on the source: batches go to a thread that encrypts and sends them.
 struct LaneWriter {
+    /// The connection's socket, to end it from this side when the migration fails.
+    socket: std::net::TcpStream,
     batch: Vec<u8>,
     to_thread: Option<SyncSender<Work>>,
     recycled: Receiver<Vec<u8>>,
@@ -44,6 +46,7 @@ struct LaneWriter {
 
 impl LaneWriter {
     fn new(stream: SecureStream) -> std::io::Result<Self> {
+        let socket = stream.socket()?;
         let (to_thread, work) = sync_channel::<Work>(2);
         let (give_back, recycled) = sync_channel::<Vec<u8>>(4);
         let thread = std::thread::Builder::new()
@@ -65,6 +68,7 @@ impl LaneWriter {
                 out.flush()
             })?;
         Ok(Self {
+            socket,
             batch: Vec::with_capacity(BATCH),
             to_thread: Some(to_thread),
             recycled,
@@ -185,6 +189,15 @@ impl ExtraLanes {
             bytes += frame.len() as u64;
         }
         Ok(bytes)
+    }
+
+    /// After a failure: shuts every extra lane's connection down, so that a thread blocked
+    /// on a peer that vanished fails now rather than at its write timeout, and the threads are
+    /// left to end on their own.
+    pub fn abandon(&mut self) {
+        for lane in self.lanes.drain(..) {
+            let _ = lane.socket.shutdown(std::net::Shutdown::Both);
+        }
     }
 
     /// Ends every extra lane and waits until each has sent all it was given.

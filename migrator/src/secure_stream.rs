@@ -197,9 +197,9 @@ impl Write for SecureStream {
         self.check()?;
         let limit = self.write_timeout.get();
         let r = both!(self, s => {
-            send_pending(&mut s.conn, &mut s.sock)
+            send_pending(&mut s.conn, &mut s.sock, limit)
                 .and_then(|()| s.conn.writer().write(buf))
-                .and_then(|n| send_pending(&mut s.conn, &mut s.sock).map(|()| n))
+                .and_then(|n| send_pending(&mut s.conn, &mut s.sock, limit).map(|()| n))
         });
         self.note(r, limit)
     }
@@ -211,20 +211,28 @@ impl Write for SecureStream {
             s.conn
                 .writer()
                 .flush()
-                .and_then(|()| send_pending(&mut s.conn, &mut s.sock))
+                .and_then(|()| send_pending(&mut s.conn, &mut s.sock, limit))
         });
         self.note(r, limit)
     }
 }
 
-/// Writes every encrypted record waiting in `conn` to `sock`.
+/// Writes every encrypted record waiting in `conn` to `sock`, whose send timeout is `limit`.
 fn send_pending<S: rustls::SideData>(
     conn: &mut rustls::ConnectionCommon<S>,
     sock: &mut Socket,
+    limit: Option<Duration>,
 ) -> std::io::Result<()> {
     while conn.wants_write() {
+        let started = std::time::Instant::now();
         if conn.write_tls(sock)? == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        // A blocking send that took some bytes and then waited out the whole timeout returns
+        // the bytes, not the timeout: without this, a peer that stops reading would cost a
+        // second full timeout on the next call.
+        if limit.is_some_and(|limit| started.elapsed() >= limit) {
+            return Err(std::io::ErrorKind::TimedOut.into());
         }
     }
     Ok(())

@@ -33,6 +33,9 @@ use crate::{vmm_bitmap, MigratableVm, VmError};
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 /// A write that makes no progress for this long means the destination is gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the parting `Abort` may take: after a failure the stream may be what failed, and
+/// the source must not wait a whole write timeout more to say goodbye.
+const ABORT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Socket buffer: large writes go straight to the kernel, headers and lone pages coalesce.
 const SEND_BUFFER: usize = 1 << 20;
 /// Manual dirty-log mode clears KVM's log this many pages (a multiple of 64) at a time.
@@ -518,11 +521,14 @@ fn run<V: MigratableVm>(
     let outcome = switch_over(&mut s, params, progress, hold);
     vm.set_throttle(0);
     if s.stats.status != Status::Completed && s.stats.status != Status::Unknown {
-        // Tell the destination, then bring the source back as it was.
+        // Tell the destination, if the first connection still takes it, then end the other
+        // connections at once: their threads may be blocked on a peer that is gone.
+        let _ = s.out.get_ref().set_write_timeout(Some(ABORT_TIMEOUT));
         let _ = wire::send(
             &mut s.out,
             &Message::Abort("the source cancelled the migration".into()),
         );
+        s.extra.abandon();
     }
     let _ = vm.set_dirty_logging(false);
     s.stats.ram.mbps = s.bandwidth * 8.0 / 1e6;
