@@ -14,6 +14,7 @@ pub mod identity;
 pub mod lanes;
 pub mod params;
 mod secure_stream;
+mod sender;
 mod socket;
 pub mod source;
 pub mod stats;
